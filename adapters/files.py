@@ -1,0 +1,85 @@
+"""The experiment folder: where each file lives, and atomic writes that never leave half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from state import Task
+
+
+class ExperimentInputError(ValueError):
+    """The experiment folder or IDEA.md cannot be used; the message says what to fix."""
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename, so readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ExperimentFiles:
+    """Paths and reads/writes of one experiment folder, in the seed's layout."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.idea = self.root / "IDEA.md"
+        self.plan = self.root / "PLAN.md"
+        self.tasks = self.root / "tasks.json"
+        self.findings = self.root / "KEY_FINDINGS.md"
+        self.report = self.root / "REPORT.md"
+        self.private = self.root / ".runner"
+        self.checkpoints = self.private / "checkpoints.sqlite"
+
+    def run_dir(self, number: int) -> Path:
+        return self.root / f"run_{number}"
+
+    def existing_runs(self) -> list[int]:
+        """Numbers of the run_N folders present, sorted."""
+        if not self.root.is_dir():
+            return []
+        numbers = (re.fullmatch(r"run_(\d+)", p.name) for p in self.root.iterdir() if p.is_dir())
+        return sorted(int(m.group(1)) for m in numbers if m)
+
+    def read_idea(self) -> str:
+        """IDEA.md's text; ExperimentInputError when the folder or file is missing or empty."""
+        if not self.root.is_dir():
+            raise ExperimentInputError(f"experiment directory {self.root} does not exist")
+        if not self.idea.is_file():
+            raise ExperimentInputError(f"{self.idea} not found: write your experiment idea there first")
+        try:
+            text = self.idea.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExperimentInputError(f"cannot read {self.idea}: {exc}") from None
+        if not text.strip():
+            raise ExperimentInputError(f"{self.idea} is empty: describe the experiment you want")
+        return text
+
+    def write_plan(self, plan: str) -> None:
+        write_atomic(self.plan, plan.rstrip() + "\n")
+
+    def write_tasks(self, tasks: list[Task]) -> None:
+        write_atomic(self.tasks, json.dumps({"tasks": tasks}, indent=2) + "\n")
+
+    def read_tasks(self) -> list[Task]:
+        return json.loads(self.tasks.read_text(encoding="utf-8"))["tasks"]
+
+    def write_findings(self, sections: list[str]) -> None:
+        """Rewrite KEY_FINDINGS.md from every section, so the file always equals the state."""
+        body = "\n\n".join(s.strip() for s in sections) if sections else "_No runs analysed yet._"
+        write_atomic(self.findings, f"# Key findings\n\n{body}\n")
+
+    def write_report(self, report: str) -> None:
+        write_atomic(self.report, report.rstrip() + "\n")

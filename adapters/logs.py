@@ -1,0 +1,155 @@
+"""Mechanical summary of a run's log: metrics, traceback and tail, read as a stream in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_LINE_BYTES = 64 * 1024
+"""Longer lines are read in pieces, so one huge line never sits in memory whole."""
+MAX_METRICS = 64
+"""Metric names kept; later new names are ignored (values of known ones still update)."""
+MAX_TRACEBACK_LINES = 40
+LINE_CHARS = 400
+"""Characters kept of each tail or traceback line."""
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_METRIC = re.compile(rf"(?<![\w.])([A-Za-z_][\w./-]*(?: [A-Za-z_][\w./-]*){{0,3}})\s*[:=]\s*({_NUMBER})(?![\w.:])")
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)\b|^[A-Za-z_][\w.]*: ")
+
+
+def metric_name(raw: str) -> str:
+    """'Test Accuracy' -> 'test_accuracy'."""
+    return re.sub(r"[\s/-]+", "_", raw.strip()).lower()
+
+
+def parse_metrics(line: str) -> dict[str, float]:
+    """Numbers named in one log line: a flat JSON object, or `name=value` / `name: value` pairs."""
+    stripped = line.strip()
+    if stripped.startswith("{") and stripped.endswith("}"):
+        try:
+            obj = json.loads(stripped)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict):
+            return {metric_name(k): float(v) for k, v in obj.items() if _is_number(v)}
+    found = {}
+    for name, value in _METRIC.findall(line):
+        number = float(value)
+        if math.isfinite(number):
+            found[metric_name(name)] = number
+    return found
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_metrics_file(path: Path) -> dict[str, float] | None:
+    """The flat JSON object of numbers in metrics.json, or None when absent or unusable."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return {metric_name(str(k)): float(v) for k, v in obj.items() if _is_number(v)}
+
+
+@dataclass
+class LogSummary:
+    """What the log says, in bounded size whatever the log's size."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    metrics_source: str = "none"
+    """metrics.json, log or none."""
+    error: str = ""
+    """The exception line of the last traceback."""
+    traceback: list[str] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    lines: int = 0
+    bytes: int = 0
+
+
+def _clip_line(line: str) -> str:
+    return line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + f" …[{len(line) - LINE_CHARS} chars cut]"
+
+
+def summarize_log(log_path: Path, metrics_path: Path | None = None, *, tail_lines: int = 30) -> LogSummary:
+    """Stream `log_path` once, keeping only the last metric values, the last traceback and the tail."""
+    summary = LogSummary()
+    tail: deque[str] = deque(maxlen=tail_lines)
+    traceback: deque[str] = deque(maxlen=MAX_TRACEBACK_LINES)
+    in_traceback = False
+    log_metrics: dict[str, float] = {}
+    pending = ""  # a line longer than MAX_LINE_BYTES, kept only to its first piece
+    try:
+        log = open(log_path, "rb")
+    except OSError:
+        log = None
+    if log is not None:
+        with log:
+            while chunk := log.readline(MAX_LINE_BYTES):
+                summary.bytes += len(chunk)
+                if not chunk.endswith(b"\n"):
+                    pending = pending or chunk.decode("utf-8", "replace")
+                    continue
+                line = (pending or chunk.decode("utf-8", "replace")).rstrip("\r\n")
+                pending = ""
+                summary.lines += 1
+                tail.append(_clip_line(line))
+                if line.startswith("Traceback (most recent call last)"):
+                    traceback.clear()
+                    in_traceback = True
+                if in_traceback:
+                    traceback.append(_clip_line(line))
+                    if line and not line[0].isspace() and _EXCEPTION.match(line):
+                        summary.error = _clip_line(line.strip())
+                        in_traceback = False
+                for name, value in parse_metrics(line).items():
+                    if name in log_metrics or len(log_metrics) < MAX_METRICS:
+                        log_metrics[name] = value
+            if pending:
+                summary.lines += 1
+                tail.append(_clip_line(pending.rstrip("\r\n")))
+    file_metrics = read_metrics_file(metrics_path) if metrics_path else None
+    if file_metrics:
+        summary.metrics, summary.metrics_source = file_metrics, "metrics.json"
+    elif log_metrics:
+        summary.metrics, summary.metrics_source = log_metrics, "log"
+    summary.traceback = list(traceback)
+    summary.tail = list(tail)
+    return summary
+
+
+def clip(text: str, budget: int) -> str:
+    """`text` cut to at most `budget` characters, keeping its head and tail."""
+    if len(text) <= budget:
+        return text
+    marker = f"\n…[{len(text) - budget} characters cut]…\n"
+    keep = max(budget - len(marker), 0)
+    head = keep // 2
+    return text[:head] + marker + text[len(text) - (keep - head) :] if keep else text[:budget]
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()) or "none found"
+
+
+def render_summary(number: int, status: str, exit_code: int | None, duration_s: float, log: LogSummary, budget: int = 4000) -> str:
+    """The run's summary as the LLM reads it, at most `budget` characters."""
+    exit_text = "no exit code" if exit_code is None else f"exit {exit_code}"
+    parts = [
+        f"Run {number}: {status} ({exit_text}) after {duration_s:.1f} s; log {log.lines} lines, {log.bytes} bytes.",
+        f"Metrics ({log.metrics_source}): {format_metrics(log.metrics)}",
+    ]
+    if log.error:
+        parts.append(f"Error: {log.error}")
+    if log.traceback:
+        parts.append("Traceback:\n" + "\n".join(log.traceback))
+    parts.append(f"Log tail (last {len(log.tail)} lines):\n" + "\n".join(log.tail))
+    return clip("\n".join(parts), budget)

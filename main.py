@@ -1,0 +1,173 @@
+"""The doorway: arguments, settings, the checkpointer, rendering the stream, the exit code."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sqlite3
+import sys
+import traceback
+from pathlib import Path
+
+from dotenv import load_dotenv
+from langgraph.checkpoint.sqlite import SqliteSaver
+from rich.console import Console
+
+from adapters.files import ExperimentFiles, ExperimentInputError
+from adapters.llm import LLMError
+from adapters.terminal import ProgressPrinter
+from graph import build_graph
+from settings import Settings, SettingsError
+
+THREAD_ID = "experiment"
+"""One experiment folder, one checkpoint database, one thread."""
+
+EXIT_FINISHED, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad arguments or input: shown as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise UsageError(message)
+
+
+def _max_runs(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--max-runs must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--max-runs must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="main.py", description="Run an ML experiment described in IDEA.md, run after run, until done.")
+    parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
+    parser.add_argument("-r", "--max-runs", type=_max_runs, help="number of runs (default: MAX_RUNS, 10)")
+    parser.add_argument("--resume", action="store_true", help="continue this experiment from its last finished step")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def resume_command(experiment: str) -> str:
+    return f"python main.py -d {shlex.quote(experiment)} --resume"
+
+
+def load_settings(experiment: Path) -> Settings:
+    """Settings from the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
+    load_dotenv(experiment / ".env", override=False)
+    load_dotenv(Path.cwd() / ".env", override=False)
+    settings = Settings.from_env()
+    settings.check()
+    return settings
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    """Start or resume the experiment and stream it to the terminal; returns the exit code."""
+    files = ExperimentFiles(args.experiment_dir)
+    if not files.root.is_dir():
+        raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
+    settings = load_settings(files.root)
+    if not args.resume:
+        files.read_idea()  # fails early, before any LLM call, on a missing or empty IDEA.md
+
+    resume_hint = resume_command(args.experiment_dir)
+    files.private.mkdir(exist_ok=True)
+    with sqlite3.connect(files.checkpoints, check_same_thread=False) as connection:
+        app = build_graph().compile(checkpointer=SqliteSaver(connection), name="experiment")
+        config = {"configurable": {"thread_id": THREAD_ID}}
+        stream_input = _start_or_resume(app, config, files, args, settings, resume_hint, console)
+        if stream_input is False:
+            return EXIT_FINISHED
+
+        printer = ProgressPrinter(console)
+        for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
+            if mode == "custom":
+                printer.event(chunk)
+            else:
+                for node in chunk:
+                    printer.node_done(node)
+
+        final = app.get_state(config).values
+    console.print(f"[bold]Done:[/] {final.get('stop_reason')} after {len(final.get('runs', []))} runs · report: {final.get('report_path')}")
+    return EXIT_FINISHED
+
+
+def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settings, resume_hint: str, console: Console):
+    """The graph input for this invocation: a fresh input, None to resume, or False when there is nothing to do."""
+    snapshot = app.get_state(config)
+    has_state = bool(snapshot.values)
+    if not args.resume:
+        if has_state or files.existing_runs():
+            raise UsageError(
+                f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh in a new directory"
+            )
+        return {"experiment_dir": str(files.root), "max_runs": args.max_runs or settings.max_runs}
+
+    if not has_state:
+        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
+    values = snapshot.values
+    update: dict = {}
+    if values.get("experiment_dir") != str(files.root):  # the folder was moved or renamed
+        update["experiment_dir"] = str(files.root)
+    runs_done = len(values.get("runs", []))
+    if snapshot.next:
+        if args.max_runs:
+            if args.max_runs < runs_done:
+                raise UsageError(f"--max-runs {args.max_runs} is below the {runs_done} runs already done")
+            update["max_runs"] = args.max_runs
+        if update:
+            app.update_state(config, update)
+        return None
+
+    # Finished: only a higher run limit gives it more to do.
+    if not args.max_runs or args.max_runs <= runs_done:
+        console.print(
+            f"Experiment already finished ({values.get('stop_reason')}, {runs_done} runs); report: {values.get('report_path')}. "
+            f"To go on: `{resume_hint} --max-runs M` with M above {runs_done}."
+        )
+        return False
+    app.update_state(config, {**update, "max_runs": args.max_runs, "stop_reason": None}, as_node="analyze")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    console = Console(highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    args = None
+    try:
+        args = parse_args(argv)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        return run(args, console)
+    except (UsageError, SettingsError, ExperimentInputError) as exc:
+        errors.print(f"error: {exc}", markup=False, soft_wrap=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        hint = resume_command(args.experiment_dir) if args else "python main.py --resume"
+        errors.print(f"interrupted: progress up to the last finished step is saved; resume with `{hint}`", markup=False, soft_wrap=True)
+        return EXIT_INTERRUPTED
+    except (LLMError, Exception) as exc:
+        if args is not None and args.debug:
+            traceback.print_exc()
+        detail = str(exc) if isinstance(exc, LLMError) else f"{type(exc).__name__}: {exc}"
+        hint = f" State is saved: after fixing it, resume with `{resume_command(args.experiment_dir)}`." if args else ""
+        errors.print(f"error: {detail}.{hint}", markup=False, soft_wrap=True)
+        return EXIT_ERROR
+
+
+def _exit_on_sigterm(signum, frame):
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: the running child's process group is killed on the way out
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

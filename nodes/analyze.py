@@ -1,0 +1,74 @@
+"""One structured LLM call on the run just finished: findings, task updates, goal judgement; then the stop decision."""
+
+from __future__ import annotations
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from adapters.files import ExperimentFiles
+from adapters.llm import ask_structured
+from adapters.logs import clip
+from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
+from nodes.records import tasks_text
+from settings import Settings
+from state import ExperimentState, RunAnalysis, RunRecord, Task
+
+
+def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[Task]:
+    """The task list after the analyst's updates and new tasks; unknown ids are ignored."""
+    updates = {u.id: u for u in analysis.task_updates}
+    result = []
+    for task in tasks:
+        update = updates.get(task["id"])
+        if update is None:
+            result.append(task)
+            continue
+        runs = task["runs"] if run in task["runs"] else [*task["runs"], run]
+        result.append(Task(id=task["id"], title=task["title"], status=update.status, notes=update.notes.strip() or task["notes"], runs=runs))
+    next_id = max((t["id"] for t in tasks), default=0) + 1
+    for offset, new in enumerate(analysis.new_tasks):
+        result.append(Task(id=next_id + offset, title=new.title.strip(), status="todo", notes=new.notes.strip(), runs=[]))
+    return result
+
+
+def findings_section(run: RunRecord, analysis: RunAnalysis) -> str:
+    """The KEY_FINDINGS.md section of one run."""
+    lines = [f"## Run {run['number']} ({run['status']})", "", analysis.summary.strip()]
+    if analysis.findings:
+        lines += [""] + [f"- {f.strip()}" for f in analysis.findings if f.strip()]
+    if analysis.goal_achieved:
+        lines += ["", f"Goal achieved: {analysis.goal_evidence.strip()}"]
+    return "\n".join(lines)
+
+
+def stop_reason(runs: list[RunRecord], max_runs: int, goal_met: bool) -> str | None:
+    """Why the loop should end now, or None to go on."""
+    if goal_met:
+        return "goal_met"
+    if len(runs) >= max_runs:
+        return "max_runs"
+    return None
+
+
+def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+    """Read the run's summary, update tasks.json and KEY_FINDINGS.md, judge the goal."""
+    settings = runtime.context
+    run = state["runs"][-1]
+    runtime.stream_writer({"event": "stage", "stage": "analyze", "run": run["number"], "model": settings.summarize_model})
+
+    prompt = ANALYZE_USER.format(
+        goal=state.get("goal", ""),
+        tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
+        code=clip(state.get("code", ""), BUDGET["previous_code"]),
+        run=run["summary"],
+    )
+    analysis, usage = ask_structured(settings, settings.summarize_model, RunAnalysis, [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)], "analyze")
+
+    tasks = apply_analysis(state.get("tasks", []), analysis, run["number"])
+    section = findings_section(run, analysis)
+    files = ExperimentFiles(state["experiment_dir"])
+    files.write_tasks(tasks)
+    files.write_findings([*state.get("findings", []), section])
+    reason = stop_reason(state["runs"], state["max_runs"], analysis.goal_achieved)
+    runtime.stream_writer({"event": "analysis", "run": run["number"], "summary": analysis.summary, "goal_met": analysis.goal_achieved})
+    return {"tasks": tasks, "findings": [section], "goal_met": analysis.goal_achieved, "stop_reason": reason, "usage": usage}

@@ -1,0 +1,75 @@
+"""The LLM writes a complete train.py for the coming run; a file that does not compile gets one retry."""
+
+from __future__ import annotations
+
+import re
+
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from adapters.files import ExperimentFiles, write_atomic
+from adapters.llm import ask_text
+from adapters.logs import clip
+from nodes.prompts import BUDGET, CODEGEN_SYNTAX_RETRY, CODEGEN_SYSTEM, CODEGEN_USER
+from nodes.records import latest_findings, tasks_text
+from settings import Settings
+from state import ExperimentState
+
+FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def extract_python(reply: str) -> str:
+    """The code in a reply: the longest fenced block, else the whole reply."""
+    blocks = FENCE.findall(reply)
+    code = max(blocks, key=len) if blocks else reply
+    return code.strip() + "\n"
+
+
+def compile_error(code: str) -> str | None:
+    """The SyntaxError `code` would raise, as one line, or None."""
+    try:
+        compile(code, "train.py", "exec")
+    except SyntaxError as exc:
+        return f"line {exc.lineno}: {exc.msg}: {(exc.text or '').strip()}"
+    except ValueError as exc:  # null bytes
+        return str(exc)
+    return None
+
+
+def codegen_prompt(state: ExperimentState, run: int, feedback: str = "") -> str:
+    """The user message for codegen: every part clipped to its budget, so it never grows with the runs."""
+    return CODEGEN_USER.format(
+        idea=clip(state.get("idea", ""), BUDGET["idea"]),
+        plan=clip(state.get("plan", ""), BUDGET["plan"]),
+        tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
+        findings=latest_findings(state.get("findings", []), BUDGET["findings"]),
+        previous_code=clip(state.get("code") or "(none: this is the first run)", BUDGET["previous_code"]),
+        previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
+        feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
+        run=run,
+    )
+
+
+def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+    """Write run_N/train.py."""
+    settings = runtime.context
+    run = len(state.get("runs", [])) + 1
+    runtime.stream_writer({"event": "stage", "stage": "codegen", "run": run, "model": settings.code_model})
+
+    # 1. Ask for the whole file.
+    messages = [SystemMessage(CODEGEN_SYSTEM.format(run=run)), HumanMessage(codegen_prompt(state, run))]
+    reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
+    usages = [usage]
+    code = extract_python(reply)
+
+    # 2. A syntax error costs one more request, not a run.
+    if error := compile_error(code):
+        runtime.stream_writer({"event": "syntax_retry", "run": run, "error": error})
+        messages += [AIMessage(reply), HumanMessage(CODEGEN_SYNTAX_RETRY.format(error=error))]
+        reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
+        usages.append(usage)
+        code = extract_python(reply)  # still broken: it runs, fails, and the analyst sees why
+
+    # 3. Write it where execute will run it.
+    write_atomic(ExperimentFiles(state["experiment_dir"]).run_dir(run) / "train.py", code)
+    return {"code": code, "usage": usages}

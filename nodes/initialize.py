@@ -1,0 +1,40 @@
+"""IDEA.md → PLAN.md, tasks.json and an empty KEY_FINDINGS.md, with one structured LLM call."""
+
+from __future__ import annotations
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from adapters.files import ExperimentFiles
+from adapters.llm import ask_structured
+from adapters.logs import clip
+from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
+from settings import Settings
+from state import ExperimentPlan, ExperimentState, Task
+
+
+def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+    """Plan the experiment from its idea and write the first files."""
+    settings = runtime.context
+    files = ExperimentFiles(state["experiment_dir"])
+    idea = files.read_idea()
+    runtime.stream_writer({"event": "stage", "stage": "initialize", "model": settings.report_model})
+
+    messages = [SystemMessage(PLAN_SYSTEM), HumanMessage(PLAN_USER.format(idea=clip(idea, BUDGET["idea"])))]
+    reply, usage = ask_structured(settings, settings.report_model, ExperimentPlan, messages, "initialize")
+
+    goal = " ".join(reply.goal.split())
+    plan = f"# Plan\n\n**Goal:** {goal}\n\n{reply.plan.strip()}"
+    tasks = [Task(id=i, title=t.title.strip(), status="todo", notes=t.notes.strip(), runs=[]) for i, t in enumerate(reply.tasks, start=1)]
+    files.write_plan(plan)
+    files.write_tasks(tasks)
+    files.write_findings([])
+    return {
+        "idea": idea,
+        "plan": plan,
+        "goal": goal,
+        "tasks": tasks,
+        "max_runs": state.get("max_runs") or settings.max_runs,
+        "stop_reason": None,
+        "usage": usage,
+    }

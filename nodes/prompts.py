@@ -1,0 +1,114 @@
+"""Every prompt the runner sends, with the size budget of each part, in one place."""
+
+# Characters each part of the codegen prompt may take; the prompt never grows past their sum.
+BUDGET = {
+    "idea": 6_000,
+    "plan": 6_000,
+    "tasks": 4_000,
+    "findings": 6_000,
+    "previous_code": 16_000,
+    "previous_run": 6_000,
+    "feedback": 2_000,
+}
+
+PLAN_SYSTEM = """You are the lead of a machine-learning experiment that an automatic runner will carry out.
+The runner writes one complete train.py per run, executes it on this machine, reads its log and metrics,
+and iterates. Turn the researcher's idea into:
+- goal: the measurable goal in one line (metric name, comparison and target, e.g. "test_accuracy >= 0.99"),
+- plan: PLAN.md in Markdown: approach, metrics to report, what to try first and what next,
+- tasks: 3 to 8 concrete, ordered tasks (title and short notes), the first one runnable in the first run.
+Prefer small, fast first runs and datasets that can be loaded without manual steps."""
+
+PLAN_USER = """<idea>
+{idea}
+</idea>"""
+
+CODEGEN_SYSTEM = """You write train.py for run {run} of an automatic machine-learning experiment.
+Rules:
+- Reply with the whole file in one ```python block. Never a patch or a partial file.
+- The script runs as `python train.py` with its own folder as the working directory, without any input.
+- Print progress as it trains, in lines like `epoch=3 loss=0.41 val_accuracy=0.93`.
+- At the end, print the final metrics and write them as a flat JSON object of numbers to
+  `metrics.json` in the working directory, e.g. {{"test_accuracy": 0.991, "train_seconds": 42.0}}.
+- Use the metric names of the goal. Keep runs reasonably short; set seeds for reproducibility.
+- Do not read API keys or other secrets; none are available to the script."""
+
+CODEGEN_USER = """<idea>
+{idea}
+</idea>
+
+<plan>
+{plan}
+</plan>
+
+<tasks>
+{tasks}
+</tasks>
+
+<key_findings>
+{findings}
+</key_findings>
+
+<previous_code>
+{previous_code}
+</previous_code>
+
+<previous_run>
+{previous_run}
+</previous_run>
+{feedback}
+Write train.py for run {run}: work on the first open task, and fix what went wrong before."""
+
+CODEGEN_SYNTAX_RETRY = """That file does not compile:
+{error}
+Reply with the whole corrected train.py in one ```python block."""
+
+ANALYZE_SYSTEM = """You analyse one run of an automatic machine-learning experiment and keep its records.
+From the run's summary, the code and the current tasks, give:
+- summary: what the run did and how it went, in one or two sentences,
+- findings: the few facts this run established (numbers included), each one line,
+- task_updates: for existing tasks whose status or notes change (status: todo, in_progress, done or dropped),
+- new_tasks: tasks worth adding, if any,
+- goal_achieved: true only if this run's metrics meet the goal, with goal_evidence quoting them."""
+
+ANALYZE_USER = """<goal>
+{goal}
+</goal>
+
+<tasks>
+{tasks}
+</tasks>
+
+<code>
+{code}
+</code>
+
+<run>
+{run}
+</run>"""
+
+REPORT_SYSTEM = """You write REPORT.md, the final report of an automatic machine-learning experiment, in Markdown:
+the goal, what was tried (by run), the best result with its metrics and run number, what was learned,
+what failed and why, and what to try next. Be factual: use only the numbers given."""
+
+REPORT_USER = """<idea>
+{idea}
+</idea>
+
+<plan>
+{plan}
+</plan>
+
+<tasks>
+{tasks}
+</tasks>
+
+<key_findings>
+{findings}
+</key_findings>
+
+<runs>
+{runs}
+</runs>
+
+The experiment stopped because: {stop_reason}."""

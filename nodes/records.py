@@ -1,0 +1,73 @@
+"""How tasks, findings, runs and the goal read as text in prompts and reports, within size budgets."""
+
+from __future__ import annotations
+
+import operator
+import re
+
+from adapters.logs import clip, format_metrics
+from state import RunRecord, Task
+
+GOAL = re.compile(r"([A-Za-z_][\w./-]*)\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)")
+COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def parse_goal(goal: str) -> tuple[str, str, float] | None:
+    """('test_accuracy', '>=', 0.99) from a line like 'test_accuracy >= 0.99', else None."""
+    match = GOAL.search(goal or "")
+    return (match.group(1).lower(), match.group(2), float(match.group(3))) if match else None
+
+
+def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
+    """The run with the best value of the goal's metric, if the goal names one that runs report."""
+    parsed = parse_goal(goal)
+    if not parsed:
+        return None
+    metric, op, _ = parsed
+    scored = [r for r in runs if metric in r["metrics"]]
+    if not scored:
+        return None
+    pick = max if op in (">=", ">") else min
+    return pick(scored, key=lambda r: r["metrics"][metric])
+
+
+def tasks_text(tasks: list[Task], budget: int) -> str:
+    """One line a task, open ones first."""
+    order = {"in_progress": 0, "todo": 1, "done": 2, "dropped": 3}
+    lines = []
+    for task in sorted(tasks, key=lambda t: (order.get(t["status"], 4), t["id"])):
+        runs = f" (runs {', '.join(map(str, task['runs']))})" if task["runs"] else ""
+        notes = f" — {task['notes']}" if task["notes"] else ""
+        lines.append(f"#{task['id']} [{task['status']}] {task['title']}{notes}{runs}")
+    return clip("\n".join(lines) or "(no tasks)", budget)
+
+
+def latest_findings(sections: list[str], budget: int) -> str:
+    """The newest KEY_FINDINGS sections that fit in `budget`, oldest of them first."""
+    kept: list[str] = []
+    used = 0
+    for section in reversed(sections):
+        if used + len(section) + 2 > budget:
+            if not kept:
+                kept.append(clip(section, budget))
+            break
+        kept.append(section)
+        used += len(section) + 2
+    omitted = len(sections) - len(kept)
+    head = [f"({omitted} earlier sections omitted)"] if omitted else []
+    return "\n\n".join(head + kept[::-1]) or "(none yet)"
+
+
+def run_line(run: RunRecord) -> str:
+    return f"run {run['number']}: {run['status']}, {run['duration_s']:.0f} s, {format_metrics(run['metrics'])}" + (f", error: {run['error']}" if run["error"] else "")
+
+
+def runs_table(runs: list[RunRecord], goal: str = "") -> str:
+    """Markdown table of every run, the best one marked."""
+    best = best_run(runs, goal)
+    rows = ["| Run | Status | Duration | Metrics |", "|---|---|---|---|"]
+    for run in runs:
+        mark = " ★" if best is not None and run["number"] == best["number"] else ""
+        metrics = format_metrics(run["metrics"]).replace("|", "/")
+        rows.append(f"| {run['number']}{mark} | {run['status']} | {run['duration_s']:.1f} s | {metrics} |")
+    return "\n".join(rows)

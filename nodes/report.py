@@ -1,0 +1,65 @@
+"""REPORT.md: the LLM's account of the experiment, followed by the mechanical record of every run."""
+
+from __future__ import annotations
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from adapters.files import ExperimentFiles
+from adapters.llm import LLMError, ask_text
+from adapters.logs import clip
+from nodes.prompts import BUDGET, REPORT_SYSTEM, REPORT_USER
+from nodes.records import latest_findings, run_line, runs_table, tasks_text
+from settings import Settings
+from state import ExperimentState, Usage
+
+RUNS_BUDGET = 8_000
+
+
+def usage_table(usage: list[Usage]) -> str:
+    """Tokens (and cost where reported) per stage."""
+    totals: dict[str, list[float]] = {}
+    for u in usage:
+        row = totals.setdefault(u["stage"], [0, 0, 0.0, 0])
+        row[0] += u["input_tokens"]
+        row[1] += u["output_tokens"]
+        row[2] += u["cost_usd"] or 0.0
+        row[3] += u["cost_usd"] is not None
+    lines = ["| Stage | Input tokens | Output tokens | Cost (USD, provider-reported) |", "|---|---|---|---|"]
+    for stage, (inp, out, cost, costed) in totals.items():
+        lines.append(f"| {stage} | {inp:.0f} | {out:.0f} | {f'{cost:.4f}' if costed else 'not reported'} |")
+    return "\n".join(lines)
+
+
+def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+    """Write REPORT.md; if the LLM fails, the mechanical part is still written."""
+    settings = runtime.context
+    runs = state.get("runs", [])
+    reason = state.get("stop_reason") or "max_runs"
+    runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
+
+    prompt = REPORT_USER.format(
+        idea=clip(state.get("idea", ""), BUDGET["idea"]),
+        plan=clip(state.get("plan", ""), BUDGET["plan"]),
+        tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
+        findings=latest_findings(state.get("findings", []), BUDGET["findings"]),
+        runs=clip("\n".join(run_line(r) for r in runs), RUNS_BUDGET),
+        stop_reason=reason,
+    )
+    usage: list[Usage] = []
+    try:
+        narrative, call = ask_text(settings, settings.report_model, [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)], "report")
+        usage.append(call)
+    except LLMError as exc:
+        narrative = f"# Report\n\n_The report model could not write this part: {exc}_"
+        runtime.stream_writer({"event": "warning", "message": f"report written without the LLM's narrative: {exc}"})
+
+    appendix = [
+        "## Record",
+        f"Stopped because: **{reason}** after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal', '(none)')}",
+        runs_table(runs, state.get("goal", "")),
+        usage_table([*state.get("usage", []), *usage]),
+    ]
+    files = ExperimentFiles(state["experiment_dir"])
+    files.write_report(narrative.strip() + "\n\n" + "\n\n".join(appendix))
+    return {"report_path": str(files.report), "stop_reason": reason, "usage": usage}

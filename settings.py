@@ -1,0 +1,117 @@
+"""Per-invocation settings: the graph's context schema, each read from one environment variable.
+
+Settings travel as LangGraph runtime context, never in checkpointed state, so a secret
+never lands in a checkpoint. Context is not checkpointed: a resume passes it again.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+OPENROUTER_URL = "https://openrouter.ai/api/v1"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the runner cannot use; the message names the setting."""
+
+
+def _whole_number(minimum: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip()
+        if value not in options:
+            raise SettingsError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _setting(env: str, default: Any, description: str, parse: Callable[[str, str], Any] = _text, secret: bool = False) -> Any:
+    """A dataclass field whose default comes from `env` when it is set (and not empty)."""
+
+    def from_environment() -> Any:
+        raw = os.environ.get(env, "")
+        return parse(env, raw) if raw.strip() else default
+
+    return field(
+        default_factory=from_environment,
+        repr=not secret,
+        metadata={"env": env, "default": default, "description": description, "parse": parse, "secret": secret},
+    )
+
+
+@dataclass(kw_only=True)
+class Settings:
+    """How one invocation of the experiment graph talks to models and runs code."""
+
+    openrouter_api_key: str = _setting("OPENROUTER_API_KEY", "", "API key for OpenRouter (required with the default base URL).", secret=True)
+    llm_api_key: str = _setting("LLM_API_KEY", "", "API key for another OpenAI-compatible server; falls back to OPENROUTER_API_KEY.", secret=True)
+    llm_base_url: str = _setting("LLM_BASE_URL", OPENROUTER_URL, "Any OpenAI-compatible endpoint: OpenRouter, Ollama, vLLM, LM Studio, llama.cpp.")
+    summarize_model: str = _setting("SUMMARIZE_MODEL", "openai/gpt-4o-mini", "Model that analyses each run and updates tasks and findings.")
+    code_model: str = _setting("CODE_MODEL", "anthropic/claude-sonnet-4.6", "Model that writes train.py.")
+    report_model: str = _setting("REPORT_MODEL", "anthropic/claude-sonnet-4.6", "Model that writes PLAN.md, the first tasks and REPORT.md.")
+    max_runs: int = _setting("MAX_RUNS", 10, "How many runs before the final report (`--max-runs` wins).", _whole_number(1))
+    timeout_seconds: int = _setting("TIMEOUT_SECONDS", 7200, "Wall-clock limit of one run of train.py, in seconds.", _whole_number(1))
+    llm_timeout_seconds: int = _setting("LLM_TIMEOUT_SECONDS", 600, "Limit of one LLM request, in seconds.", _whole_number(1))
+    llm_max_retries: int = _setting("LLM_MAX_RETRIES", 2, "Retries of a failed LLM request inside the HTTP client.", _whole_number(0))
+    structured_output: str = _setting(
+        "STRUCTURED_OUTPUT", "function_calling", "How structured replies are asked for: function_calling or json_schema.", _choice("function_calling", "json_schema")
+    )
+    chat_model: Any = field(default=None, repr=False, metadata={"description": "A ready chat model used for every stage (tests, embedding)."})
+
+    @property
+    def api_key(self) -> str:
+        """The key sent to the LLM server."""
+        return self.llm_api_key or self.openrouter_api_key
+
+    @property
+    def uses_openrouter(self) -> bool:
+        return self.llm_base_url.rstrip("/").startswith("https://openrouter.ai")
+
+    def check(self) -> None:
+        """Raise SettingsError for a combination no LLM call can succeed with."""
+        if self.chat_model is None and self.uses_openrouter and not self.api_key:
+            raise SettingsError("OPENROUTER_API_KEY is not set: put it in .env or the environment (or set LLM_BASE_URL for a local server)")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `env` (default: os.environ); keyword overrides win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata.get("env")
+            if name and f.name not in overrides:
+                raw = env.get(name, "")
+                values[f.name] = f.metadata["parse"](name, raw) if raw.strip() else f.metadata["default"]
+        return cls(**values, **overrides)
+
+
+def settings_table() -> str:
+    """The Markdown table of every environment setting, as README shows it."""
+    rows = ["| Variable | Default | What it sets |", "|---|---|---|"]
+    for f in fields(Settings):
+        if "env" in f.metadata:
+            default = f.metadata["default"]
+            shown = f"`{default}`" if default not in ("", None) else "(none)"
+            rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['description']} |")
+    return "\n".join(rows)
+

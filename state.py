@@ -1,0 +1,146 @@
+"""What an experiment knows: the graph's state, made of JSON-native values only.
+
+Every value is a str, int, float, bool, None, list or dict (paths as str), so checkpoints
+need no custom serializer and the Markdown/JSON files can always be rewritten from state.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+from typing_extensions import NotRequired, TypedDict
+
+
+class Task(TypedDict):
+    """One line of tasks.json."""
+
+    id: int
+    """Stable number, starting at 1."""
+    title: str
+    """What to try or find out."""
+    status: str
+    """One of: todo, in_progress, done, dropped."""
+    notes: str
+    """What was learned about it so far."""
+    runs: list[int]
+    """Numbers of the runs that worked on it."""
+
+
+class RunRecord(TypedDict):
+    """What happened in one run of train.py, taken mechanically from its process and log."""
+
+    number: int
+    """N of run_N/."""
+    status: str
+    """ok (exit 0), failed (non-zero exit) or timeout."""
+    exit_code: int | None
+    """The process's exit status; negative for a signal; None if it never ended by itself."""
+    duration_s: float
+    """Wall-clock seconds."""
+    metrics: dict[str, float]
+    """Final metrics: metrics.json if the script wrote one, else the last values in the log."""
+    error: str
+    """Last line of the traceback, or empty."""
+    summary: str
+    """Bounded mechanical summary: status, metrics, traceback and the log's tail."""
+
+
+class Usage(TypedDict):
+    """Tokens spent by one LLM call."""
+
+    stage: str
+    """Node that made the call."""
+    model: str
+    """Model name as sent to the provider."""
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    """Cost reported by the provider (OpenRouter does), else None."""
+
+
+class InputState(TypedDict):
+    """What a caller must give the graph."""
+
+    experiment_dir: str
+    """Folder holding IDEA.md; every file of the experiment lives under it."""
+    max_runs: NotRequired[int]
+    """How many runs before the report; defaults to the MAX_RUNS setting."""
+
+
+class OutputState(TypedDict):
+    """What the graph hands back when it ends."""
+
+    stop_reason: str
+    """Why the loop ended: max_runs or goal_met."""
+    report_path: str
+    """Path of REPORT.md."""
+    runs: list[RunRecord]
+    """Every run, in order."""
+
+
+class ExperimentState(InputState):
+    """Everything the experiment knows between steps."""
+
+    idea: NotRequired[str]
+    """Contents of IDEA.md when the experiment began."""
+    plan: NotRequired[str]
+    """Contents of PLAN.md."""
+    goal: NotRequired[str]
+    """The goal the planner read from the idea, in one line."""
+    tasks: NotRequired[list[Task]]
+    """The task list, replaced whole at each update (as tasks.json is)."""
+    findings: Annotated[list[str], operator.add]
+    """One KEY_FINDINGS.md section per run, appended."""
+    runs: Annotated[list[RunRecord], operator.add]
+    """Finished runs, appended by execute."""
+    usage: Annotated[list[Usage], operator.add]
+    """Every LLM call's tokens, appended."""
+    previous_digest: NotRequired[str]
+    """Bounded text about earlier runs that codegen reads, made by summarize."""
+    code: NotRequired[str]
+    """The train.py that codegen wrote for the coming run."""
+    goal_met: NotRequired[bool]
+    """The analyst's judgement on the last run."""
+    stop_reason: NotRequired[str | None]
+    """Why the loop ends (goal_met, max_runs); set by analyze, None while it goes on."""
+    report_path: NotRequired[str]
+    """Set by report."""
+
+
+# Structured replies the LLM gives; nodes turn them into the records above.
+
+
+class NewTask(BaseModel):
+    """A task the planner or analyst proposes."""
+
+    title: str = Field(description="What to try or find out, in one line.")
+    notes: str = Field(default="", description="Why, and how to tell it worked.")
+
+
+class ExperimentPlan(BaseModel):
+    """The planner's reply: goal, PLAN.md and the first tasks."""
+
+    goal: str = Field(description="The measurable goal in one line, e.g. 'test_accuracy >= 0.99'.")
+    plan: str = Field(description="PLAN.md in Markdown.")
+    tasks: list[NewTask] = Field(description="3 to 8 ordered tasks.")
+
+
+class TaskUpdate(BaseModel):
+    """A change to an existing task."""
+
+    id: int = Field(description="The task's id.")
+    status: Literal["todo", "in_progress", "done", "dropped"]
+    notes: str = Field(default="", description="What was learned about it; replaces the old notes when given.")
+
+
+class RunAnalysis(BaseModel):
+    """The analyst's reply about one run."""
+
+    summary: str = Field(description="What the run did and how it went, one or two sentences.")
+    findings: list[str] = Field(default_factory=list, description="Facts this run established, one line each.")
+    task_updates: list[TaskUpdate] = Field(default_factory=list)
+    new_tasks: list[NewTask] = Field(default_factory=list)
+    goal_achieved: bool = Field(description="True only if this run's metrics meet the goal.")
+    goal_evidence: str = Field(default="", description="The metric values that show it.")

@@ -1,0 +1,239 @@
+"""main.py as a user runs it: a subprocess against a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scripted import GOOD_TRAIN, REPO, ScriptedBrain, read_tasks, run_main, runner_env
+
+# Run 2 waits while $HOLD_FILE exists, so a test can kill the runner in the middle of it.
+HOLDING_TRAIN = """\
+import json, os, time
+with open("attempts.txt", "a") as f:
+    f.write("attempt\\n")
+print("run two starting", flush=True)
+while os.path.exists(os.environ["HOLD_FILE"]):
+    time.sleep(0.1)
+json.dump({"accuracy": 0.95}, open("metrics.json", "w"))
+print("accuracy=0.95")
+"""
+
+COUNTING_TRAIN = GOOD_TRAIN + 'open("attempts.txt", "a").write("attempt\\n")\n'
+
+
+def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    server = llm_server(brain)
+    result = run_main(["-d", str(experiment), "--max-runs", "2"], runner_env(server.base_url))
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert brain.stages == ["initialize", "codegen", "analyze", "codegen", "analyze", "report"]
+    for name in ("PLAN.md", "tasks.json", "KEY_FINDINGS.md", "REPORT.md", "run_1/train.py", "run_1/output.log", "run_2/train.py", "run_2/output.log"):
+        assert (experiment / name).is_file(), name
+    assert "epoch=3" in (experiment / "run_2" / "output.log").read_text()
+    assert "accuracy >= 0.9" in (experiment / "PLAN.md").read_text()
+    assert read_tasks(experiment)[0] == {"id": 1, "title": "Baseline logistic regression", "status": "done", "notes": "worked on in run 2", "runs": [1, 2]}
+    findings = (experiment / "KEY_FINDINGS.md").read_text()
+    assert "## Run 1 (ok)" in findings and "## Run 2 (ok)" in findings
+    report = (experiment / "REPORT.md").read_text()
+    assert "The baseline reached the goal." in report and "**max_runs**" in report and "accuracy=0.85" in report
+    assert (experiment / ".runner" / "checkpoints.sqlite").is_file()
+    # The stream reached the terminal: each stage, the child's output, the outcome.
+    for text in ("initialize", "codegen", "execute", "analyze", "report", "│ epoch=1", "Done: max_runs after 2 runs"):
+        assert text in result.stdout
+
+    # The second codegen request carried the first run's code and its mechanical summary.
+    codegen_requests = [r for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
+    second = codegen_requests[1]["messages"][1]["content"]
+    assert "Run 1: ok (exit 0)" in second and "accuracy=0.85" in second and 'print("done")' in second
+    # The real client sent the key, and the child never saw it.
+    assert "test-key" not in (experiment / "run_1" / "output.log").read_text()
+
+
+def test_goal_met_stops_early(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain(goal_met_on=1))
+    result = run_main(["-d", str(experiment), "-r", "3"], runner_env(server.base_url))
+    assert result.returncode == 0, result.stderr
+    assert not (experiment / "run_2").exists()
+    assert "**goal_met**" in (experiment / "REPORT.md").read_text()
+
+
+def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: Path, llm_server, tmp_path: Path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    server = llm_server(ScriptedBrain(codes=[COUNTING_TRAIN, HOLDING_TRAIN]))
+    env = runner_env(server.base_url, HOLD_FILE=str(hold))
+    runner = subprocess.Popen([sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    attempts = experiment / "run_2" / "attempts.txt"
+    deadline = time.monotonic() + 60
+    while not attempts.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert attempts.exists(), "run 2 never started"
+    runner.kill()
+    runner.wait()
+    requests_before = len(server.requests)
+
+    hold.unlink()
+    result = run_main(["-d", str(experiment), "--resume"], env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (experiment / "run_1" / "attempts.txt").read_text() == "attempt\n"  # run 1 ran once
+    assert (experiment / "run_2" / "attempts.txt").read_text() == "attempt\nattempt\n"  # run 2's execute ran again
+    assert (experiment / "run_2" / "output.interrupted-1.log").read_text().startswith("run two starting")
+    assert "accuracy=0.95" in (experiment / "run_2" / "output.log").read_text()
+    # Only what was unfinished asked the LLM again: run 2's analysis and the report, no new codegen.
+    later = [r for r in server.requests[requests_before:]]
+    assert not any("You write train.py" in r["messages"][0]["content"] for r in later)
+    assert len(later) == 2
+    assert "Done: max_runs after 2 runs" in result.stdout
+
+
+def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, tmp_path: Path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN.replace("run two", "run one")]))
+    runner = subprocess.Popen(
+        [sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "1"],
+        env=runner_env(server.base_url, HOLD_FILE=str(hold)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pid_file = experiment / ".runner" / "child.json"
+    deadline = time.monotonic() + 60
+    while not (experiment / "run_1" / "attempts.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = json.loads(pid_file.read_text())["pid"]
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_restart_without_resume_is_refused_and_nothing_is_touched(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url)
+    assert run_main(["-d", str(experiment), "-r", "1"], env).returncode == 0
+    before = {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()}
+    requests = len(server.requests)
+
+    again = run_main(["-d", str(experiment)], env)
+    assert again.returncode == 2
+    assert "--resume" in again.stderr and "Traceback" not in again.stderr
+    assert {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()} == before
+    assert len(server.requests) == requests
+
+
+def test_resume_a_finished_experiment_with_a_higher_limit(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url)
+    assert run_main(["-d", str(experiment), "-r", "1"], env).returncode == 0
+
+    same = run_main(["-d", str(experiment), "--resume"], env)
+    assert same.returncode == 0 and "already finished" in same.stdout and not (experiment / "run_2").exists()
+
+    more = run_main(["-d", str(experiment), "--resume", "--max-runs", "2"], env)
+    assert more.returncode == 0, more.stderr
+    assert (experiment / "run_2" / "output.log").is_file() and not (experiment / "run_3").exists()
+    assert "after 2 of 2 runs" in (experiment / "REPORT.md").read_text()
+
+
+def test_resume_after_the_folder_moved(experiment: Path, llm_server, tmp_path: Path):
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url)
+    assert run_main(["-d", str(experiment), "-r", "1"], env).returncode == 0
+    moved = experiment.rename(tmp_path / "moved")
+    result = run_main(["-d", str(moved), "--resume", "-r", "2"], env)
+    assert result.returncode == 0, result.stderr
+    assert (moved / "run_2" / "output.log").is_file() and not experiment.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env_extra", "message"),
+    [
+        (["-d", "{missing}"], {}, "does not exist"),
+        (["-d", "{empty_idea}"], {}, "is empty"),
+        (["-d", "{no_idea}"], {}, "IDEA.md not found"),
+        (["-d", "{exp}", "--max-runs", "-1"], {}, "--max-runs must be at least 1"),
+        (["-d", "{exp}", "--max-runs", "abc"], {}, "--max-runs must be a whole number"),
+        (["-d", "{exp}"], {"MAX_RUNS": "abc"}, "MAX_RUNS must be a whole number"),
+        (["-d", "{exp}", "--resume"], {}, "nothing to resume"),
+        (["-d", "{exp}", "--bogus"], {}, "unrecognized arguments"),
+        (["-d", "{exp}"], {"LLM_BASE_URL": "", "LLM_API_KEY": ""}, "OPENROUTER_API_KEY is not set"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_llm_call(args, env_extra, message, experiment: Path, llm_server, tmp_path: Path):
+    server = llm_server(ScriptedBrain())
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "IDEA.md").write_text("  \n")
+    (tmp_path / "none").mkdir()
+    places = {"missing": tmp_path / "nope", "empty_idea": tmp_path / "empty", "no_idea": tmp_path / "none", "exp": experiment}
+    args = [a.format(**{k: str(v) for k, v in places.items()}) for a in args]
+    env = runner_env(server.base_url, **env_extra)
+    if "LLM_BASE_URL" in env_extra:
+        del env["LLM_BASE_URL"]
+
+    result = run_main(args, env, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert server.requests == []
+    assert not (experiment / "PLAN.md").exists()
+
+
+def test_dotenv_from_the_experiment_folder_and_flags_win(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url)
+    del env["LLM_BASE_URL"]
+    (experiment / ".env").write_text(f"LLM_BASE_URL={server.base_url}\nMAX_RUNS=3\nCODE_MODEL=my/coder\n")
+    result = run_main(["-d", str(experiment), "-r", "1"], env)
+    assert result.returncode == 0, result.stderr
+    assert not (experiment / "run_2").exists()  # the flag beat MAX_RUNS=3
+    assert {r["model"] for r in server.requests if "You write train.py" in r["messages"][0]["content"]} == {"my/coder"}
+
+
+def test_llm_error_is_one_line_exit_1_and_resumable(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    failing = {"on": True}
+
+    def responder(body):
+        if failing["on"] and "REPORT.md" in body["messages"][0]["content"]:
+            return {"status": 404, "error": "No such model"}
+        if failing["on"] and "RunAnalysis" in [t["function"]["name"] for t in body.get("tools") or []]:
+            return {"status": 401, "error": "bad key"}
+        return brain(body)
+
+    server = llm_server(responder)
+    env = runner_env(server.base_url)
+    result = run_main(["-d", str(experiment), "-r", "1"], env)
+    assert result.returncode == 1
+    assert "401" in result.stderr and "LLM_API_KEY" in result.stderr and "--resume" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (experiment / "run_1" / "output.log").is_file()
+
+    failing["on"] = False
+    codegen_calls = brain.stages.count("codegen")
+    resumed = run_main(["-d", str(experiment), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert brain.stages.count("codegen") == codegen_calls  # run 1 was not written or run again
+    assert "Run 1" in (experiment / "KEY_FINDINGS.md").read_text()
+    assert os.path.getsize(experiment / "REPORT.md") > 0
