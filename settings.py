@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
@@ -45,17 +45,31 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+@dataclass(frozen=True)
+class EnvSetting:
+    """How one setting is read: its variable, default and parser."""
+
+    env: str
+    default: Any
+    parse: Callable[[str, str], Any]
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        raw = env.get(self.env, "")
+        return self.parse(self.env, raw) if raw.strip() else self.default
+
+
+ENV_SETTINGS: dict[str, EnvSetting] = {}
+"""Every environment setting by variable name, in declaration order."""
+
+
 def _setting(env: str, default: Any, description: str, parse: Callable[[str, str], Any] = _text, secret: bool = False) -> Any:
     """A dataclass field whose default comes from `env` when it is set (and not empty)."""
-
-    def from_environment() -> Any:
-        raw = os.environ.get(env, "")
-        return parse(env, raw) if raw.strip() else default
-
+    spec = ENV_SETTINGS[env] = EnvSetting(env, default, parse)
+    # Pydantic (LangGraph Studio's schema) passes this metadata on to Field(), so only Field's own keys.
     return field(
-        default_factory=from_environment,
+        default_factory=lambda: spec.read(os.environ),
         repr=not secret,
-        metadata={"env": env, "default": default, "description": description, "parse": parse, "secret": secret},
+        metadata={"description": description, "json_schema_extra": {"env": env}},
     )
 
 
@@ -96,22 +110,21 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every setting from `env` (default: os.environ); keyword overrides win."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            name = f.metadata.get("env")
-            if name and f.name not in overrides:
-                raw = env.get(name, "")
-                values[f.name] = f.metadata["parse"](name, raw) if raw.strip() else f.metadata["default"]
+        values = {f.name: ENV_SETTINGS[_env_name(f)].read(env) for f in fields(cls) if _env_name(f) and f.name not in overrides}
         return cls(**values, **overrides)
+
+
+def _env_name(f: Field) -> str | None:
+    return f.metadata.get("json_schema_extra", {}).get("env")
 
 
 def settings_table() -> str:
     """The Markdown table of every environment setting, as README shows it."""
     rows = ["| Variable | Default | What it sets |", "|---|---|---|"]
     for f in fields(Settings):
-        if "env" in f.metadata:
-            default = f.metadata["default"]
+        if name := _env_name(f):
+            default = ENV_SETTINGS[name].default
             shown = f"`{default}`" if default not in ("", None) else "(none)"
-            rows.append(f"| `{f.metadata['env']}` | {shown} | {f.metadata['description']} |")
+            rows.append(f"| `{name}` | {shown} | {f.metadata['description']} |")
     return "\n".join(rows)
 
