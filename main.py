@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sqlite3
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from rich.console import Console
 
 from adapters.files import ExperimentFiles, ExperimentInputError
 from adapters.llm import LLMError
+from adapters.process import RunCancelled, cancel_running_scripts
 from adapters.terminal import ProgressPrinter
 from graph import build_graph
 from settings import Settings, SettingsError
@@ -24,6 +27,8 @@ THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
 
 EXIT_FINISHED, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+INTERRUPT_GRACE_S = 3.0
+"""After Ctrl-C, how long a step still in flight (an LLM call) may take before the runner leaves anyway."""
 
 
 class UsageError(Exception):
@@ -142,31 +147,65 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = parse_args(argv)
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        _stop_on_signals(resume_command(args.experiment_dir), errors)
         return run(args, console)
     except (UsageError, SettingsError, ExperimentInputError) as exc:
-        errors.print(f"error: {exc}", markup=False, soft_wrap=True)
+        errors.print(_one_line(f"error: {exc}"), markup=False, soft_wrap=True)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        hint = resume_command(args.experiment_dir) if args else "python main.py --resume"
-        errors.print(f"interrupted: progress up to the last finished step is saved; resume with `{hint}`", markup=False, soft_wrap=True)
+    except (KeyboardInterrupt, RunCancelled):
+        _interrupted_message(resume_command(args.experiment_dir) if args else "python main.py --resume", errors)
         return EXIT_INTERRUPTED
     except (LLMError, Exception) as exc:
         if args is not None and args.debug:
             traceback.print_exc()
         detail = str(exc) if isinstance(exc, LLMError) else f"{type(exc).__name__}: {exc}"
         hint = f" State is saved: after fixing it, resume with `{resume_command(args.experiment_dir)}`." if args else ""
-        errors.print(f"error: {detail}.{hint}", markup=False, soft_wrap=True)
+        errors.print(_one_line(f"error: {detail}.{hint}"), markup=False, soft_wrap=True)
         return EXIT_ERROR
 
 
-def _exit_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # unwinds like Ctrl-C: the running child's process group is killed on the way out
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _interrupted_message(hint: str, errors: Console) -> None:
+    errors.print(f"interrupted: every finished step is saved; resume with `{hint}`", markup=False, soft_wrap=True)
+
+
+def _stop_on_signals(hint: str, errors: Console) -> None:
+    """First Ctrl-C (or SIGTERM): kill the running train.py's process tree and stop; a second one exits at once.
+
+    Nodes run in LangGraph's worker threads, so the main thread cannot unwind them: the running
+    child is killed, execute raises RunCancelled, and the stream ends with it. An LLM call in
+    flight cannot be cancelled that way, so after a short grace the process leaves regardless;
+    with durability="sync" every finished step is already in the checkpoint.
+    """
+    state = {"stopping": False}
+
+    def leave() -> None:
+        _interrupted_message(hint, errors)
+        sys.stdout.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    def on_signal(signum, frame) -> None:
+        if state["stopping"]:
+            leave()
+        state["stopping"] = True
+        cancel_running_scripts()
+        timer = threading.Timer(INTERRUPT_GRACE_S, leave)
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def cli() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code) if code == EXIT_INTERRUPTED else sys.exit(code)  # don't wait for a worker thread stuck in an LLM call
 
 
 if __name__ == "__main__":

@@ -24,6 +24,24 @@ ECHO_BUFFER_LINES = 200
 KILL_GRACE_S = 5.0
 
 
+class RunCancelled(Exception):
+    """The run was stopped from outside (Ctrl-C): it has no result to record."""
+
+
+_running: set[int] = set()
+"""Process-group ids of the scripts running now."""
+_running_lock = threading.Lock()
+_cancelled = threading.Event()
+
+
+def cancel_running_scripts() -> None:
+    """Kill every running script's process group; run_script then raises RunCancelled, and no new one starts."""
+    _cancelled.set()
+    with _running_lock:
+        for pgid in _running:
+            kill_group(pgid)
+
+
 @dataclass
 class ProcessResult:
     """How the child ended."""
@@ -88,9 +106,9 @@ class _LogPump(threading.Thread):
         while chunk := self.pipe.readline(READ_BYTES):
             self.log_file.write(chunk)
             self.log_file.flush()
-            if not chunk.endswith(b"\n"):
+            if not chunk.endswith(b"\n") and self.pipe.peek(1):
                 partial = partial or chunk[:ECHO_LINE_CHARS]
-                continue
+                continue  # the line goes on: only its first piece is echoed
             line = (partial or chunk).decode("utf-8", "replace").rstrip("\r\n")[:ECHO_LINE_CHARS]
             partial = b""
             with self.lock:
@@ -120,6 +138,8 @@ def run_script(
     The child gets its own session; on timeout, on any exception here (Ctrl-C included) and on
     return, its whole process group is killed, and the kernel kills it if the runner dies.
     """
+    if _cancelled.is_set():
+        raise RunCancelled("interrupted before the run started")
     start = time.monotonic()
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(
@@ -132,6 +152,8 @@ def run_script(
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        with _running_lock:
+            _running.add(proc.pid)
         if pid_file is not None:
             pid_file.parent.mkdir(parents=True, exist_ok=True)
             pid_file.write_text(json.dumps({"pid": proc.pid, "cwd": str(script.parent.resolve())}))
@@ -141,6 +163,8 @@ def run_script(
         try:
             deadline = start + timeout_s
             while proc.poll() is None:
+                if _cancelled.is_set():
+                    break
                 if time.monotonic() >= deadline:
                     timed_out = True
                     _stop(proc)
@@ -154,11 +178,15 @@ def run_script(
         finally:
             kill_group(proc.pid)
             proc.wait()
+            with _running_lock:
+                _running.discard(proc.pid)
             pump.join(timeout=2.0)
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
         if on_output and (lines := pump.take()):
             on_output(lines)
+    if _cancelled.is_set():
+        raise RunCancelled(f"run interrupted after {time.monotonic() - start:.1f} s")
     return ProcessResult(exit_code=proc.returncode if not timed_out else None, duration_s=time.monotonic() - start, timed_out=timed_out)
 
 

@@ -35,7 +35,16 @@ class ScriptedBrain:
         self.stages: list[str] = []
 
     def __call__(self, body: dict) -> dict:
+        reply = self.answer(body)
+        if "tool_call" in reply and body.get("response_format"):  # json_schema mode: the same answer as JSON text
+            reply = {"content": json.dumps(reply.pop("tool_call")["arguments"]), **reply}
+        return reply
+
+    def answer(self, body: dict) -> dict:
         tools = [t["function"]["name"] for t in body.get("tools") or []]
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+        if schema:
+            tools.append(schema)
         system = body["messages"][0]["content"]
         usage = {"usage": {"prompt_tokens": 100, "completion_tokens": 20}}
         if "ExperimentPlan" in tools:

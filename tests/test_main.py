@@ -237,3 +237,90 @@ def test_llm_error_is_one_line_exit_1_and_resumable(experiment: Path, llm_server
     assert brain.stages.count("codegen") == codegen_calls  # run 1 was not written or run again
     assert "Run 1" in (experiment / "KEY_FINDINGS.md").read_text()
     assert os.path.getsize(experiment / "REPORT.md") > 0
+
+
+def test_json_schema_structured_output(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    result = run_main(["-d", str(experiment), "-r", "1"], runner_env(server.base_url, STRUCTURED_OUTPUT="json_schema"))
+    assert result.returncode == 0, result.stderr
+    assert all("tools" not in r for r in server.requests)
+    assert any(r.get("response_format", {}).get("type") == "json_schema" for r in server.requests)
+    assert read_tasks(experiment)[0]["status"] == "in_progress"
+
+
+def test_malformed_structured_reply_gets_one_repair_then_fails_cleanly(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    analysis_calls = []
+
+    def responder(body):
+        if "RunAnalysis" in [t["function"]["name"] for t in body.get("tools") or []]:
+            analysis_calls.append(body)
+            return {"tool_call": {"name": "RunAnalysis", "arguments": {"summary": 42, "goal_achieved": "perhaps"}}}
+        return brain(body)
+
+    server = llm_server(responder)
+    result = run_main(["-d", str(experiment), "-r", "1"], runner_env(server.base_url))
+    assert result.returncode == 1
+    assert len(analysis_calls) == 2
+    assert "could not be used" in analysis_calls[1]["messages"][-1]["content"]
+    assert "RunAnalysis" in result.stderr and "--resume" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_server, tmp_path: Path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN]))
+    env = runner_env(server.base_url, HOLD_FILE=str(hold))
+    runner = subprocess.Popen([sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (experiment / "run_1" / "attempts.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=30)
+
+    assert runner.returncode == 130, out + err
+    assert "--resume" in err and "Traceback" not in err
+    assert not _alive(child)
+    hold.unlink()
+    resumed = run_main(["-d", str(experiment), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (experiment / "REPORT.md").is_file()
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("auto-ml-runner")
+    if not script.exists():
+        pytest.skip("the package is not installed in this environment (pip install -e .)")
+    result = subprocess.run([str(script), "--max-runs", "abc"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--max-runs must be a whole number" in result.stderr
+
+
+def test_ctrl_c_during_an_llm_call_exits_promptly(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    slow = {"on": True}
+
+    def responder(body):
+        reply = brain(body)
+        if slow["on"] and brain.stages[-1] == "codegen":
+            return {**reply, "delay": 30}
+        return reply
+
+    server = llm_server(responder)
+    env = runner_env(server.base_url)
+    runner = subprocess.Popen([sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "codegen" not in brain.stages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    runner.send_signal(signal.SIGINT)
+    out, err = runner.communicate(timeout=20)
+
+    assert runner.returncode == 130, out + err
+    assert time.monotonic() - started < 10
+    assert "--resume" in err and "Traceback" not in err
+    slow["on"] = False
+    resumed = run_main(["-d", str(experiment), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert brain.stages.count("initialize") == 1  # the finished step was not repeated
