@@ -15,12 +15,13 @@ from nodes.records import latest_findings, tasks_text
 from settings import Settings
 from state import ExperimentState
 
-FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
+PYTHON_TAGS = ("", "python", "py", "python3")
 
 
 def extract_python(reply: str) -> str:
-    """The code in a reply: the longest fenced block, else the whole reply."""
-    blocks = FENCE.findall(reply)
+    """The code in a reply: the longest untagged or Python fenced block, else the whole reply."""
+    blocks = [code for tag, code in FENCE.findall(reply) if tag.lower() in PYTHON_TAGS]
     code = max(blocks, key=len) if blocks else reply
     return code.strip() + "\n"
 

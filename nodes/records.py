@@ -43,19 +43,20 @@ def tasks_text(tasks: list[Task], budget: int) -> str:
 
 
 def latest_findings(sections: list[str], budget: int) -> str:
-    """The newest KEY_FINDINGS sections that fit in `budget`, oldest of them first."""
+    """The newest KEY_FINDINGS sections that fit in `budget` (a note of the omitted ones included), oldest first."""
+    if not sections:
+        return "(none yet)"
+    room = budget - len(f"({len(sections)} earlier sections omitted)\n\n")
     kept: list[str] = []
-    used = 0
     for section in reversed(sections):
-        if used + len(section) + 2 > budget:
-            if not kept:
-                kept.append(clip(section, budget))
+        if sum(len(s) + 2 for s in kept) + len(section) > room:
             break
         kept.append(section)
-        used += len(section) + 2
+    if not kept:
+        kept.append(clip(sections[-1], room))
     omitted = len(sections) - len(kept)
     head = [f"({omitted} earlier sections omitted)"] if omitted else []
-    return "\n\n".join(head + kept[::-1]) or "(none yet)"
+    return "\n\n".join(head + kept[::-1])
 
 
 def run_line(run: RunRecord) -> str:

@@ -1,0 +1,144 @@
+"""analyze: the analyst's structured reply applied to tasks.json and KEY_FINDINGS.md, then the stop decision."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fakes import ScriptedChatModel, analysis_reply, events_of, make_experiment, make_run, make_runtime, make_task
+
+from nodes.analyze import analyze, apply_analysis, findings_section, stop_reason
+from state import NewTask, RunAnalysis, TaskUpdate
+
+TASKS = [make_task(1, "Baseline", notes="old notes", runs=[1]), make_task(2, "Tune"), make_task(3, "Augment", status="dropped")]
+
+
+def analysis(**fields) -> RunAnalysis:
+    return RunAnalysis(summary=fields.pop("summary", "It ran."), goal_achieved=fields.pop("goal_achieved", False), **fields)
+
+
+# apply_analysis
+
+
+def test_updates_status_and_notes_and_records_the_run():
+    result = apply_analysis(TASKS, analysis(task_updates=[TaskUpdate(id=2, status="in_progress", notes=" wider helps ")]), run=2)
+    assert result[1] == {"id": 2, "title": "Tune", "status": "in_progress", "notes": "wider helps", "runs": [2]}
+    assert result[0] == TASKS[0] and result[2] == TASKS[2]
+
+
+def test_run_number_is_appended_once():
+    result = apply_analysis(TASKS, analysis(task_updates=[TaskUpdate(id=1, status="done")]), run=1)
+    assert result[0]["runs"] == [1]
+    result = apply_analysis(result, analysis(task_updates=[TaskUpdate(id=1, status="done")]), run=2)
+    assert result[0]["runs"] == [1, 2]
+
+
+def test_empty_notes_keep_the_old_ones():
+    result = apply_analysis(TASKS, analysis(task_updates=[TaskUpdate(id=1, status="done", notes="  ")]), run=2)
+    assert result[0]["notes"] == "old notes" and result[0]["status"] == "done"
+
+
+def test_new_tasks_get_the_next_ids():
+    tasks = [make_task(1), make_task(5)]
+    result = apply_analysis(tasks, analysis(new_tasks=[NewTask(title=" Try dropout ", notes="overfits"), NewTask(title="Try Adam")]), run=1)
+    assert [(t["id"], t["title"], t["status"], t["notes"], t["runs"]) for t in result[2:]] == [
+        (6, "Try dropout", "todo", "overfits", []),
+        (7, "Try Adam", "todo", "", []),
+    ]
+
+
+def test_new_tasks_on_an_empty_list_start_at_1():
+    assert [t["id"] for t in apply_analysis([], analysis(new_tasks=[NewTask(title="a"), NewTask(title="b")]), run=1)] == [1, 2]
+
+
+def test_unknown_ids_are_ignored():
+    assert apply_analysis(TASKS, analysis(task_updates=[TaskUpdate(id=99, status="done")]), run=1) == TASKS
+
+
+def test_input_tasks_are_not_mutated():
+    before = json.loads(json.dumps(TASKS))
+    apply_analysis(TASKS, analysis(task_updates=[TaskUpdate(id=2, status="done", notes="x")]), run=4)
+    assert TASKS == before
+
+
+# findings_section and stop_reason
+
+
+def test_findings_section():
+    section = findings_section(
+        make_run(2, status="failed"), analysis(summary="Crashed. ", findings=["a", " ", "b "], goal_achieved=True, goal_evidence="acc=1")
+    )
+    assert section == "## Run 2 (failed)\n\nCrashed.\n\n- a\n- b\n\nGoal achieved: acc=1"
+
+
+def test_stop_reason():
+    runs = [make_run(1), make_run(2)]
+    assert stop_reason(runs, max_runs=5, goal_met=True) == "goal_met"
+    assert stop_reason(runs, max_runs=2, goal_met=True) == "goal_met"
+    assert stop_reason(runs, max_runs=2, goal_met=False) == "max_runs"
+    assert stop_reason(runs, max_runs=1, goal_met=False) == "max_runs"
+    assert stop_reason(runs, max_runs=3, goal_met=False) is None
+
+
+# the node
+
+
+def state_after_run(root: str, runs: int = 1, max_runs: int = 5) -> dict:
+    return {
+        "experiment_dir": root,
+        "goal": "accuracy >= 0.9",
+        "tasks": [make_task(1, "Baseline"), make_task(2, "Tune")],
+        "findings": ["## Run 0 (ok)\n\nAn earlier section."] if runs > 1 else [],
+        "runs": [make_run(n, metrics={"accuracy": 0.5}, summary=f"RUN-{n}-SUMMARY") for n in range(1, runs + 1)],
+        "code": "CODE-OF-THE-RUN",
+        "max_runs": max_runs,
+        "usage": [],
+    }
+
+
+def test_node_updates_files_and_state(tmp_path: Path):
+    reply = analysis_reply(
+        summary="Baseline worked.",
+        findings=["accuracy 0.5 with logistic regression"],
+        task_updates=[{"id": 1, "status": "done", "notes": "0.5"}, {"id": 42, "status": "done"}],
+        new_tasks=[{"title": "Try an MLP"}],
+    )
+    model = ScriptedChatModel(responses=[reply])
+    runtime, events = make_runtime(model)
+    root = make_experiment(tmp_path)
+
+    update = analyze(state_after_run(root, runs=2), runtime)
+
+    assert [(t["id"], t["status"], t["runs"]) for t in update["tasks"]] == [(1, "done", [2]), (2, "todo", []), (3, "todo", [])]
+    assert json.loads((tmp_path / "tasks.json").read_text())["tasks"] == update["tasks"]
+    findings = (tmp_path / "KEY_FINDINGS.md").read_text()
+    assert "An earlier section." in findings
+    assert "## Run 2 (ok)\n\nBaseline worked.\n\n- accuracy 0.5 with logistic regression" in findings
+    assert findings.index("## Run 0") < findings.index("## Run 2")
+    assert update["findings"] == ["## Run 2 (ok)\n\nBaseline worked.\n\n- accuracy 0.5 with logistic regression"]
+    assert update["goal_met"] is False
+    assert update["stop_reason"] is None
+    assert [u["stage"] for u in update["usage"]] == ["analyze"]
+    assert update["usage"][0]["model"] == runtime.context.summarize_model
+    prompt = model.prompt()
+    assert "RUN-2-SUMMARY" in prompt and "CODE-OF-THE-RUN" in prompt and "accuracy >= 0.9" in prompt and "#1 [todo] Baseline" in prompt
+    assert events_of(events, "stage") == [{"event": "stage", "stage": "analyze", "run": 2, "model": runtime.context.summarize_model}]
+    assert events_of(events, "analysis") == [{"event": "analysis", "run": 2, "summary": "Baseline worked.", "goal_met": False}]
+
+
+def test_node_stops_when_goal_met(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(goal_achieved=True, goal_evidence="accuracy=0.95")]))
+    update = analyze(state_after_run(make_experiment(tmp_path), runs=1, max_runs=5), runtime)
+    assert update["goal_met"] is True and update["stop_reason"] == "goal_met"
+    assert "Goal achieved: accuracy=0.95" in (tmp_path / "KEY_FINDINGS.md").read_text()
+
+
+def test_node_stops_at_max_runs(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply()]))
+    update = analyze(state_after_run(make_experiment(tmp_path), runs=3, max_runs=3), runtime)
+    assert update["stop_reason"] == "max_runs"
+
+
+def test_node_goes_on_below_max_runs(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply()]))
+    assert analyze(state_after_run(make_experiment(tmp_path), runs=2, max_runs=3), runtime)["stop_reason"] is None

@@ -1,0 +1,154 @@
+"""execute: runs run_N/train.py as a real child process and records what happened."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fakes import events_of, make_experiment, make_run, make_runtime
+
+from nodes.execute import execute
+
+TRAIN_OK = """\
+import json
+print("epoch=1 loss=0.5", flush=True)
+json.dump({"accuracy": 0.93}, open("metrics.json", "w"))
+"""
+
+TRAIN_CRASH = """\
+print("epoch=1 loss=0.7", flush=True)
+raise ValueError("the data is missing")
+"""
+
+TRAIN_SLEEP = """\
+import time
+print("starting", flush=True)
+time.sleep(60)
+"""
+
+TRAIN_SHOW_KEY = """\
+import os
+print("key=" + repr(os.environ.get("OPENROUTER_API_KEY")), flush=True)
+print("llm=" + repr(os.environ.get("LLM_API_KEY")), flush=True)
+"""
+
+
+def scratch_run(tmp_path: Path, code: str, number: int = 1) -> str:
+    root = make_experiment(tmp_path)
+    run_dir = tmp_path / f"run_{number}"
+    run_dir.mkdir()
+    (run_dir / "train.py").write_text(code)
+    return root
+
+
+def test_successful_run(tmp_path: Path):
+    runtime, events = make_runtime()
+    update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK), "runs": []}, runtime)
+
+    [record] = update["runs"]
+    assert record["number"] == 1
+    assert record["status"] == "ok"
+    assert record["exit_code"] == 0
+    assert record["error"] == ""
+    assert record["metrics"] == {"accuracy": 0.93}  # metrics.json wins over the log's loss=0.5
+    assert record["duration_s"] >= 0
+    assert "Run 1: ok (exit 0)" in record["summary"]
+    assert "Metrics (metrics.json): accuracy=0.93" in record["summary"]
+    assert "epoch=1 loss=0.5" in record["summary"]
+    assert (tmp_path / "run_1" / "output.log").read_text() == "epoch=1 loss=0.5\n"
+    assert not (tmp_path / ".runner" / "child.json").exists()
+
+
+def test_emits_stage_output_and_run_done(tmp_path: Path):
+    runtime, events = make_runtime()
+    execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK), "runs": []}, runtime)
+
+    assert events[0] == {"event": "stage", "stage": "execute", "run": 1, "timeout_s": runtime.context.timeout_seconds}
+    output = [line for e in events_of(events, "output") for line in e["lines"]]
+    assert output == ["epoch=1 loss=0.5"]
+    assert all(e["run"] == 1 for e in events_of(events, "output"))
+    [done] = events_of(events, "run_done")
+    assert done["run"] == 1 and done["status"] == "ok" and done["metrics"] == {"accuracy": 0.93}
+    assert events[-1] is done
+
+
+def test_run_number_follows_the_runs_so_far(tmp_path: Path):
+    runtime, _ = make_runtime()
+    update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK, number=3), "runs": [make_run(1), make_run(2)]}, runtime)
+    assert update["runs"][0]["number"] == 3
+    assert (tmp_path / "run_3" / "output.log").exists()
+
+
+def test_crashing_script(tmp_path: Path):
+    runtime, _ = make_runtime()
+    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_CRASH), "runs": []}, runtime)["runs"]
+
+    assert record["status"] == "failed"
+    assert record["exit_code"] == 1
+    assert record["error"] == "ValueError: the data is missing"
+    assert record["metrics"] == {"epoch": 1.0, "loss": 0.7}  # no metrics.json: the log's last values
+    assert "Traceback" in record["summary"]
+
+
+def test_timeout(tmp_path: Path):
+    runtime, events = make_runtime(timeout_seconds=1)
+    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_SLEEP), "runs": []}, runtime)["runs"]
+
+    assert record["status"] == "timeout"
+    assert record["exit_code"] is None
+    assert record["error"] == "timed out after 1 s"
+    assert 1 <= record["duration_s"] < 10
+    assert "starting" in (tmp_path / "run_1" / "output.log").read_text()
+    assert events_of(events, "run_done")[0]["status"] == "timeout"
+
+
+def test_interrupted_attempt_log_is_kept(tmp_path: Path):
+    root = scratch_run(tmp_path, TRAIN_OK)
+    run_dir = tmp_path / "run_1"
+    (run_dir / "output.log").write_text("epoch=1 loss=9.9\n(partial, the runner died here")
+    (run_dir / "output.interrupted-1.log").write_text("an even earlier attempt\n")
+    (run_dir / "metrics.json").write_text(json.dumps({"stale": 1.0}))
+    runtime, _ = make_runtime()
+
+    [record] = execute({"experiment_dir": root, "runs": []}, runtime)["runs"]
+
+    assert (run_dir / "output.interrupted-1.log").read_text() == "an even earlier attempt\n"
+    assert (run_dir / "output.interrupted-2.log").read_text() == "epoch=1 loss=9.9\n(partial, the runner died here"
+    assert (run_dir / "output.log").read_text() == "epoch=1 loss=0.5\n"
+    assert record["metrics"] == {"accuracy": 0.93}
+
+
+def test_first_interrupted_log_is_numbered_1(tmp_path: Path):
+    root = scratch_run(tmp_path, TRAIN_OK)
+    (tmp_path / "run_1" / "output.log").write_text("partial")
+    runtime, _ = make_runtime()
+    execute({"experiment_dir": root, "runs": []}, runtime)
+    assert (tmp_path / "run_1" / "output.interrupted-1.log").read_text() == "partial"
+
+
+def test_stale_metrics_file_is_not_reported(tmp_path: Path):
+    root = scratch_run(tmp_path, TRAIN_CRASH)
+    (tmp_path / "run_1" / "metrics.json").write_text(json.dumps({"accuracy": 0.99}))
+    runtime, _ = make_runtime()
+    [record] = execute({"experiment_dir": root, "runs": []}, runtime)["runs"]
+    assert "accuracy" not in record["metrics"]
+
+
+def test_missing_train_py_is_written_from_state(tmp_path: Path):
+    root = make_experiment(tmp_path)
+    runtime, _ = make_runtime()
+    [record] = execute({"experiment_dir": root, "runs": [], "code": TRAIN_OK}, runtime)["runs"]
+    assert (tmp_path / "run_1" / "train.py").read_text() == TRAIN_OK
+    assert record["status"] == "ok"
+
+
+def test_child_gets_no_api_keys(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-secret")
+    monkeypatch.setenv("LLM_API_KEY", "sk-local-secret")
+    runtime, _ = make_runtime()
+
+    execute({"experiment_dir": scratch_run(tmp_path, TRAIN_SHOW_KEY), "runs": []}, runtime)
+
+    log = (tmp_path / "run_1" / "output.log").read_text()
+    assert "key=None" in log and "llm=None" in log
+    assert "secret" not in log

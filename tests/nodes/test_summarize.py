@@ -1,0 +1,71 @@
+"""summarize: a bounded digest of the runs so far for codegen, without any LLM call."""
+
+from __future__ import annotations
+
+from fakes import events_of, make_run, make_runtime
+
+from nodes.prompts import BUDGET
+from nodes.summarize import RECENT_RUNS, summarize
+
+
+def digest(state: dict) -> str:
+    runtime, _ = make_runtime()
+    return summarize({"experiment_dir": "unused", **state}, runtime)["previous_digest"]
+
+
+def test_first_run_says_there_is_none_yet():
+    runtime, events = make_runtime()
+    update = summarize({"experiment_dir": "unused", "runs": []}, runtime)
+    assert "No run yet" in update["previous_digest"]
+    assert events_of(events, "stage") == [{"event": "stage", "stage": "summarize", "run": 1}]
+
+
+def test_state_without_runs_key_counts_as_first_run():
+    assert "No run yet" in digest({})
+
+
+def test_includes_previous_summary_earlier_lines_and_best_run():
+    runs = [
+        make_run(1, metrics={"accuracy": 0.95}, summary="SUMMARY-ONE"),
+        make_run(2, status="failed", error="ValueError: boom", summary="SUMMARY-TWO"),
+        make_run(3, metrics={"accuracy": 0.8}, summary="SUMMARY-THREE full text"),
+    ]
+    text = digest({"runs": runs, "goal": "accuracy >= 0.9"})
+
+    assert text.startswith("SUMMARY-THREE full text")
+    assert "SUMMARY-ONE" not in text and "SUMMARY-TWO" not in text  # earlier runs: one line each, not their summaries
+    assert "Earlier runs:" in text
+    assert "run 1: ok" in text and "accuracy=0.95" in text
+    assert "run 2: failed" in text and "error: ValueError: boom" in text
+    assert "Best so far for the goal (accuracy >= 0.9): run 1: ok" in text
+
+
+def test_best_run_for_a_lower_is_better_goal():
+    runs = [make_run(1, metrics={"loss": 0.2}), make_run(2, metrics={"loss": 0.5})]
+    assert "Best so far for the goal (loss <= 0.1): run 1:" in digest({"runs": runs, "goal": "loss <= 0.1"})
+
+
+def test_no_best_line_when_goal_names_no_reported_metric():
+    runs = [make_run(1, metrics={"loss": 0.2}), make_run(2, metrics={"loss": 0.1})]
+    assert "Best so far" not in digest({"runs": runs, "goal": "accuracy >= 0.9"})
+    assert "Best so far" not in digest({"runs": runs, "goal": "do well"})
+
+
+def test_single_run_has_no_earlier_runs_section():
+    text = digest({"runs": [make_run(1, summary="ONLY")], "goal": ""})
+    assert text == "ONLY"
+
+
+def test_lists_only_the_recent_earlier_runs():
+    runs = [make_run(n) for n in range(1, 31)]
+    text = digest({"runs": runs})
+    listed = [n for n in range(1, 31) if f"run {n}: ok" in text]
+    assert listed == list(range(30 - RECENT_RUNS, 30))
+
+
+def test_digest_is_bounded_with_many_huge_runs():
+    huge = "x" * 50_000
+    runs = [make_run(n, metrics={"accuracy": n / 100}, summary=f"run {n} summary {huge}", error="E" * 5_000) for n in range(1, 101)]
+    text = digest({"runs": runs, "goal": "accuracy >= 0.99"})
+    assert len(text) <= BUDGET["previous_run"]
+    assert text.startswith("run 100 summary")
