@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,3 +95,16 @@ def run_main(args: list[str], env: dict[str, str], cwd: Path | None = None, time
 
 def read_tasks(folder: Path) -> list[dict]:
     return json.loads((folder / "tasks.json").read_text())["tasks"]
+
+
+def start_main(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start `python main.py ARGS` in the background, its output captured as text."""
+    return subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, timeout: float = 60) -> None:
+    """Poll `condition()` until it holds; fail the test if it never does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from scripted import GOOD_TRAIN, REPO, ScriptedBrain, read_tasks, run_main, runner_env
+from scripted import GOOD_TRAIN, ScriptedBrain, read_tasks, run_main, runner_env, start_main, wait_until
 
 # Run 2 waits while $HOLD_FILE exists, so a test can kill the runner in the middle of it.
 HOLDING_TRAIN = """\
@@ -71,12 +71,8 @@ def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: P
     hold.touch()
     server = llm_server(ScriptedBrain(codes=[COUNTING_TRAIN, HOLDING_TRAIN]))
     env = runner_env(server.base_url, HOLD_FILE=str(hold))
-    runner = subprocess.Popen([sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    attempts = experiment / "run_2" / "attempts.txt"
-    deadline = time.monotonic() + 60
-    while not attempts.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert attempts.exists(), "run 2 never started"
+    runner = start_main(["-d", str(experiment), "-r", "2"], env)
+    wait_until((experiment / "run_2" / "attempts.txt").exists)
     runner.kill()
     runner.wait()
     requests_before = len(server.requests)
@@ -100,23 +96,12 @@ def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, tmp_path: 
     hold = tmp_path / "hold"
     hold.touch()
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN.replace("run two", "run one")]))
-    runner = subprocess.Popen(
-        [sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "1"],
-        env=runner_env(server.base_url, HOLD_FILE=str(hold)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    pid_file = experiment / ".runner" / "child.json"
-    deadline = time.monotonic() + 60
-    while not (experiment / "run_1" / "attempts.txt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = json.loads(pid_file.read_text())["pid"]
-    runner.send_signal(signal.SIGKILL)
-    runner.wait()
-    deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(child)
+    runner = start_main(["-d", str(experiment), "-r", "1"], runner_env(server.base_url, HOLD_FILE=str(hold)))
+    wait_until((experiment / "run_1" / "attempts.txt").exists)
+    child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
+    runner.kill()
+    runner.communicate()
+    wait_until(lambda: not _alive(child), timeout=5)
 
 
 def _alive(pid: int) -> bool:
@@ -272,10 +257,8 @@ def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_
     hold.touch()
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN]))
     env = runner_env(server.base_url, HOLD_FILE=str(hold))
-    runner = subprocess.Popen([sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (experiment / "run_1" / "attempts.txt").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    runner = start_main(["-d", str(experiment), "-r", "1"], env)
+    wait_until((experiment / "run_1" / "attempts.txt").exists)
     child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=30)
@@ -309,10 +292,8 @@ def test_ctrl_c_during_an_llm_call_exits_promptly(experiment: Path, llm_server):
 
     server = llm_server(responder)
     env = runner_env(server.base_url)
-    runner = subprocess.Popen([sys.executable, str(REPO / "main.py"), "-d", str(experiment), "-r", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while "codegen" not in brain.stages and time.monotonic() < deadline:
-        time.sleep(0.05)
+    runner = start_main(["-d", str(experiment), "-r", "1"], env)
+    wait_until(lambda: "codegen" in brain.stages)
     started = time.monotonic()
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=20)
@@ -324,3 +305,21 @@ def test_ctrl_c_during_an_llm_call_exits_promptly(experiment: Path, llm_server):
     resumed = run_main(["-d", str(experiment), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert brain.stages.count("initialize") == 1  # the finished step was not repeated
+
+
+def test_resume_an_interrupted_experiment_with_a_new_run_limit(experiment: Path, llm_server, tmp_path: Path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN, GOOD_TRAIN]))
+    env = runner_env(server.base_url, HOLD_FILE=str(hold))
+    runner = start_main(["-d", str(experiment), "-r", "1"], env)
+    wait_until((experiment / "run_1" / "attempts.txt").exists)
+    runner.kill()
+    runner.communicate()
+    hold.unlink()
+
+    result = run_main(["-d", str(experiment), "--resume", "-r", "2"], env)
+
+    assert result.returncode == 0, result.stderr
+    assert (experiment / "run_2" / "output.log").is_file() and not (experiment / "run_3").exists()
+    assert "after 2 of 2 runs" in (experiment / "REPORT.md").read_text()
