@@ -109,9 +109,7 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
     has_state = bool(snapshot.values)
     if not args.resume:
         if has_state or files.existing_runs():
-            raise UsageError(
-                f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh in a new directory"
-            )
+            raise UsageError(f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh in a new directory")
         return {"experiment_dir": str(files.root), "max_runs": args.max_runs or settings.max_runs}
 
     if not has_state:

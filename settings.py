@@ -88,7 +88,10 @@ class Settings:
     llm_timeout_seconds: int = _setting("LLM_TIMEOUT_SECONDS", 600, "Limit of one LLM request, in seconds.", _whole_number(1))
     llm_max_retries: int = _setting("LLM_MAX_RETRIES", 2, "Retries of a failed LLM request inside the HTTP client.", _whole_number(0))
     structured_output: str = _setting(
-        "STRUCTURED_OUTPUT", "function_calling", "How structured replies are asked for: function_calling or json_schema.", _choice("function_calling", "json_schema")
+        "STRUCTURED_OUTPUT",
+        "function_calling",
+        "How structured replies are asked for: function_calling or json_schema.",
+        _choice("function_calling", "json_schema"),
     )
     chat_model: Any = field(default=None, repr=False, metadata={"description": "A ready chat model used for every stage (tests, embedding)."})
 
@@ -127,4 +130,3 @@ def settings_table() -> str:
             shown = f"`{default}`" if default not in ("", None) else "(none)"
             rows.append(f"| `{name}` | {shown} | {f.metadata['description']} |")
     return "\n".join(rows)
-

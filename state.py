@@ -7,10 +7,10 @@ need no custom serializer and the Markdown/JSON files can always be rewritten fr
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import BaseModel, Field
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 
 class Task(TypedDict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -22,6 +23,7 @@ _METRIC = re.compile(rf"(?<![\w.])([A-Za-z_][\w./-]*(?: [A-Za-z_][\w./-]*){{0,3}
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)\b|^[A-Za-z_][\w.]*: ")
 
 
+@functools.lru_cache(maxsize=4096)
 def metric_name(raw: str) -> str:
     """'Test Accuracy' -> 'test_accuracy'."""
     return re.sub(r"[\s/-]+", "_", raw.strip()).lower()
@@ -29,6 +31,8 @@ def metric_name(raw: str) -> str:
 
 def parse_metrics(line: str) -> dict[str, float]:
     """Numbers named in one log line: a flat JSON object, or `name=value` / `name: value` pairs."""
+    if "=" not in line and ":" not in line:  # most lines of a long log: skip the regex
+        return {}
     stripped = line.strip()
     if stripped.startswith("{") and stripped.endswith("}"):
         try:
@@ -46,7 +50,12 @@ def parse_metrics(line: str) -> dict[str, float]:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def read_metrics_file(path: Path) -> dict[str, float] | None:
@@ -95,15 +104,16 @@ def summarize_log(log_path: Path, metrics_path: Path | None = None, *, tail_line
         with log:
             while chunk := log.readline(MAX_LINE_BYTES):
                 summary.bytes += len(chunk)
-                if not chunk.endswith(b"\n"):
+                if not chunk.endswith(b"\n") and log.peek(1):
                     pending = pending or chunk.decode("utf-8", "replace")
-                    continue
+                    continue  # the line goes on: only its first piece is kept
                 line = (pending or chunk.decode("utf-8", "replace")).rstrip("\r\n")
                 pending = ""
                 summary.lines += 1
                 tail.append(_clip_line(line))
                 if line.startswith("Traceback (most recent call last)"):
                     traceback.clear()
+                    summary.error = ""
                     in_traceback = True
                 if in_traceback:
                     traceback.append(_clip_line(line))
@@ -113,9 +123,6 @@ def summarize_log(log_path: Path, metrics_path: Path | None = None, *, tail_line
                 for name, value in parse_metrics(line).items():
                     if name in log_metrics or len(log_metrics) < MAX_METRICS:
                         log_metrics[name] = value
-            if pending:
-                summary.lines += 1
-                tail.append(_clip_line(pending.rstrip("\r\n")))
     file_metrics = read_metrics_file(metrics_path) if metrics_path else None
     if file_metrics:
         summary.metrics, summary.metrics_source = file_metrics, "metrics.json"

@@ -75,20 +75,36 @@ def kill_group(pgid: int) -> None:
 
 
 def kill_leftover(pid_file: Path) -> bool:
-    """Kill the process group recorded in `pid_file` by a runner that died, if it is still ours."""
+    """Kill the process group recorded in `pid_file` by a runner that died, if any of it still runs in that run's folder."""
     try:
         record = json.loads(pid_file.read_text())
-        pid, cwd = int(record["pid"]), record["cwd"]
+        pgid, cwd = int(record["pid"]), record["cwd"]
     except (OSError, ValueError, KeyError, TypeError):
         return False
     pid_file.unlink(missing_ok=True)
+    # The group's leader may be gone while its children live on: look for any member working in the run's folder.
+    ours = any(_process_group(pid) == pgid and _cwd(pid).startswith(cwd) for pid in _pids())
+    if ours:
+        kill_group(pgid)
+    return ours
+
+
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _process_group(pid: int) -> int | None:
     try:
-        alive_in_run_dir = os.readlink(f"/proc/{pid}/cwd") == cwd
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
     except OSError:
-        return False
-    if alive_in_run_dir:
-        kill_group(pid)
-    return alive_in_run_dir
+        return ""
 
 
 class _LogPump(threading.Thread):
@@ -181,6 +197,8 @@ def run_script(
             with _running_lock:
                 _running.discard(proc.pid)
             pump.join(timeout=2.0)
+            if not pump.is_alive():  # else a process that escaped the group still holds the pipe
+                proc.stdout.close()
             if pid_file is not None:
                 pid_file.unlink(missing_ok=True)
         if on_output and (lines := pump.take()):

@@ -60,7 +60,9 @@ def latest_findings(sections: list[str], budget: int) -> str:
 
 
 def run_line(run: RunRecord) -> str:
-    return f"run {run['number']}: {run['status']}, {run['duration_s']:.0f} s, {format_metrics(run['metrics'])}" + (f", error: {run['error']}" if run["error"] else "")
+    return f"run {run['number']}: {run['status']}, {run['duration_s']:.0f} s, {format_metrics(run['metrics'])}" + (
+        f", error: {run['error']}" if run["error"] else ""
+    )
 
 
 def runs_table(runs: list[RunRecord], goal: str = "") -> str:

@@ -9,6 +9,7 @@ import pytest
 from fake_llm import FakeLLMServer
 from scripted import IDEA
 
+
 @pytest.fixture
 def experiment(tmp_path: Path) -> Path:
     """An experiment folder holding only IDEA.md."""

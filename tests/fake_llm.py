@@ -26,12 +26,18 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                402: "insufficient_quota", 403: "permission_error", 404: "not_found_error",
-                429: "rate_limit_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 
 
 def _words(value: Any) -> int:
@@ -39,8 +45,7 @@ def _words(value: Any) -> int:
     if isinstance(value, str):
         return len(value.split())
     if isinstance(value, list):
-        return sum(_words(part.get("text", "")) if isinstance(part, dict) else _words(part)
-                   for part in value)
+        return sum(_words(part.get("text", "")) if isinstance(part, dict) else _words(part) for part in value)
     return 0
 
 
@@ -63,8 +68,7 @@ class FakeLLMServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True,
-                                        name="FakeLLMServer")
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="FakeLLMServer")
         self._thread.start()
         self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         return self.base_url
@@ -76,7 +80,7 @@ class FakeLLMServer:
             self._thread.join(timeout=5)
             self._httpd = self._thread = None
 
-    def __enter__(self) -> "FakeLLMServer":
+    def __enter__(self) -> FakeLLMServer:
         self.start()
         return self
 
@@ -92,10 +96,13 @@ class FakeLLMServer:
         message: dict[str, Any] = {"role": "assistant", "content": None}
         if "tool_call" in reply:
             call = reply["tool_call"]
-            message["tool_calls"] = [{
-                "id": f"call_{next(self._call_ids)}", "type": "function",
-                "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
-            }]
+            message["tool_calls"] = [
+                {
+                    "id": f"call_{next(self._call_ids)}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": json.dumps(call.get("arguments", {}))},
+                }
+            ]
             finish, out_text = "tool_calls", message["tool_calls"][0]["function"]["arguments"]
         elif "content" in reply:
             message["content"] = out_text = reply["content"]
@@ -109,8 +116,10 @@ class FakeLLMServer:
         if "cost" in reply:
             usage["cost"] = reply["cost"]
         return {
-            "id": f"chatcmpl-fake{next(self._call_ids)}", "object": "chat.completion",
-            "created": int(time.time()), "model": body.get("model", "fake-model"),
+            "id": f"chatcmpl-fake{next(self._call_ids)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", "fake-model"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
             "usage": usage,
         }
@@ -177,8 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
             return f"data: {json.dumps(base | {'choices': choices, 'usage': usage})}\n\n".encode()
 
         if message.get("tool_calls"):
-            parts = [{"role": "assistant", "content": None,
-                      "tool_calls": [dict(tc, index=i) for i, tc in enumerate(message["tool_calls"])]}]
+            parts = [{"role": "assistant", "content": None, "tool_calls": [dict(tc, index=i) for i, tc in enumerate(message["tool_calls"])]}]
         else:
             parts = [{"role": "assistant", "content": ""}, {"content": message["content"]}]
         events = [chunk(d) for d in parts]

@@ -8,10 +8,9 @@ import urllib.request
 
 import openai
 import pytest
+from fake_llm import FakeLLMServer
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
-
-from fake_llm import FakeLLMServer
 
 
 class Verdict(BaseModel):
@@ -20,8 +19,7 @@ class Verdict(BaseModel):
 
 
 def make_llm(server: FakeLLMServer, **kwargs) -> ChatOpenAI:
-    return ChatOpenAI(base_url=server.base_url, api_key="test", model="test-model",
-                      max_retries=0, **kwargs)
+    return ChatOpenAI(base_url=server.base_url, api_key="test", model="test-model", max_retries=0, **kwargs)
 
 
 def test_plain_text_reply_with_scripted_usage():
@@ -39,8 +37,7 @@ def test_plain_text_reply_with_scripted_usage():
 def test_default_usage_counts_words():
     with FakeLLMServer(lambda body: {"content": "one two three"}) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="test", max_retries=0)
-        resp = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "a b c d"}])
+        resp = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "a b c d"}])
     assert resp.usage.prompt_tokens == 4
     assert resp.usage.completion_tokens == 3
     assert resp.usage.total_tokens == 7

@@ -1,0 +1,151 @@
+"""Tests for adapters/files.py: the experiment folder's layout, atomic writes and IDEA.md's errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from adapters import files
+from adapters.files import ExperimentFiles, ExperimentInputError, write_atomic
+
+
+@pytest.fixture
+def experiment_files(tmp_path):
+    """An empty experiment folder: no IDEA.md, no runs."""
+    root = tmp_path / "exp"
+    root.mkdir()
+    return ExperimentFiles(root)
+
+
+# --- write_atomic ---
+
+
+def test_write_atomic_creates_parent_folders(tmp_path):
+    path = tmp_path / "a" / "b" / "PLAN.md"
+    write_atomic(path, "plan ✓\n")
+    assert path.read_text(encoding="utf-8") == "plan ✓\n"
+
+
+def test_write_atomic_replaces_content_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "tasks.json"
+    write_atomic(path, "a much longer first version\n" * 100)
+    write_atomic(path, "short\n")
+    assert path.read_text() == "short\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["tasks.json"]
+
+
+def test_failed_write_keeps_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "REPORT.md"
+    write_atomic(path, "old\n")
+
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, "half written \ud800")  # a lone surrogate cannot be encoded
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, "new\n")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]
+
+
+def test_write_atomic_file_mode_follows_the_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "REPORT.md", "report\n")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "REPORT.md").stat().st_mode) == 0o644
+
+
+# --- read_idea ---
+
+
+def test_read_idea_returns_the_text(experiment_files):
+    experiment_files.idea.write_text("# Idea\nTrain a tiny MLP on XOR.\n", encoding="utf-8")
+    assert experiment_files.read_idea() == "# Idea\nTrain a tiny MLP on XOR.\n"
+
+
+def test_read_idea_without_the_folder(tmp_path):
+    with pytest.raises(ExperimentInputError, match="does not exist"):
+        ExperimentFiles(tmp_path / "missing").read_idea()
+
+
+def test_read_idea_without_idea_md(experiment_files):
+    with pytest.raises(ExperimentInputError, match="IDEA.md not found"):
+        experiment_files.read_idea()
+
+
+def test_read_idea_when_idea_md_is_a_folder(experiment_files):
+    experiment_files.idea.mkdir()
+    with pytest.raises(ExperimentInputError, match="IDEA.md"):
+        experiment_files.read_idea()
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t\n"])
+def test_read_idea_empty(experiment_files, text):
+    experiment_files.idea.write_text(text)
+    with pytest.raises(ExperimentInputError, match="is empty"):
+        experiment_files.read_idea()
+
+
+def test_read_idea_not_utf8(experiment_files):
+    experiment_files.idea.write_bytes(b"caf\xe9 au lait\n")
+    with pytest.raises(ExperimentInputError, match="cannot read"):
+        experiment_files.read_idea()
+
+
+def test_experiment_input_error_is_a_value_error():
+    assert issubclass(ExperimentInputError, ValueError)
+
+
+# --- layout and runs ---
+
+
+def test_layout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    layout = ExperimentFiles("exp")
+    root = tmp_path.resolve() / "exp"
+    assert layout.root == root
+    assert layout.idea == root / "IDEA.md"
+    assert layout.tasks == root / "tasks.json"
+    assert layout.checkpoints == root / ".runner" / "checkpoints.sqlite"
+    assert layout.run_dir(7) == root / "run_7"
+
+
+def test_existing_runs_sorted_numerically(experiment_files):
+    for name in ["run_10", "run_2", "run_1", "run_x", "run_", "run_3_old", "xrun_4", "RUN_5"]:
+        (experiment_files.root / name).mkdir()
+    (experiment_files.root / "run_6").write_text("a file, not a run")
+    assert experiment_files.existing_runs() == [1, 2, 10]
+
+
+def test_existing_runs_without_the_folder(tmp_path):
+    assert ExperimentFiles(tmp_path / "missing").existing_runs() == []
+
+
+def test_tasks_round_trip(experiment_files):
+    tasks = [{"id": 1, "title": "baseline", "status": "todo", "notes": "", "runs": []}]
+    experiment_files.write_tasks(tasks)
+    assert experiment_files.read_tasks() == tasks
+    assert experiment_files.tasks.read_text().endswith("\n")
+
+
+def test_markdown_files_end_with_one_newline(experiment_files):
+    experiment_files.write_plan("# Plan\n\n\n")
+    experiment_files.write_report("# Report")
+    assert experiment_files.plan.read_text() == "# Plan\n"
+    assert experiment_files.report.read_text() == "# Report\n"
+
+
+def test_findings_are_rewritten_from_every_section(experiment_files):
+    experiment_files.write_findings([])
+    assert experiment_files.findings.read_text() == "# Key findings\n\n_No runs analysed yet._\n"
+    experiment_files.write_findings(["## Run 1\nloss fell\n", "\n## Run 2\nacc rose"])
+    assert experiment_files.findings.read_text() == "# Key findings\n\n## Run 1\nloss fell\n\n## Run 2\nacc rose\n"

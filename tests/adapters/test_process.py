@@ -1,0 +1,348 @@
+"""Tests for adapters/process.py: the child's log, exit code, time limit, and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from adapters import process
+from adapters.process import RunCancelled, cancel_running_scripts, child_environment, kill_leftover, run_script
+
+SECRETS = {
+    "OPENROUTER_API_KEY": "sk-or-secret-1",
+    "LLM_API_KEY": "sk-llm-secret-2",
+    "AWS_SECRET_ACCESS_KEY": "aws-secret-3",
+    "GITHUB_TOKEN": "ghp-secret-4",
+    "DB_PASSWORD": "db-secret-5",
+}
+
+# Scripts sleep far longer than any test waits, yet briefly enough that a broken kill fails in seconds, not minutes.
+SPAWN_GRANDCHILD = """\
+import os, subprocess, time
+grandchild = subprocess.Popen(["sleep", "60"])
+print(f"pids {os.getpid()} {grandchild.pid}", flush=True)
+"""
+
+
+def write_script(tmp_path: Path, body: str) -> Path:
+    run_dir = tmp_path / "run_1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    script = run_dir / "train.py"
+    script.write_text(textwrap.dedent(body))
+    return script
+
+
+def run(script: Path, **kwargs) -> process.ProcessResult:
+    kwargs.setdefault("timeout_s", 30)
+    kwargs.setdefault("env", child_environment(os.environ))
+    return run_script(script, log_path=script.parent / "output.log", **kwargs)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie waiting for its reaper counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def gone_soon(pid: int, within_s: float = 3.0) -> bool:
+    deadline = time.monotonic() + within_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def kill_if_ours(pid: int, folder: Path) -> None:
+    """SIGKILL `pid` if it still runs inside `folder`, so that a reused pid is never hit."""
+    try:
+        if Path(os.readlink(f"/proc/{pid}/cwd")).is_relative_to(folder.resolve()):
+            os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def pids_printed(tmp_path):
+    """Reads the child and grandchild pids a script printed; whichever still runs is killed after the test."""
+    seen: list[int] = []
+
+    def read(log: Path) -> tuple[int, int]:
+        line = next(line for line in log.read_text().splitlines() if line.startswith("pids "))
+        child, grandchild = (int(pid) for pid in line.split()[1:])
+        seen.extend((child, grandchild))
+        return child, grandchild
+
+    yield read
+    for pid in seen:
+        kill_if_ours(pid, tmp_path)
+
+
+@pytest.fixture
+def start_group_leader():
+    """Starts a session leader in a folder with a grandchild in its group, as a crashed runner leaves them."""
+    started: list[tuple[subprocess.Popen, int, Path]] = []
+
+    def start(cwd: Path) -> tuple[subprocess.Popen, int]:
+        code = SPAWN_GRANDCHILD + "time.sleep(30)\n"
+        leader = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        grandchild = int(leader.stdout.readline().split()[2])
+        started.append((leader, grandchild, cwd))
+        return leader, grandchild
+
+    yield start
+    for leader, grandchild, cwd in started:
+        leader.kill()  # not yet waited for, so its pid cannot have been reused
+        leader.wait()
+        leader.stdout.close()
+        kill_if_ours(grandchild, cwd)
+
+
+# --- output, exit code ---
+
+
+def test_output_goes_to_log_and_to_on_output(tmp_path):
+    script = write_script(
+        tmp_path,
+        """\
+        import sys
+        print("line 1")
+        print("line 2")
+        print("to stderr", file=sys.stderr)
+        sys.stdout.write("no newline at the end")
+        """,
+    )
+    seen: list[str] = []
+    result = run(script, on_output=seen.extend)
+    assert (script.parent / "output.log").read_bytes() == b"line 1\nline 2\nto stderr\nno newline at the end"
+    assert seen == ["line 1", "line 2", "to stderr", "no newline at the end"]
+    assert result.exit_code == 0
+    assert not result.timed_out
+
+
+def test_long_lines_are_cut_for_on_output_but_whole_in_the_log(tmp_path):
+    script = write_script(tmp_path, 'print("a" * 200_000)\nprint("short")\n')
+    seen: list[str] = []
+    run(script, on_output=seen.extend)
+    assert (script.parent / "output.log").read_bytes() == b"a" * 200_000 + b"\nshort\n"
+    assert seen == ["a" * process.ECHO_LINE_CHARS, "short"]
+
+
+def test_non_zero_exit_code_is_propagated(tmp_path):
+    script = write_script(tmp_path, "import sys\nsys.exit(3)\n")
+    result = run(script)
+    assert result.exit_code == 3
+    assert not result.timed_out
+
+
+def test_exit_by_signal_is_negative(tmp_path):
+    script = write_script(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    result = run(script)
+    assert result.exit_code == -signal.SIGKILL
+    assert not result.timed_out
+
+
+def test_script_runs_in_its_folder(tmp_path):
+    script = write_script(tmp_path, "import os\nprint(os.getcwd())\n")
+    run(script)
+    assert (script.parent / "output.log").read_text().strip() == str(script.parent.resolve())
+
+
+def test_log_is_written_while_the_script_runs(tmp_path):
+    script = write_script(
+        tmp_path,
+        """\
+        import os, time
+        print("first", flush=True)
+        deadline = time.time() + 20
+        while not os.path.exists("go") and time.time() < deadline:
+            time.sleep(0.02)
+        print("second")
+        """,
+    )
+    log = script.parent / "output.log"
+    log_while_running: list[str] = []
+
+    def on_output(lines: list[str]) -> None:
+        if "first" in lines and not log_while_running:
+            log_while_running.append(log.read_text())
+            (script.parent / "go").touch()
+
+    result = run(script, on_output=on_output)
+    assert log_while_running == ["first\n"]
+    assert log.read_text() == "first\nsecond\n"
+    assert result.exit_code == 0
+
+
+def test_pid_file_is_there_during_the_run_and_gone_after(tmp_path):
+    script = write_script(tmp_path, 'import time\nprint("up", flush=True)\ntime.sleep(1)\n')
+    pid_file = tmp_path / ".runner" / "child.json"
+    records: list[dict] = []
+    run(script, pid_file=pid_file, on_output=lambda lines: records.append(json.loads(pid_file.read_text())))
+    assert records, "on_output was never called"
+    assert records[0]["cwd"] == str(script.parent.resolve())
+    assert isinstance(records[0]["pid"], int)
+    assert not pid_file.exists()
+
+
+# --- no process left behind ---
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path, pids_printed):
+    script = write_script(tmp_path, SPAWN_GRANDCHILD + "time.sleep(30)\n")
+    timeout_s = 1.0
+    started = time.monotonic()
+    result = run(script, timeout_s=timeout_s)
+    elapsed = time.monotonic() - started
+    child, grandchild = pids_printed(script.parent / "output.log")
+    assert result.timed_out
+    assert result.exit_code is None
+    assert timeout_s <= result.duration_s < timeout_s + process.KILL_GRACE_S
+    assert elapsed < timeout_s + process.KILL_GRACE_S
+    assert gone_soon(child)
+    assert gone_soon(grandchild), f"grandchild {grandchild} outlived the timeout"
+
+
+def test_timeout_kills_a_group_that_ignores_sigterm(tmp_path, monkeypatch, pids_printed):
+    monkeypatch.setattr(process, "KILL_GRACE_S", 0.5)
+    # An ignored signal stays ignored across exec, so the grandchild ignores SIGTERM too.
+    script = write_script(tmp_path, "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + SPAWN_GRANDCHILD + "time.sleep(30)\n")
+    result = run(script, timeout_s=1.0)
+    child, grandchild = pids_printed(script.parent / "output.log")
+    assert result.timed_out
+    assert result.duration_s < 1.0 + 0.5 + 2.0
+    assert gone_soon(child)
+    assert gone_soon(grandchild)
+
+
+def test_exception_in_on_output_kills_the_group(tmp_path, pids_printed):
+    script = write_script(tmp_path, SPAWN_GRANDCHILD + 'print("training", flush=True)\ntime.sleep(30)\n')
+    pid_file = tmp_path / ".runner" / "child.json"
+
+    def interrupt(lines: list[str]) -> None:
+        if "training" in lines:
+            raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run(script, on_output=interrupt, pid_file=pid_file)
+    child, grandchild = pids_printed(script.parent / "output.log")
+    assert time.monotonic() - started < 10
+    assert gone_soon(child)
+    assert gone_soon(grandchild)
+    assert not pid_file.exists()
+
+
+def test_a_finished_script_leaves_no_background_process(tmp_path, pids_printed):
+    script = write_script(tmp_path, SPAWN_GRANDCHILD)
+    result = run(script)
+    _, grandchild = pids_printed(script.parent / "output.log")
+    assert result.exit_code == 0
+    assert gone_soon(grandchild)
+
+
+def test_cancel_kills_the_running_group_and_refuses_new_runs(tmp_path, monkeypatch, pids_printed):
+    monkeypatch.setattr(process, "_cancelled", threading.Event())  # cancelling is for good: keep it to this test
+    script = write_script(tmp_path, SPAWN_GRANDCHILD + "time.sleep(30)\n")
+    log = script.parent / "output.log"
+    raised: list[BaseException] = []
+
+    def run_in_thread() -> None:
+        try:
+            run(script)
+        except BaseException as exc:
+            raised.append(exc)
+
+    runner = threading.Thread(target=run_in_thread)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not (log.exists() and "pids " in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    child, grandchild = pids_printed(log)
+    cancel_running_scripts()
+    runner.join(timeout=10)
+    assert not runner.is_alive()
+    assert [type(exc) for exc in raised] == [RunCancelled]
+    assert gone_soon(child)
+    assert gone_soon(grandchild)
+
+    later = write_script(tmp_path / "later", "print('never')\n")
+    with pytest.raises(RunCancelled):
+        run(later)
+    assert not (later.parent / "output.log").exists()
+
+
+def test_kill_leftover_kills_the_recorded_group(tmp_path, start_group_leader):
+    run_dir = tmp_path / "run_1"
+    run_dir.mkdir()
+    leader, grandchild = start_group_leader(run_dir)
+    pid_file = tmp_path / "child.json"
+    pid_file.write_text(json.dumps({"pid": leader.pid, "cwd": str(run_dir.resolve())}))
+    assert kill_leftover(pid_file) is True
+    assert leader.wait(timeout=5) == -signal.SIGKILL
+    assert gone_soon(grandchild)
+    assert not pid_file.exists()
+
+
+def test_kill_leftover_spares_a_process_in_another_folder(tmp_path, start_group_leader):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    leader, grandchild = start_group_leader(elsewhere)
+    pid_file = tmp_path / "child.json"
+    pid_file.write_text(json.dumps({"pid": leader.pid, "cwd": str(tmp_path / "run_1")}))
+    assert kill_leftover(pid_file) is False
+    time.sleep(0.2)
+    assert leader.poll() is None
+    assert alive(grandchild)
+    assert not pid_file.exists()
+
+
+def test_kill_leftover_with_a_stale_or_broken_record(tmp_path):
+    pid_file = tmp_path / "child.json"
+    assert kill_leftover(pid_file) is False
+
+    pid_file.write_text("{not json")
+    assert kill_leftover(pid_file) is False
+
+    finished = subprocess.Popen(["true"], cwd=tmp_path)
+    finished.wait()
+    pid_file.write_text(json.dumps({"pid": finished.pid, "cwd": str(tmp_path)}))
+    assert kill_leftover(pid_file) is False
+    assert not pid_file.exists()
+
+
+# --- the child's environment ---
+
+
+def test_child_environment_drops_secrets_and_keeps_the_rest():
+    parent = {**SECRETS, "PATH": "/usr/bin:/bin", "HOME": "/home/me", "CUDA_VISIBLE_DEVICES": "0"}
+    env = child_environment(parent)
+    for name in SECRETS:
+        assert name not in env
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert env["HOME"] == "/home/me"
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert parent["OPENROUTER_API_KEY"] == SECRETS["OPENROUTER_API_KEY"], "the parent's mapping was changed"
+
+
+def test_no_secret_reaches_the_script(tmp_path):
+    script = write_script(tmp_path, 'import os\nfor name, value in os.environ.items():\n    print(f"{name}={value}")\n')
+    result = run(script, env=child_environment({**os.environ, **SECRETS}))
+    log = (script.parent / "output.log").read_text()
+    assert result.exit_code == 0
+    assert f"PATH={os.environ['PATH']}" in log.splitlines()
+    for name, value in SECRETS.items():
+        assert value not in log, f"{name} leaked into the child"
