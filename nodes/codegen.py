@@ -11,7 +11,7 @@ from adapters.files import ExperimentFiles, write_atomic
 from adapters.llm import ask_text
 from adapters.logs import clip
 from nodes.prompts import BUDGET, CODEGEN_SYNTAX_RETRY, CODEGEN_SYSTEM, CODEGEN_USER
-from nodes.records import latest_findings, tasks_text
+from nodes.records import experiment_context
 from settings import Settings
 from state import ExperimentState
 
@@ -40,10 +40,7 @@ def compile_error(code: str) -> str | None:
 def codegen_prompt(state: ExperimentState, run: int, feedback: str = "") -> str:
     """The user message for codegen: every part clipped to its budget, so it never grows with the runs."""
     return CODEGEN_USER.format(
-        idea=clip(state.get("idea", ""), BUDGET["idea"]),
-        plan=clip(state.get("plan", ""), BUDGET["plan"]),
-        tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
-        findings=latest_findings(state.get("findings", []), BUDGET["findings"]),
+        **experiment_context(state),
         previous_code=clip(state.get("code") or "(none: this is the first run)", BUDGET["previous_code"]),
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",

@@ -11,6 +11,24 @@ BUDGET = {
     "feedback": 2_000,
 }
 
+# What codegen and report both read first: the experiment as it stands.
+EXPERIMENT_CONTEXT = """<idea>
+{idea}
+</idea>
+
+<plan>
+{plan}
+</plan>
+
+<tasks>
+{tasks}
+</tasks>
+
+<key_findings>
+{findings}
+</key_findings>
+"""
+
 PLAN_SYSTEM = """You are the lead of a machine-learning experiment that an automatic runner will carry out.
 The runner writes one complete train.py per run, executes it on this machine, reads its log and metrics,
 and iterates. Turn the researcher's idea into:
@@ -33,22 +51,9 @@ Rules:
 - Use the metric names of the goal. Keep runs reasonably short; set seeds for reproducibility.
 - Do not read API keys or other secrets; none are available to the script."""
 
-CODEGEN_USER = """<idea>
-{idea}
-</idea>
-
-<plan>
-{plan}
-</plan>
-
-<tasks>
-{tasks}
-</tasks>
-
-<key_findings>
-{findings}
-</key_findings>
-
+CODEGEN_USER = (
+    EXPERIMENT_CONTEXT
+    + """
 <previous_code>
 {previous_code}
 </previous_code>
@@ -58,6 +63,7 @@ CODEGEN_USER = """<idea>
 </previous_run>
 {feedback}
 Write train.py for run {run}: work on the first open task, and fix what went wrong before."""
+)
 
 CODEGEN_SYNTAX_RETRY = """That file does not compile:
 {error}
@@ -91,24 +97,12 @@ REPORT_SYSTEM = """You write REPORT.md, the final report of an automatic machine
 the goal, what was tried (by run), the best result with its metrics and run number, what was learned,
 what failed and why, and what to try next. Be factual: use only the numbers given."""
 
-REPORT_USER = """<idea>
-{idea}
-</idea>
-
-<plan>
-{plan}
-</plan>
-
-<tasks>
-{tasks}
-</tasks>
-
-<key_findings>
-{findings}
-</key_findings>
-
+REPORT_USER = (
+    EXPERIMENT_CONTEXT
+    + """
 <runs>
 {runs}
 </runs>
 
 The experiment stopped because: {stop_reason}."""
+)

@@ -6,7 +6,8 @@ import operator
 import re
 
 from adapters.logs import clip, format_metrics
-from state import RunRecord, Task
+from nodes.prompts import BUDGET
+from state import ExperimentState, RunRecord, Task
 
 GOAL = re.compile(r"([A-Za-z_][\w./-]*)\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)")
 COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
@@ -57,6 +58,16 @@ def latest_findings(sections: list[str], budget: int) -> str:
     omitted = len(sections) - len(kept)
     head = [f"({omitted} earlier sections omitted)"] if omitted else []
     return "\n\n".join(head + kept[::-1])
+
+
+def experiment_context(state: ExperimentState) -> dict[str, str]:
+    """The idea, plan, tasks and findings, each clipped to its budget, for EXPERIMENT_CONTEXT."""
+    return {
+        "idea": clip(state.get("idea", ""), BUDGET["idea"]),
+        "plan": clip(state.get("plan", ""), BUDGET["plan"]),
+        "tasks": tasks_text(state.get("tasks", []), BUDGET["tasks"]),
+        "findings": latest_findings(state.get("findings", []), BUDGET["findings"]),
+    }
 
 
 def run_line(run: RunRecord) -> str:

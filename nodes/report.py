@@ -8,8 +8,8 @@ from langgraph.runtime import Runtime
 from adapters.files import ExperimentFiles
 from adapters.llm import LLMError, ask_text
 from adapters.logs import clip
-from nodes.prompts import BUDGET, REPORT_SYSTEM, REPORT_USER
-from nodes.records import latest_findings, run_line, runs_table, tasks_text
+from nodes.prompts import REPORT_SYSTEM, REPORT_USER
+from nodes.records import experiment_context, run_line, runs_table
 from settings import Settings
 from state import ExperimentState, Usage
 
@@ -39,10 +39,7 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
     prompt = REPORT_USER.format(
-        idea=clip(state.get("idea", ""), BUDGET["idea"]),
-        plan=clip(state.get("plan", ""), BUDGET["plan"]),
-        tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
-        findings=latest_findings(state.get("findings", []), BUDGET["findings"]),
+        **experiment_context(state),
         runs=clip("\n".join(run_line(r) for r in runs), RUNS_BUDGET),
         stop_reason=reason,
     )

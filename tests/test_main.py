@@ -28,6 +28,21 @@ print("accuracy=0.95")
 COUNTING_TRAIN = GOOD_TRAIN + 'open("attempts.txt", "a").write("attempt\\n")\n'
 
 
+@pytest.fixture
+def hold(tmp_path: Path) -> Path:
+    """While this file exists, HOLDING_TRAIN waits."""
+    path = tmp_path / "hold"
+    path.touch()
+    return path
+
+
+def start_until_run(experiment: Path, env: dict[str, str], max_runs: int, run: int):
+    """Start main.py in the background and wait until run `run` of HOLDING_TRAIN is executing."""
+    runner = start_main(["-d", str(experiment), "-r", str(max_runs)], env)
+    wait_until((experiment / f"run_{run}" / "attempts.txt").exists)
+    return runner
+
+
 def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
     brain = ScriptedBrain()
     server = llm_server(brain)
@@ -66,13 +81,10 @@ def test_goal_met_stops_early(experiment: Path, llm_server):
     assert "**goal_met**" in (experiment / "REPORT.md").read_text()
 
 
-def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: Path, llm_server, tmp_path: Path):
-    hold = tmp_path / "hold"
-    hold.touch()
+def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: Path, llm_server, hold: Path):
     server = llm_server(ScriptedBrain(codes=[COUNTING_TRAIN, HOLDING_TRAIN]))
     env = runner_env(server.base_url, HOLD_FILE=str(hold))
-    runner = start_main(["-d", str(experiment), "-r", "2"], env)
-    wait_until((experiment / "run_2" / "attempts.txt").exists)
+    runner = start_until_run(experiment, env, max_runs=2, run=2)
     runner.kill()
     runner.wait()
     requests_before = len(server.requests)
@@ -92,12 +104,9 @@ def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: P
     assert "Done: max_runs after 2 runs" in result.stdout
 
 
-def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, tmp_path: Path):
-    hold = tmp_path / "hold"
-    hold.touch()
+def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, hold: Path):
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN.replace("run two", "run one")]))
-    runner = start_main(["-d", str(experiment), "-r", "1"], runner_env(server.base_url, HOLD_FILE=str(hold)))
-    wait_until((experiment / "run_1" / "attempts.txt").exists)
+    runner = start_until_run(experiment, runner_env(server.base_url, HOLD_FILE=str(hold)), max_runs=1, run=1)
     child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
     runner.kill()
     runner.communicate()
@@ -252,13 +261,10 @@ def test_malformed_structured_reply_gets_one_repair_then_fails_cleanly(experimen
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_server, tmp_path: Path):
-    hold = tmp_path / "hold"
-    hold.touch()
+def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_server, hold: Path):
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN]))
     env = runner_env(server.base_url, HOLD_FILE=str(hold))
-    runner = start_main(["-d", str(experiment), "-r", "1"], env)
-    wait_until((experiment / "run_1" / "attempts.txt").exists)
+    runner = start_until_run(experiment, env, max_runs=1, run=1)
     child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=30)
@@ -307,13 +313,10 @@ def test_ctrl_c_during_an_llm_call_exits_promptly(experiment: Path, llm_server):
     assert brain.stages.count("initialize") == 1  # the finished step was not repeated
 
 
-def test_resume_an_interrupted_experiment_with_a_new_run_limit(experiment: Path, llm_server, tmp_path: Path):
-    hold = tmp_path / "hold"
-    hold.touch()
+def test_resume_an_interrupted_experiment_with_a_new_run_limit(experiment: Path, llm_server, hold: Path):
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN, GOOD_TRAIN]))
     env = runner_env(server.base_url, HOLD_FILE=str(hold))
-    runner = start_main(["-d", str(experiment), "-r", "1"], env)
-    wait_until((experiment / "run_1" / "attempts.txt").exists)
+    runner = start_until_run(experiment, env, max_runs=1, run=1)
     runner.kill()
     runner.communicate()
     hold.unlink()

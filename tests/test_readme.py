@@ -20,4 +20,5 @@ def test_ci_runs_the_readme_install_and_test_commands():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert 'pip install -e ".[dev]"' in readme and 'pip install -e ".[dev]"' in ci
-    assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    for command in ("python -m pytest -q", "ruff check . && ruff format --check ."):
+        assert command in readme and command in ci
