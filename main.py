@@ -6,7 +6,6 @@ import argparse
 import os
 import shlex
 import signal
-import sqlite3
 import sys
 import threading
 import traceback
@@ -80,11 +79,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
     settings = load_settings(files.root)
     if not args.resume:
         files.read_idea()  # fails early, before any LLM call, on a missing or empty IDEA.md
+    elif not files.checkpoints.is_file():
+        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
 
     resume_hint = resume_command(args.experiment_dir)
     files.private.mkdir(exist_ok=True)
-    with sqlite3.connect(files.checkpoints, check_same_thread=False) as connection:
-        app = build_graph().compile(checkpointer=SqliteSaver(connection), name="experiment")
+    with SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
+        app = build_graph().compile(checkpointer=checkpointer, name="experiment")
         config = {"configurable": {"thread_id": THREAD_ID}}
         stream_input = _start_or_resume(app, config, files, args, settings, resume_hint, console)
         if stream_input is False:
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     printer.node_done(node)
 
         final = app.get_state(config).values
-    console.print(f"[bold]Done:[/] {final.get('stop_reason')} after {len(final.get('runs', []))} runs · report: {final.get('report_path')}")
+    console.print(f"[bold]Done:[/] {final.get('stop_reason')} after {len(final.get('runs', []))} runs · report: {final.get('report_path')}", soft_wrap=True)
     return EXIT_FINISHED
 
 
@@ -132,7 +133,8 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
     if not args.max_runs or args.max_runs <= runs_done:
         console.print(
             f"Experiment already finished ({values.get('stop_reason')}, {runs_done} runs); report: {values.get('report_path')}. "
-            f"To go on: `{resume_hint} --max-runs M` with M above {runs_done}."
+            f"To go on: `{resume_hint} --max-runs M` with M above {runs_done}.",
+            soft_wrap=True,
         )
         return False
     app.update_state(config, {**update, "max_runs": args.max_runs, "stop_reason": None}, as_node="analyze")
