@@ -16,7 +16,12 @@ from state import Usage
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
-ATTRIBUTION_HEADERS = {"HTTP-Referer": "https://github.com/auto-ml-runner/auto-ml-runner", "X-Title": "Auto ML Runner"}
+# OpenRouter app attribution (openrouter.ai/docs/app-attribution); X-Title is the older name of X-OpenRouter-Title.
+ATTRIBUTION_HEADERS = {
+    "HTTP-Referer": "https://github.com/auto-ml-runner/auto-ml-runner",
+    "X-OpenRouter-Title": "Auto ML Runner",
+    "X-Title": "Auto ML Runner",
+}
 
 
 class LLMError(RuntimeError):

@@ -101,7 +101,7 @@ def test_chat_model_for_openrouter_sends_attribution():
     assert llm.openai_api_base == OPENROUTER_URL
     assert llm.openai_api_key.get_secret_value() == "sk-or-test"
     assert llm.default_headers == ATTRIBUTION_HEADERS
-    assert set(ATTRIBUTION_HEADERS) == {"HTTP-Referer", "X-Title"}
+    assert set(ATTRIBUTION_HEADERS) == {"HTTP-Referer", "X-OpenRouter-Title", "X-Title"}
     assert llm.extra_body == {"usage": {"include": True}}
 
 
