@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
     parser.add_argument("-r", "--max-runs", type=_max_runs, help="number of runs (default: MAX_RUNS, 10)")
     parser.add_argument("--resume", action="store_true", help="continue this experiment from its last finished step")
+    parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), help="where train.py runs (default: SANDBOX, auto)")
+    parser.add_argument("--no-network", action="store_true", help="cut train.py off every network, loopback included")
+    parser.add_argument("--review", action="store_true", help="approve, reject or edit each train.py before it runs")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
 
@@ -62,11 +65,12 @@ def resume_command(experiment: str) -> str:
     return f"python main.py -d {shlex.quote(experiment)} --resume"
 
 
-def load_settings(experiment: Path) -> Settings:
-    """Settings from the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
+def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
+    """Settings from the flags, then the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
     load_dotenv(experiment / ".env", override=False)
     load_dotenv(Path.cwd() / ".env", override=False)
-    settings = Settings.from_env()
+    flags = {"sandbox": args.sandbox, "no_network": args.no_network or None, "review": args.review or None}
+    settings = Settings.from_env(**{name: value for name, value in flags.items() if value is not None})
     settings.check()
     return settings
 
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     files = ExperimentFiles(args.experiment_dir)
     if not files.root.is_dir():
         raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
-    settings = load_settings(files.root)
+    settings = load_settings(files.root, args)
     if not args.resume:
         files.read_idea()  # fails early, before any LLM call, on a missing or empty IDEA.md
     elif not files.checkpoints.is_file():

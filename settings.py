@@ -7,6 +7,7 @@ never lands in a checkpoint. Context is not checkpointed: a resume passes it aga
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
 from typing import Any
@@ -43,6 +44,22 @@ def _choice(*options: str) -> Callable[[str, str], str]:
 
 def _text(name: str, raw: str) -> str:
     return raw.strip()
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1 or 0 (true or false), got {raw!r}")
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    if bad := [n for n in names if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n)]:
+        raise SettingsError(f"{name} must be a comma-separated list of variable names, got {bad[0]!r}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,15 @@ class Settings:
         "How structured replies are asked for: function_calling or json_schema.",
         _choice("function_calling", "json_schema"),
     )
+    sandbox: str = _setting(
+        "SANDBOX", "auto", "Where train.py runs: bwrap (bubblewrap), none (process limits only), or auto.", _choice("auto", "bwrap", "none")
+    )
+    no_network: bool = _setting("NO_NETWORK", False, "1 cuts train.py off every network, loopback included (`--no-network`).", _flag)
+    sandbox_env: tuple[str, ...] = _setting("SANDBOX_ENV", (), "Comma-separated names of extra environment variables passed to train.py on purpose.", _names)
+    memory_limit_mb: int = _setting("MEMORY_LIMIT_MB", 0, "Resident memory of a run's whole process tree before it is stopped; 0: no limit.", _whole_number(0))
+    file_size_limit_mb: int = _setting("FILE_SIZE_LIMIT_MB", 16384, "Largest file train.py may write, in MB.", _whole_number(1))
+    log_max_mb: int = _setting("LOG_MAX_MB", 100, "Size cap of output.log: past it the head and a rolling tail are kept.", _whole_number(1))
+    review: bool = _setting("REVIEW", False, "1 pauses before each run to approve, reject or edit train.py (`--review`).", _flag)
     chat_model: Any = field(default=None, repr=False, metadata={"description": "A ready chat model used for every stage (tests, embedding)."})
 
     @property
@@ -127,6 +153,6 @@ def settings_table() -> str:
     for f in fields(Settings):
         if name := _env_name(f):
             default = ENV_SETTINGS[name].default
-            shown = f"`{default}`" if default not in ("", None) else "(none)"
+            shown = f"`{default}`" if default not in ("", None, ()) else "(none)"
             rows.append(f"| `{name}` | {shown} | {f.metadata['description']} |")
     return "\n".join(rows)
