@@ -13,12 +13,13 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.types import Command
 from rich.console import Console
 
 from adapters.files import ExperimentFiles, ExperimentInputError
 from adapters.llm import LLMError
 from adapters.process import RunCancelled, cancel_running_scripts
-from adapters.terminal import ProgressPrinter
+from adapters.terminal import ProgressPrinter, ask_review
 from graph import build_graph
 from settings import Settings, SettingsError
 
@@ -96,16 +97,32 @@ def run(args: argparse.Namespace, console: Console) -> int:
             return EXIT_FINISHED
 
         printer = ProgressPrinter(console)
-        for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
-            if mode == "custom":
-                printer.event(chunk)
-            else:
-                for node in chunk:
-                    printer.node_done(node)
+        while True:
+            for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
+                if mode == "custom":
+                    printer.event(chunk)
+                else:
+                    for node in chunk:
+                        if node != "__interrupt__":
+                            printer.node_done(node)
+            pending = app.get_state(config).interrupts
+            if not pending:
+                break
+            stream_input = Command(resume=_answer(pending[0].value, settings, console))
 
         final = app.get_state(config).values
     console.print(f"[bold]Done:[/] {final.get('stop_reason')} after {len(final.get('runs', []))} runs · report: {final.get('report_path')}", soft_wrap=True)
     return EXIT_FINISHED
+
+
+def _answer(request: dict, settings: Settings, console: Console) -> dict:
+    """The terminal's answer to an interrupt (today only review asks)."""
+    if not settings.review:  # review was switched off since this pause: let the run go ahead
+        return {"action": "approve"}
+    try:
+        return ask_review(request, console)
+    except EOFError:
+        raise UsageError("review needs an answer on standard input; run it in a terminal, or resume without --review") from None
 
 
 def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settings, resume_hint: str, console: Console):

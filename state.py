@@ -100,7 +100,9 @@ class ExperimentState(InputState):
     previous_digest: NotRequired[str]
     """Bounded text about earlier runs that codegen reads, made by summarize."""
     code: NotRequired[str]
-    """The train.py that codegen wrote for the coming run."""
+    """The train.py that codegen wrote (or the reviewer edited) for the coming run."""
+    review_feedback: NotRequired[str]
+    """Why the reviewer rejected the last train.py; empty once a version is approved."""
     goal_met: NotRequired[bool]
     """The analyst's judgement on the last run."""
     stop_reason: NotRequired[str | None]

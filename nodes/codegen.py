@@ -55,7 +55,7 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     runtime.stream_writer({"event": "stage", "stage": "codegen", "run": run, "model": settings.code_model})
 
     # 1. Ask for the whole file.
-    messages = [SystemMessage(CODEGEN_SYSTEM.format(run=run)), HumanMessage(codegen_prompt(state, run))]
+    messages = [SystemMessage(CODEGEN_SYSTEM.format(run=run)), HumanMessage(codegen_prompt(state, run, state.get("review_feedback", "")))]
     reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
     usages = [usage]
     code = extract_python(reply)

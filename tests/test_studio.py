@@ -64,3 +64,19 @@ def test_studio_serves_and_runs_the_experiment_graph(dev_server, experiment: Pat
     assert result["stop_reason"] == "max_runs"
     assert result["report_path"] == str(experiment / "REPORT.md")
     assert (experiment / "run_1" / "output.log").is_file() and (experiment / "REPORT.md").is_file()
+
+
+def test_studio_shows_the_review_interrupt_and_resumes_it_over_the_sdk(dev_server, experiment: Path):
+    assistant = dev_server.assistants.search(graph_id="experiment")[0]
+    thread = dev_server.threads.create()
+    context = {"review": True}
+    dev_server.runs.wait(thread["thread_id"], assistant["assistant_id"], input={"experiment_dir": str(experiment), "max_runs": 1}, context=context)
+
+    [interrupt] = dev_server.threads.get(thread["thread_id"])["interrupts"].values()
+    request = interrupt[0]["value"]
+    assert request["kind"] == "review" and request["run"] == 1 and "json.dump" in request["code"]
+    assert not (experiment / "run_1" / "output.log").exists()
+
+    result = dev_server.runs.wait(thread["thread_id"], assistant["assistant_id"], command={"resume": {"action": "approve"}}, context=context)
+    assert result["stop_reason"] == "max_runs"
+    assert (experiment / "run_1" / "output.log").is_file()
