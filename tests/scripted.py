@@ -83,7 +83,7 @@ class ScriptedBrain:
 def runner_env(base_url: str, **extra: str) -> dict[str, str]:
     """Environment for main.py pointed at a local server, with nothing inherited that could leak settings."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_MODEL") and k not in ("MAX_RUNS", "OPENROUTER_API_KEY", "LLM_API_KEY")}
-    env.update({"LLM_BASE_URL": base_url, "LLM_API_KEY": "test-key", "LLM_MAX_RETRIES": "0", "NO_COLOR": "1", "PYTHONPATH": str(REPO)})
+    env.update({"LLM_BASE_URL": base_url, "LLM_API_KEY": "test-key", "LLM_MAX_RETRIES": "0", "NO_COLOR": "1", "SANDBOX_ENV": "HOLD_FILE", "PYTHONPATH": str(REPO)})
     env.update(extra)
     return env
 
