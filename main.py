@@ -15,18 +15,21 @@ from dotenv import load_dotenv
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
 from rich.console import Console
+from rich.markup import escape
 
 from adapters.files import ExperimentFiles, ExperimentInputError
 from adapters.llm import LLMError
 from adapters.process import RunCancelled, cancel_running_scripts
 from adapters.terminal import ProgressPrinter, ask_review
 from graph import build_graph
+from nodes.records import goal_from_idea
 from settings import Settings, SettingsError
 
 THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
 
 EXIT_FINISHED, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = {"goal_met": EXIT_FINISHED, "max_runs": EXIT_FINISHED, "plateau": EXIT_FINISHED, "budget": EXIT_FINISHED, "stuck": EXIT_ERROR}
 INTERRUPT_GRACE_S = 3.0
 """After Ctrl-C, how long a step still in flight (an LLM call) may take before the runner leaves anyway."""
 
@@ -40,21 +43,41 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _max_runs(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-runs must be a whole number, got {raw!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--max-runs must be at least 1, got {value}")
-    return value
+def _count(flag: str):
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a whole number, got {raw!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {value}")
+        return value
+
+    return parse
+
+
+def _amount(flag: str):
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {raw!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{flag} must be above 0, got {raw!r}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="main.py", description="Run an ML experiment described in IDEA.md, run after run, until done.")
     parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
-    parser.add_argument("-r", "--max-runs", type=_max_runs, help="number of runs (default: MAX_RUNS, 10)")
+    parser.add_argument("-r", "--max-runs", type=_count("--max-runs"), help="number of runs (default: MAX_RUNS, 10)")
     parser.add_argument("--resume", action="store_true", help="continue this experiment from its last finished step")
+    parser.add_argument("--patience", type=_count("--patience"), help="stop after N runs without improving the goal metric")
+    parser.add_argument("--max-cost", type=_amount("--max-cost"), metavar="USD", help="LLM spend after which no new run starts")
+    parser.add_argument("--max-tokens", type=_count("--max-tokens"), metavar="N", help="LLM tokens after which no new run starts")
+    parser.add_argument("--max-hours", type=_amount("--max-hours"), metavar="H", help="hours of runs after which no new run starts")
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), help="where train.py runs (default: SANDBOX, auto)")
     parser.add_argument("--no-network", action="store_true", help="cut train.py off every network, loopback included")
     parser.add_argument("--review", action="store_true", help="approve, reject or edit each train.py before it runs")
@@ -70,7 +93,15 @@ def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
     """Settings from the flags, then the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
     load_dotenv(experiment / ".env", override=False)
     load_dotenv(Path.cwd() / ".env", override=False)
-    flags = {"sandbox": args.sandbox, "no_network": args.no_network or None, "review": args.review or None}
+    flags = {
+        "sandbox": args.sandbox,
+        "no_network": args.no_network or None,
+        "review": args.review or None,
+        "patience": args.patience,
+        "max_cost_usd": args.max_cost,
+        "max_tokens": args.max_tokens,
+        "max_hours": args.max_hours,
+    }
     settings = Settings.from_env(**{name: value for name, value in flags.items() if value is not None})
     settings.check()
     return settings
@@ -83,7 +114,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
     settings = load_settings(files.root, args)
     if not args.resume:
-        files.read_idea()  # fails early, before any LLM call, on a missing or empty IDEA.md
+        try:  # fails early, before any LLM call, on a missing or empty IDEA.md or a goal line that does not parse
+            goal_from_idea(files.read_idea())
+        except ValueError as exc:
+            raise UsageError(f"{files.idea}: {exc}") from None
     elif not files.checkpoints.is_file():
         raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
 
@@ -111,8 +145,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
             stream_input = Command(resume=_answer(pending[0].value, settings, console))
 
         final = app.get_state(config).values
-    console.print(f"[bold]Done:[/] {final.get('stop_reason')} after {len(final.get('runs', []))} runs · report: {final.get('report_path')}", soft_wrap=True)
-    return EXIT_FINISHED
+    reason = final.get("stop_reason") or "max_runs"
+    console.print(
+        f"[bold]Stopped: {reason}[/] ({escape(final.get('stop_detail', ''))}) after {len(final.get('runs', []))} runs · report: {final.get('report_path')}",
+        soft_wrap=True,
+    )
+    return EXIT_CODES.get(reason, EXIT_ERROR)
 
 
 def _answer(request: dict, settings: Settings, console: Console) -> dict:

@@ -62,6 +62,32 @@ def _names(name: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+def _amount(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise SettingsError(f"{name} must be a number of at least 0, got {raw!r}")
+    return value
+
+
+def _prices(name: str, raw: str) -> dict[str, list[float]]:
+    """'openai/gpt-4o-mini=0.15/0.6, other/model=3/15' → {model: [input, output]} in USD per million tokens."""
+    prices = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        model, _, pair = item.rpartition("=")
+        numbers = pair.split("/")
+        try:
+            values = [float(n) for n in numbers]
+        except ValueError:
+            values = []
+        if not model.strip() or len(values) != 2 or min(values) < 0:
+            raise SettingsError(f"{name} entries look like model=INPUT/OUTPUT (USD per million tokens), got {item!r}")
+        prices[model.strip()] = values
+    return prices
+
+
 @dataclass(frozen=True)
 class EnvSetting:
     """How one setting is read: its variable, default and parser."""
@@ -101,6 +127,14 @@ class Settings:
     code_model: str = _setting("CODE_MODEL", "anthropic/claude-sonnet-4.6", "Model that writes train.py.")
     report_model: str = _setting("REPORT_MODEL", "anthropic/claude-sonnet-4.6", "Model that writes PLAN.md, the first tasks and REPORT.md.")
     max_runs: int = _setting("MAX_RUNS", 10, "How many runs before the final report (`--max-runs` wins).", _whole_number(1))
+    patience: int = _setting("PATIENCE", 0, "Stop after this many runs in a row without a better goal metric (`--patience`); 0: off.", _whole_number(0))
+    max_cost_usd: float = _setting("MAX_COST_USD", 0.0, "LLM spend in USD after which no new run starts (`--max-cost`); 0: no limit.", _amount)
+    max_tokens: int = _setting("MAX_TOKENS", 0, "LLM tokens (input + output) after which no new run starts (`--max-tokens`); 0: no limit.", _whole_number(0))
+    max_hours: float = _setting("MAX_HOURS", 0.0, "Hours of runs (train.py time) after which no new run starts (`--max-hours`); 0: no limit.", _amount)
+    max_consecutive_failures: int = _setting("MAX_CONSECUTIVE_FAILURES", 3, "Stop as stuck after this many runs in a row fail the same way.", _whole_number(1))
+    model_prices: dict = _setting(
+        "MODEL_PRICES", {}, "USD per million tokens for providers that report no cost: `model=INPUT/OUTPUT`, comma-separated.", _prices
+    )
     timeout_seconds: int = _setting("TIMEOUT_SECONDS", 7200, "Wall-clock limit of one run of train.py, in seconds.", _whole_number(1))
     llm_timeout_seconds: int = _setting("LLM_TIMEOUT_SECONDS", 600, "Limit of one LLM request, in seconds.", _whole_number(1))
     llm_max_retries: int = _setting("LLM_MAX_RETRIES", 2, "Retries of a failed LLM request inside the HTTP client.", _whole_number(0))
@@ -153,6 +187,6 @@ def settings_table() -> str:
     for f in fields(Settings):
         if name := _env_name(f):
             default = ENV_SETTINGS[name].default
-            shown = f"`{default}`" if default not in ("", None, ()) else "(none)"
+            shown = f"`{default}`" if default not in ("", None, (), {}) else "(none)"
             rows.append(f"| `{name}` | {shown} | {f.metadata['description']} |")
     return "\n".join(rows)

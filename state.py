@@ -73,7 +73,9 @@ class OutputState(TypedDict):
     """What the graph hands back when it ends."""
 
     stop_reason: str
-    """Why the loop ended: max_runs or goal_met."""
+    """Why the loop ended: goal_met, max_runs, plateau, budget or stuck."""
+    stop_detail: str
+    """The stop reason in words."""
     report_path: str
     """Path of REPORT.md."""
     runs: list[RunRecord]
@@ -106,7 +108,9 @@ class ExperimentState(InputState):
     goal_met: NotRequired[bool]
     """The analyst's judgement on the last run."""
     stop_reason: NotRequired[str | None]
-    """Why the loop ends (goal_met, max_runs); set by analyze, None while it goes on."""
+    """Why the loop ends (goal_met, max_runs, plateau, budget, stuck); set by analyze, None while it goes on."""
+    stop_detail: NotRequired[str]
+    """The stop reason in words, with the numbers behind it."""
     report_path: NotRequired[str]
     """Set by report."""
 

@@ -10,6 +10,7 @@ from adapters.llm import ask_structured
 from adapters.logs import clip
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
 from nodes.records import tasks_text
+from nodes.stop_rules import decide_stop
 from settings import Settings
 from state import ExperimentState, RunAnalysis, RunRecord, Task
 
@@ -41,15 +42,6 @@ def findings_section(run: RunRecord, analysis: RunAnalysis) -> str:
     return "\n".join(lines)
 
 
-def stop_reason(runs: list[RunRecord], max_runs: int, goal_met: bool) -> str | None:
-    """Why the loop should end now, or None to go on."""
-    if goal_met:
-        return "goal_met"
-    if len(runs) >= max_runs:
-        return "max_runs"
-    return None
-
-
 def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     """Read the run's summary, update tasks.json and KEY_FINDINGS.md, judge the goal."""
     settings = runtime.context
@@ -69,6 +61,15 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     files = ExperimentFiles(state["experiment_dir"])
     files.write_tasks(tasks)
     files.write_findings([*state.get("findings", []), section])
-    reason = stop_reason(state["runs"], state["max_runs"], analysis.goal_achieved)
-    runtime.stream_writer({"event": "analysis", "run": run["number"], "summary": analysis.summary, "goal_met": analysis.goal_achieved})
-    return {"tasks": tasks, "findings": [section], "goal_met": analysis.goal_achieved, "stop_reason": reason, "usage": usage}
+    goal = state.get("goal", "")
+    stop = decide_stop(state["runs"], [*state.get("usage", []), *usage], goal, analysis.goal_achieved, state["max_runs"], settings)
+    goal_met = stop is not None and stop.reason == "goal_met"
+    runtime.stream_writer({"event": "analysis", "run": run["number"], "summary": analysis.summary, "goal_met": goal_met})
+    return {
+        "tasks": tasks,
+        "findings": [section],
+        "goal_met": goal_met,
+        "stop_reason": stop.reason if stop else None,
+        "stop_detail": stop.detail if stop else "",
+        "usage": usage,
+    }

@@ -9,6 +9,7 @@ from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip
 from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
+from nodes.records import goal_from_idea
 from settings import Settings
 from state import ExperimentPlan, ExperimentState, Task
 
@@ -23,8 +24,11 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     messages = [SystemMessage(PLAN_SYSTEM), HumanMessage(PLAN_USER.format(idea=clip(idea, BUDGET["idea"])))]
     reply, usage = ask_structured(settings, settings.report_model, ExperimentPlan, messages, "initialize")
 
-    goal = " ".join(reply.goal.split())
-    plan = f"# Plan\n\n**Goal:** {goal}\n\n{reply.plan.strip()}"
+    # A goal stated in IDEA.md wins; otherwise the planner's proposal, shown in PLAN.md, is the goal.
+    stated = goal_from_idea(idea)
+    goal = stated or " ".join(reply.goal.split())
+    source = "from IDEA.md" if stated else "proposed by the planner"
+    plan = f"# Plan\n\n**Goal** ({source}): `{goal}`\n\n{reply.plan.strip()}"
     tasks = [Task(id=i, title=t.title.strip(), status="todo", notes=t.notes.strip(), runs=[]) for i, t in enumerate(reply.tasks, start=1)]
     files.write_plan(plan)
     files.write_tasks(tasks)

@@ -19,6 +19,21 @@ def parse_goal(goal: str) -> tuple[str, str, float] | None:
     return (match.group(1).lower(), match.group(2), float(match.group(3))) if match else None
 
 
+GOAL_LINE = re.compile(r"^[ \t]*goal[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def goal_from_idea(idea: str) -> str | None:
+    """The canonical 'metric op number' of IDEA.md's `goal:` line, None without one; ValueError when it does not parse."""
+    match = GOAL_LINE.search(idea)
+    if match is None:
+        return None
+    parsed = parse_goal(match.group(1))
+    if parsed is None or GOAL.fullmatch(match.group(1).strip()) is None:
+        raise ValueError(f"the goal line {match.group(0).strip()!r} must read `goal: <metric> <op> <number>` with op one of >=, >, <=, <")
+    metric, op, target = parsed
+    return f"{metric} {op} {target:g}"
+
+
 def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
     """The run with the best value of the goal's metric, if the goal names one that runs report."""
     parsed = parse_goal(goal)

@@ -10,6 +10,7 @@ from adapters.llm import LLMError, ask_text
 from adapters.logs import clip
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
 from nodes.records import experiment_context, run_line, runs_table
+from nodes.stop_rules import spend
 from settings import Settings
 from state import ExperimentState, Usage
 
@@ -51,9 +52,12 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         narrative = f"# Report\n\n_The report model could not write this part: {exc}_"
         runtime.stream_writer({"event": "warning", "message": f"report written without the LLM's narrative: {exc}"})
 
+    cost, cost_source = spend([*state.get("usage", []), *usage], settings.model_prices)
+    detail = f" ({state['stop_detail']})" if state.get("stop_detail") else ""
     appendix = [
         "## Record",
-        f"Stopped because: **{reason}** after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal', '(none)')}",
+        f"Stopped because: **{reason}**{detail} after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal', '(none)')}",
+        f"LLM cost: {'unknown' if cost is None else f'${cost:.4f}'} ({cost_source}).",
         runs_table(runs, state.get("goal", "")),
         usage_table([*state.get("usage", []), *usage]),
     ]

@@ -27,12 +27,13 @@ class ScriptedBrain:
     """Answers each stage's request the way a good model would, with scripted train.py files.
 
     `codes[n]` is the train.py of run n+1 (the last one repeats); `goal_met_on` is the run
-    the analyst declares the goal met on.
+    the analyst declares the goal met on; `cost_per_call` is reported in the usage block, as OpenRouter does.
     """
 
-    def __init__(self, codes: list[str] | None = None, goal_met_on: int | None = None):
+    def __init__(self, codes: list[str] | None = None, goal_met_on: int | None = None, cost_per_call: float | None = None):
         self.codes = codes or [GOOD_TRAIN]
         self.goal_met_on = goal_met_on
+        self.cost_per_call = cost_per_call
         self.stages: list[str] = []
 
     def __call__(self, body: dict) -> dict:
@@ -48,6 +49,8 @@ class ScriptedBrain:
             tools.append(schema)
         system = body["messages"][0]["content"]
         usage = {"usage": {"prompt_tokens": 100, "completion_tokens": 20}}
+        if self.cost_per_call is not None:
+            usage["cost"] = self.cost_per_call
         if "ExperimentPlan" in tools:
             self.stages.append("initialize")
             plan = {
@@ -83,7 +86,9 @@ class ScriptedBrain:
 def runner_env(base_url: str, **extra: str) -> dict[str, str]:
     """Environment for main.py pointed at a local server, with nothing inherited that could leak settings."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_MODEL") and k not in ("MAX_RUNS", "OPENROUTER_API_KEY", "LLM_API_KEY")}
-    env.update({"LLM_BASE_URL": base_url, "LLM_API_KEY": "test-key", "LLM_MAX_RETRIES": "0", "NO_COLOR": "1", "SANDBOX_ENV": "HOLD_FILE", "PYTHONPATH": str(REPO)})
+    env.update(
+        {"LLM_BASE_URL": base_url, "LLM_API_KEY": "test-key", "LLM_MAX_RETRIES": "0", "NO_COLOR": "1", "SANDBOX_ENV": "HOLD_FILE", "PYTHONPATH": str(REPO)}
+    )
     env.update(extra)
     return env
 

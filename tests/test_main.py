@@ -74,7 +74,7 @@ def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
 
 
 def test_goal_met_stops_early(experiment: Path, llm_server):
-    server = llm_server(ScriptedBrain(goal_met_on=1))
+    server = llm_server(ScriptedBrain(codes=[GOOD_TRAIN.replace('"accuracy": 0.85', '"accuracy": 0.95')]))
     result = run_main(["-d", str(experiment), "-r", "3"], runner_env(server.base_url))
     assert result.returncode == 0, result.stderr
     assert not (experiment / "run_2").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fakes import ScriptedChatModel, analysis_reply, events_of, make_experiment, make_run, make_runtime, make_task
 
-from nodes.analyze import analyze, apply_analysis, findings_section, stop_reason
+from nodes.analyze import analyze, apply_analysis, findings_section
 from state import NewTask, RunAnalysis, TaskUpdate
 
 TASKS = [make_task(1, "Baseline", notes="old notes", runs=[1]), make_task(2, "Tune"), make_task(3, "Augment", status="dropped")]
@@ -61,7 +61,7 @@ def test_input_tasks_are_not_mutated():
     assert TASKS == before
 
 
-# findings_section and stop_reason
+# findings_section
 
 
 def test_findings_section():
@@ -69,15 +69,6 @@ def test_findings_section():
         make_run(2, status="failed"), analysis(summary="Crashed. ", findings=["a", " ", "b "], goal_achieved=True, goal_evidence="acc=1")
     )
     assert section == "## Run 2 (failed)\n\nCrashed.\n\n- a\n- b\n\nGoal achieved: acc=1"
-
-
-def test_stop_reason():
-    runs = [make_run(1), make_run(2)]
-    assert stop_reason(runs, max_runs=5, goal_met=True) == "goal_met"
-    assert stop_reason(runs, max_runs=2, goal_met=True) == "goal_met"
-    assert stop_reason(runs, max_runs=2, goal_met=False) == "max_runs"
-    assert stop_reason(runs, max_runs=1, goal_met=False) == "max_runs"
-    assert stop_reason(runs, max_runs=3, goal_met=False) is None
 
 
 # the node
@@ -126,11 +117,26 @@ def test_node_updates_files_and_state(tmp_path: Path):
     assert events_of(events, "analysis") == [{"event": "analysis", "run": 2, "summary": "Baseline worked.", "goal_met": False}]
 
 
-def test_node_stops_when_goal_met(tmp_path: Path):
+def test_node_stops_when_the_metric_meets_the_goal(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(goal_achieved=True, goal_evidence="accuracy=0.95")]))
-    update = analyze(state_after_run(make_experiment(tmp_path), runs=1, max_runs=5), runtime)
+    state = state_after_run(make_experiment(tmp_path), runs=1, max_runs=5)
+    state["runs"][-1]["metrics"] = {"accuracy": 0.95}
+    update = analyze(state, runtime)
     assert update["goal_met"] is True and update["stop_reason"] == "goal_met"
     assert "Goal achieved: accuracy=0.95" in (tmp_path / "KEY_FINDINGS.md").read_text()
+
+
+def test_the_analyst_cannot_declare_a_numeric_goal_met_that_the_metric_denies(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(goal_achieved=True, goal_evidence="looks great")]))
+    update = analyze(state_after_run(make_experiment(tmp_path), runs=1, max_runs=5), runtime)  # accuracy 0.5 < 0.9
+    assert update["goal_met"] is False and update["stop_reason"] is None
+
+
+def test_without_a_numeric_goal_the_analyst_decides(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(goal_achieved=True, goal_evidence="the plots look right")]))
+    state = {**state_after_run(make_experiment(tmp_path), runs=1, max_runs=5), "goal": "a convincing qualitative result"}
+    update = analyze(state, runtime)
+    assert update["goal_met"] is True and update["stop_reason"] == "goal_met"
 
 
 def test_node_stops_at_max_runs(tmp_path: Path):

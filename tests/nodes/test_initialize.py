@@ -23,7 +23,7 @@ def test_writes_plan_tasks_and_findings(tmp_path: Path):
     update = initialize({"experiment_dir": root}, runtime)
 
     plan = (tmp_path / "exp" / "PLAN.md").read_text()
-    assert "**Goal:** accuracy >= 0.9" in plan
+    assert "**Goal** (proposed by the planner): `accuracy >= 0.9`" in plan
     assert "Train a small model." in plan
     tasks = json.loads((tmp_path / "exp" / "tasks.json").read_text())["tasks"]
     assert [(t["id"], t["title"], t["status"], t["runs"]) for t in tasks] == [(1, "Baseline MLP", "todo", []), (2, "Tune width", "todo", [])]
@@ -84,3 +84,12 @@ def test_missing_idea_fails_before_any_llm_call(tmp_path: Path):
     with pytest.raises(ExperimentInputError, match="IDEA.md"):
         initialize({"experiment_dir": str(tmp_path)}, runtime)
     assert model.calls == []
+
+
+def test_a_goal_line_in_the_idea_wins_over_the_planner(tmp_path: Path):
+    model = ScriptedChatModel(responses=[plan_reply(goal="f1 >= 0.5")])
+    runtime, _ = make_runtime(model)
+    root = make_experiment(tmp_path, idea="Classify digits.\n\nGoal: test_accuracy >= 0.99\n")
+    update = initialize({"experiment_dir": root}, runtime)
+    assert update["goal"] == "test_accuracy >= 0.99"
+    assert "**Goal** (from IDEA.md): `test_accuracy >= 0.99`" in (tmp_path / "PLAN.md").read_text()

@@ -108,3 +108,14 @@ def test_run_line_and_table():
     table = runs_table(runs, "accuracy >= 0.9").splitlines()
     assert table[2:] == ["| 1 | ok | 1.5 s | accuracy=0.5 |", "| 2 | failed | 1.5 s | none found |", "| 3 ★ | ok | 1.5 s | accuracy=0.7 |"]
     assert "★" not in runs_table(runs, "")
+
+
+def test_goal_from_idea():
+    from nodes.records import goal_from_idea
+
+    assert goal_from_idea("Digits.\ngoal: test_accuracy >= 0.99\n") == "test_accuracy >= 0.99"
+    assert goal_from_idea("  Goal:  val_loss<0.25 ") == "val_loss < 0.25"
+    assert goal_from_idea("Reach a good accuracy, goals are for later.") is None
+    for bad in ("goal: as good as possible", "goal: accuracy == 0.9", "goal: accuracy >= 0.9 on the test set"):
+        with pytest.raises(ValueError, match="goal: <metric> <op> <number>"):
+            goal_from_idea(bad)

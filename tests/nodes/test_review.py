@@ -63,7 +63,7 @@ def test_reject_sends_the_reason_to_codegen_then_approve_runs_the_new_version(tm
     assert pending.value["code"] == SECOND
 
     result = app.invoke(Command(resume={"action": "approve"}), config, context=context)
-    assert result["stop_reason"] == "max_runs"
+    assert result["stop_reason"] == "goal_met"  # the approved version printed accuracy=0.9, the plan's goal
     assert (root / "run_1" / "output.log").read_text() == "accuracy=0.9\n"
 
 

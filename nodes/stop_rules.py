@@ -1,0 +1,108 @@
+"""When the loop ends: the goal checked against metrics, the run limit, plateau, budgets and repeated failures."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from nodes.records import COMPARE, parse_goal
+from settings import Settings
+from state import RunRecord, Usage
+
+
+@dataclass(frozen=True)
+class Stop:
+    """A reason to end the loop, and the words that explain it."""
+
+    reason: str
+    """goal_met, max_runs, plateau, budget or stuck."""
+    detail: str
+
+
+def goal_reached(goal: str, metrics: dict[str, float]) -> bool | None:
+    """Whether `metrics` meet a numeric goal ('accuracy >= 0.9'); None when the goal is not numeric."""
+    parsed = parse_goal(goal)
+    if parsed is None:
+        return None
+    metric, op, target = parsed
+    return metric in metrics and COMPARE[op](metrics[metric], target)
+
+
+def runs_without_improvement(runs: list[RunRecord], goal: str) -> int:
+    """How many of the latest runs did not beat the best goal-metric value before them (0 without a numeric goal)."""
+    parsed = parse_goal(goal)
+    if parsed is None:
+        return 0
+    metric, op, _ = parsed
+    better = COMPARE[">" if op in (">=", ">") else "<"]
+    best, stale = None, 0
+    for run in runs:
+        value = run["metrics"].get(metric)
+        if value is not None and (best is None or better(value, best)):
+            best, stale = value, 0
+        else:
+            stale += 1
+    return stale
+
+
+def failure_signature(run: RunRecord) -> str | None:
+    """The run's failure with numbers, paths and quoted values blurred, so reruns of one bug compare equal."""
+    if run["status"] == "ok":
+        return None
+    text = run["error"] or f"{run['status']} with exit code {run['exit_code']}"
+    text = re.sub(r"(['\"]).*?\1", "'…'", text)
+    text = re.sub(r"(/[\w.-]+)+", "/…", text)
+    return re.sub(r"\d+(\.\d+)?", "N", text).strip()
+
+
+def spend(usage: list[Usage], prices: dict[str, list[float]]) -> tuple[float | None, str]:
+    """USD spent and where the figure comes from; None when neither the provider nor MODEL_PRICES tell."""
+    total, reported, priced, unknown = 0.0, 0, 0, 0
+    for call in usage:
+        if call["cost_usd"] is not None:
+            total += call["cost_usd"]
+            reported += 1
+        elif call["model"] in prices:
+            per_input, per_output = prices[call["model"]]
+            total += (call["input_tokens"] * per_input + call["output_tokens"] * per_output) / 1e6
+            priced += 1
+        else:
+            unknown += 1
+    if reported + priced == 0:
+        return (0.0 if not usage else None), "no LLM call yet" if not usage else "not reported by the provider, and no MODEL_PRICES"
+    source = "reported by the provider" if not priced else "MODEL_PRICES" if not reported else "provider reports and MODEL_PRICES"
+    if unknown:
+        source += f" ({unknown} calls without a price)"
+    return total, source
+
+
+def budget_stop(runs: list[RunRecord], usage: list[Usage], settings: Settings) -> Stop | None:
+    """Stop when one more run like the average so far would pass a budget."""
+    count = max(len(runs), 1)
+    tokens = sum(u["input_tokens"] + u["output_tokens"] for u in usage)
+    if settings.max_tokens and tokens + tokens / count > settings.max_tokens:
+        return Stop("budget", f"{tokens} tokens spent; another run would pass MAX_TOKENS={settings.max_tokens}")
+    cost, source = spend(usage, settings.model_prices)
+    if settings.max_cost_usd and cost is not None and cost + cost / count > settings.max_cost_usd:
+        return Stop("budget", f"${cost:.4f} spent ({source}); another run would pass MAX_COST_USD={settings.max_cost_usd:g}")
+    hours = sum(r["duration_s"] for r in runs) / 3600
+    if settings.max_hours and hours + hours / count > settings.max_hours:
+        return Stop("budget", f"{hours:.2f} h of runs; another would pass MAX_HOURS={settings.max_hours:g}")
+    return None
+
+
+def decide_stop(runs: list[RunRecord], usage: list[Usage], goal: str, analyst_says_met: bool, max_runs: int, settings: Settings) -> Stop | None:
+    """Why the loop should end after the latest run, or None to go on. The first rule that holds wins."""
+    latest = runs[-1]
+    reached = goal_reached(goal, latest["metrics"])
+    if reached or (reached is None and analyst_says_met):
+        judged = "metrics" if reached else "the analyst's judgement (the goal names no metric)"
+        return Stop("goal_met", f"run {latest['number']} met the goal {goal!r} by {judged}")
+    failures = [failure_signature(r) for r in runs[-settings.max_consecutive_failures :]]
+    if len(failures) == settings.max_consecutive_failures and failures[0] is not None and len(set(failures)) == 1:
+        return Stop("stuck", f"the last {len(failures)} runs failed the same way: {latest['error'] or latest['status']}")
+    if len(runs) >= max_runs:
+        return Stop("max_runs", f"all {max_runs} runs done")
+    if settings.patience and runs_without_improvement(runs, goal) >= settings.patience:
+        return Stop("plateau", f"{settings.patience} runs in a row without improving on the best value of the goal metric")
+    return budget_stop(runs, usage, settings)

@@ -1,0 +1,67 @@
+"""The stop rules: goal by metric, run limit, plateau, repeated failure and budgets."""
+
+from __future__ import annotations
+
+from fakes import make_run, make_settings
+
+from nodes.stop_rules import budget_stop, decide_stop, failure_signature, goal_reached, runs_without_improvement, spend
+
+
+def usage(tokens_in: int = 1000, tokens_out: int = 100, cost: float | None = None, model: str = "m") -> dict:
+    return {"stage": "codegen", "model": model, "input_tokens": tokens_in, "output_tokens": tokens_out, "cost_usd": cost}
+
+
+def test_goal_reached():
+    assert goal_reached("accuracy >= 0.9", {"accuracy": 0.9}) is True
+    assert goal_reached("accuracy > 0.9", {"accuracy": 0.9}) is False
+    assert goal_reached("loss < 0.1", {"loss": 0.05}) is True
+    assert goal_reached("accuracy >= 0.9", {"loss": 0.05}) is False
+    assert goal_reached("a nice model", {"accuracy": 1.0}) is None
+
+
+def test_runs_without_improvement_for_both_directions():
+    runs = [make_run(1, metrics={"acc": 0.5}), make_run(2, metrics={"acc": 0.7}), make_run(3, metrics={"acc": 0.6}), make_run(4, status="failed")]
+    assert runs_without_improvement(runs, "acc >= 0.9") == 2
+    losses = [make_run(1, metrics={"loss": 0.5}), make_run(2, metrics={"loss": 0.4})]
+    assert runs_without_improvement(losses, "loss <= 0.1") == 0
+    assert runs_without_improvement(runs, "no numeric goal") == 0
+
+
+def test_failure_signature_blurs_numbers_paths_and_quoted_values():
+    a = make_run(1, status="failed", error="KeyError: 'HOLD_FILE' at /tmp/run_1/train.py line 12")
+    b = make_run(2, status="failed", error="KeyError: 'OTHER' at /tmp/run_2/train.py line 40")
+    c = make_run(3, status="failed", error="ValueError: shapes (3,) and (4,)")
+    assert failure_signature(a) == failure_signature(b) != failure_signature(c)
+    assert failure_signature(make_run(4)) is None
+
+
+def test_decide_stop_order():
+    settings = make_settings(max_consecutive_failures=3, patience=2)
+    goal = "acc >= 0.9"
+    met = [make_run(1, metrics={"acc": 0.95})]
+    assert decide_stop(met, [], goal, False, 5, settings).reason == "goal_met"
+    crash = [make_run(n, status="failed", error=f"RuntimeError: boom {n}") for n in (1, 2, 3)]
+    assert decide_stop(crash, [], goal, False, 3, settings).reason == "stuck"
+    assert decide_stop(crash[:2], [], goal, False, 5, make_settings(max_consecutive_failures=3)) is None
+    flat = [make_run(1, metrics={"acc": 0.5}), make_run(2, metrics={"acc": 0.5}), make_run(3, metrics={"acc": 0.4})]
+    assert decide_stop(flat, [], goal, False, 3, settings).reason == "max_runs"
+    assert decide_stop(flat, [], goal, False, 9, settings).reason == "plateau"
+    assert decide_stop(flat, [], goal, False, 9, make_settings()) is None
+
+
+def test_spend_prefers_the_provider_and_falls_back_to_prices():
+    assert spend([usage(cost=0.25), usage(cost=0.5)], {}) == (0.75, "reported by the provider")
+    total, source = spend([usage(tokens_in=1_000_000, tokens_out=1_000_000, model="m")], {"m": [3.0, 15.0]})
+    assert total == 18.0 and source == "MODEL_PRICES"
+    assert spend([usage()], {})[0] is None
+
+
+def test_budget_stops_before_a_run_that_would_pass_it():
+    runs = [make_run(1, metrics={}), make_run(2, metrics={})]
+    calls = [usage(tokens_in=400, tokens_out=100, cost=0.1) for _ in range(4)]  # 2000 tokens, $0.40 over 2 runs
+    assert budget_stop(runs, calls, make_settings(max_tokens=2999)).reason == "budget"
+    assert budget_stop(runs, calls, make_settings(max_tokens=3000)) is None
+    assert "MAX_COST_USD" in budget_stop(runs, calls, make_settings(max_cost_usd=0.5)).detail
+    assert budget_stop(runs, calls, make_settings(max_cost_usd=0.7)) is None
+    long_runs = [{**make_run(n), "duration_s": 1800.0} for n in (1, 2)]
+    assert budget_stop(long_runs, [], make_settings(max_hours=1.4)).reason == "budget"

@@ -1,0 +1,77 @@
+"""Every stop reason end to end: main.py against the local LLM server, with the exit code and REPORT.md each implies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scripted import GOOD_TRAIN, ScriptedBrain, run_main, runner_env
+
+
+def metric_train(accuracy: float) -> str:
+    return GOOD_TRAIN.replace('"accuracy": 0.85', f'"accuracy": {accuracy}')
+
+
+CRASH = "import sys\nprint('loading data', flush=True)\nraise RuntimeError('dataset shard 7 is corrupt')\n"
+
+
+def _stop(experiment: Path, llm_server, args: list[str], brain: ScriptedBrain, **env: str):
+    server = llm_server(brain)
+    result = run_main(["-d", str(experiment), *args], runner_env(server.base_url, **env))
+    runs = sorted(p.name for p in experiment.glob("run_*"))
+    report = (experiment / "REPORT.md").read_text() if (experiment / "REPORT.md").exists() else ""
+    assert "Traceback" not in result.stdout + result.stderr
+    return result, runs, report, server
+
+
+def test_goal_met_on_run_two_of_five(experiment: Path, llm_server):
+    brain = ScriptedBrain(codes=[metric_train(0.5), metric_train(0.93), metric_train(0.99)])
+    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "5"], brain)
+    assert result.returncode == 0, result.stderr
+    assert runs == ["run_1", "run_2"]
+    assert "Stopped: goal_met" in result.stdout and "**goal_met**" in report
+
+
+def test_the_analyst_alone_cannot_stop_a_numeric_goal(experiment: Path, llm_server):
+    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "2"], ScriptedBrain(goal_met_on=1))  # accuracy stays 0.85
+    assert result.returncode == 0 and runs == ["run_1", "run_2"] and "**max_runs**" in report
+
+
+def test_an_identical_crash_every_run_is_stuck(experiment: Path, llm_server):
+    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "6"], ScriptedBrain(codes=[CRASH]))
+    assert result.returncode == 1
+    assert runs == ["run_1", "run_2", "run_3"]
+    assert "Stopped: stuck" in result.stdout and "**stuck**" in report and "dataset shard" in report
+
+
+def test_patience(experiment: Path, llm_server):
+    brain = ScriptedBrain(codes=[metric_train(0.6), metric_train(0.7), metric_train(0.65), metric_train(0.7)])
+    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "8", "--patience", "2"], brain)
+    assert result.returncode == 0
+    assert runs == ["run_1", "run_2", "run_3", "run_4"]
+    assert "**plateau**" in report
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--max-tokens", "800"], {}, "MAX_TOKENS=800"),
+        (["--max-cost", "0.05"], {"FAKE_COST": "1"}, "MAX_COST_USD=0.05"),
+        ([], {"MAX_COST_USD": "0.05", "MODEL_PRICES": "anthropic/claude-sonnet-4.6=100/100,openai/gpt-4o-mini=100/100"}, "MODEL_PRICES"),
+        (["--max-hours", "0.0002"], {}, "MAX_HOURS=0.0002"),
+    ],
+)
+def test_each_budget_stops_before_the_next_run_and_still_reports(args, env, words, experiment: Path, llm_server):
+    brain = ScriptedBrain(codes=[GOOD_TRAIN + "import time\ntime.sleep(0.5)\n"], cost_per_call=0.01 if env.pop("FAKE_COST", None) else None)
+    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "6", *args], brain, **env)
+    assert result.returncode == 0, result.stderr
+    assert 1 <= len(runs) < 6
+    assert "**budget**" in report and words in report
+    assert "Stopped: budget" in result.stdout
+
+
+def test_a_goal_line_that_does_not_parse_is_bad_input(experiment: Path, llm_server):
+    (experiment / "IDEA.md").write_text("# Digits\n\ngoal: as accurate as possible\n")
+    result, runs, _, server = _stop(experiment, llm_server, ["-r", "1"], ScriptedBrain())
+    assert result.returncode == 2 and "goal: <metric> <op> <number>" in result.stderr
+    assert server.requests == [] and runs == []
