@@ -21,8 +21,8 @@ with open("attempts.txt", "a") as f:
 print("run two starting", flush=True)
 while os.path.exists(os.environ["HOLD_FILE"]):
     time.sleep(0.1)
-json.dump({"accuracy": 0.95}, open("metrics.json", "w"))
-print("accuracy=0.95")
+json.dump({"accuracy": 0.75}, open("metrics.json", "w"))
+print("accuracy=0.75")
 """
 
 COUNTING_TRAIN = GOOD_TRAIN + 'open("attempts.txt", "a").write("attempt\\n")\n'
@@ -39,7 +39,8 @@ def hold(tmp_path: Path) -> Path:
 def start_until_run(experiment: Path, env: dict[str, str], max_runs: int, run: int):
     """Start main.py in the background and wait until run `run` of HOLDING_TRAIN is executing."""
     runner = start_main(["-d", str(experiment), "-r", str(max_runs)], env)
-    wait_until((experiment / f"run_{run}" / "attempts.txt").exists)
+    log = experiment / f"run_{run}" / "output.log"
+    wait_until(lambda: log.exists() and "starting" in log.read_text())
     return runner
 
 
@@ -62,7 +63,7 @@ def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
     assert "The baseline reached the goal." in report and "**max_runs**" in report and "accuracy=0.85" in report
     assert (experiment / ".runner" / "checkpoints.sqlite").is_file()
     # The stream reached the terminal: each stage, the child's output, the outcome.
-    for text in ("initialize", "codegen", "execute", "analyze", "report", "│ epoch=1", "Done: max_runs after 2 runs"):
+    for text in ("initialize", "codegen", "execute", "analyze", "report", "│ epoch=1", "Stopped: max_runs (all 2 runs done) after 2 runs"):
         assert text in result.stdout
 
     # The second codegen request carried the first run's code and its mechanical summary.
@@ -96,12 +97,12 @@ def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: P
     assert (experiment / "run_1" / "attempts.txt").read_text() == "attempt\n"  # run 1 ran once
     assert (experiment / "run_2" / "attempts.txt").read_text() == "attempt\nattempt\n"  # run 2's execute ran again
     assert (experiment / "run_2" / "output.interrupted-1.log").read_text().startswith("run two starting")
-    assert "accuracy=0.95" in (experiment / "run_2" / "output.log").read_text()
+    assert "accuracy=0.75" in (experiment / "run_2" / "output.log").read_text()
     # Only what was unfinished asked the LLM again: run 2's analysis and the report, no new codegen.
     later = [r for r in server.requests[requests_before:]]
     assert not any("You write train.py" in r["messages"][0]["content"] for r in later)
     assert len(later) == 2
-    assert "Done: max_runs after 2 runs" in result.stdout
+    assert "Stopped: max_runs (all 2 runs done) after 2 runs" in result.stdout
 
 
 def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, hold: Path):
