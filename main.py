@@ -20,6 +20,7 @@ from rich.markup import escape
 from adapters.files import ExperimentFiles, ExperimentInputError
 from adapters.llm import LLMError
 from adapters.process import RunCancelled, cancel_running_scripts
+from adapters.sandbox import resolve_mode
 from adapters.terminal import ProgressPrinter, ask_review
 from graph import build_graph
 from nodes.records import goal_from_idea
@@ -104,6 +105,7 @@ def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
     }
     settings = Settings.from_env(**{name: value for name, value in flags.items() if value is not None})
     settings.check()
+    resolve_mode(settings.sandbox, no_network=settings.no_network)  # a sandbox that cannot work stops here, before any LLM call
     return settings
 
 

@@ -1,4 +1,4 @@
-"""Running train.py as a child process: streamed log, wall-clock limit, and no process left behind."""
+"""Running train.py as a child process: streamed and capped log, resource limits, and no process left behind."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ import ctypes
 import json
 import os
 import re
+import resource
+import select
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from adapters.capped_log import CappedLog
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|^OPENROUTER_|^LLM_", re.IGNORECASE)
 READ_BYTES = 64 * 1024
@@ -22,6 +26,20 @@ ECHO_LINE_CHARS = 1000
 ECHO_BUFFER_LINES = 200
 """Lines held between two flushes to the terminal; older ones are counted, not kept."""
 KILL_GRACE_S = 5.0
+"""How long a timed-out script has, after SIGTERM, to finish on its own before SIGKILL."""
+KILL_WITHIN_S = 5.0
+"""How long the runner keeps killing and reaping a stopped tree before it gives up on what is left (unkillable, in the kernel)."""
+POLL_S = 0.25
+WATCHDOG_POLL_S = 0.1
+"""The poll interval when memory or process count is limited: a limit is enforced within about this long."""
+PSS_EVERY_S = 1.0
+"""How often, at most, the tree's proportional memory is read while its summed RSS stays over the limit."""
+PID_FILE_EVERY_S = 1.0
+"""How often, at most, the pid file is rewritten while the tree grows."""
+MIB = 1024 * 1024
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class RunCancelled(Exception):
@@ -29,17 +47,35 @@ class RunCancelled(Exception):
 
 
 _running: set[int] = set()
-"""Process-group ids of the scripts running now."""
+"""Pids of the scripts running now, each the leader of its own process group."""
 _running_lock = threading.Lock()
 _cancelled = threading.Event()
 
 
 def cancel_running_scripts() -> None:
-    """Kill every running script's process group; run_script then raises RunCancelled, and no new one starts."""
+    """Kill every running script's process group; run_script then kills the rest of its tree and raises RunCancelled, and no new one starts."""
     _cancelled.set()
     with _running_lock:
         for pgid in _running:
             kill_group(pgid)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use; 0 means no limit."""
+
+    timeout_s: float
+    """Wall clock, from start to SIGTERM (then SIGKILL after KILL_GRACE_S)."""
+    memory_mb: int = 0
+    """Resident memory of the whole process tree, watched through /proc: summed RSS, confirmed by PSS (which counts a
+    page shared by forked workers once) before the run is stopped. Not an address-space limit: CUDA maps huge ones."""
+    file_size_mb: int = 0
+    """The largest file the script may write (RLIMIT_FSIZE): past it a write fails with EFBIG or SIGXFSZ. output.log is not affected."""
+    max_processes: int = 0
+    """Tasks in the tree, every thread counted, as the kernel counts them for RLIMIT_NPROC: the kernel enforces it for a
+    non-root uid (also after the sandbox drops to one), and the watchdog stops the run when the tree has more (root too)."""
+    log_max_bytes: int = 0
+    """Size cap of output.log: past it the head and a rolling tail are kept (CappedLog)."""
 
 
 @dataclass
@@ -47,9 +83,15 @@ class ProcessResult:
     """How the child ended."""
 
     exit_code: int | None
-    """Exit status; negative when a signal ended it."""
+    """Exit status; negative when a signal ended it; None when the runner stopped it."""
     duration_s: float
     timed_out: bool
+    stopped: str = ""
+    """Why the runner stopped it: "" (it ended by itself), "timeout", "memory" or "processes"."""
+    peak_memory_mb: float = 0.0
+    """The largest summed RSS of the tree seen while it ran: exact for one process, high for forked workers that share pages."""
+    log_bytes_dropped: int = 0
+    """Bytes of output that output.log's cap left out."""
 
 
 def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
@@ -59,12 +101,325 @@ def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask the kernel to SIGKILL us if the runner dies (even by SIGKILL)."""
+def run_script(
+    argv: list[str],
+    *,
+    cwd: Path,
+    log_path: Path,
+    limits: Limits,
+    env: Mapping[str, str],
+    on_output: Callable[[list[str]], None] | None = None,
+    pid_file: Path | None = None,
+) -> ProcessResult:
+    """Run `argv` in `cwd` within `limits`; stdout and stderr go, line by line, to `log_path` and `on_output`.
+
+    The child leads a new session. Every process it starts is tracked through /proc, those that left its
+    group with setsid() included (the runner is their subreaper, so orphans come back to it). On timeout,
+    on a limit, on any exception here (Ctrl-C included) and on return, the whole tree is killed and reaped;
+    if the runner itself dies, the kernel kills the child and `pid_file` lets kill_leftover() find the rest.
+    """
+    if _cancelled.is_set():
+        raise RunCancelled("interrupted before the run started")
+    _become_subreaper()
+    start = time.monotonic()
+    with CappedLog(log_path, limits.log_max_bytes) as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            preexec_fn=_child_setup(limits),
+        )
+        with _running_lock:
+            _running.add(proc.pid)
+        tree = _ProcessTree.of_child(proc.pid)
+        record = _PidRecord(pid_file, tree, Path(cwd).resolve())
+        pump = _LogPump(proc.stdout, log)
+        pump.start()
+
+        def echo() -> None:
+            if on_output and (lines := pump.take()):
+                on_output(lines)
+
+        watch = _Watch(proc.pid, tree, limits)
+        try:
+            watch.until_done(echo, record)
+        finally:
+            tree.kill(group=proc.pid, within_s=KILL_WITHIN_S)
+            proc.wait()
+            watch.close()
+            with _running_lock:
+                _running.discard(proc.pid)
+            pump.join(timeout=2.0)
+            pump.detach()  # a process that could not be killed may still hold the pipe: what it writes is dropped
+            if not pump.is_alive():
+                proc.stdout.close()
+            record.remove()
+        echo()
+    if _cancelled.is_set():
+        raise RunCancelled(f"run interrupted after {time.monotonic() - start:.1f} s")
+    return ProcessResult(
+        exit_code=None if watch.stopped else proc.returncode,
+        duration_s=time.monotonic() - start,
+        timed_out=watch.stopped == "timeout",
+        stopped=watch.stopped,
+        peak_memory_mb=round(watch.peak_memory_mb, 1),
+        log_bytes_dropped=log.dropped,
+    )
+
+
+class _Watch:
+    """Waits for the child to exit while holding its tree to the limits; `stopped` says which one ended it."""
+
+    def __init__(self, pid: int, tree: _ProcessTree, limits: Limits):
+        self.pid, self.tree, self.limits = pid, tree, limits
+        self.stopped = ""
+        self.peak_memory_mb = 0.0
+        self.pss_read_at = -PSS_EVERY_S
+        self.exit_poll = select.poll()
+        try:
+            self.pidfd: int | None = os.pidfd_open(pid)  # readable once the child exits, without reaping it
+            self.exit_poll.register(self.pidfd, select.POLLIN)
+        except OSError:
+            self.pidfd = None
+
+    def until_done(self, echo: Callable[[], None], record: _PidRecord) -> None:
+        deadline = time.monotonic() + self.limits.timeout_s if self.limits.timeout_s > 0 else float("inf")
+        interval = WATCHDOG_POLL_S if self.limits.memory_mb or self.limits.max_processes else POLL_S
+        while not _cancelled.is_set():
+            members = self.tree.scan()
+            self.tree.reap(members)
+            self.stopped = self.over_limit(members)
+            if not self.stopped and time.monotonic() >= deadline:
+                self.stopped = "timeout"
+                self.tree.signal(members, group=self.pid, signum=signal.SIGTERM)
+                self.exited(KILL_GRACE_S)
+            if self.stopped:
+                return
+            record.update(self.tree)
+            echo()
+            if self.exited(min(interval, max(deadline - time.monotonic(), 0.0))):
+                return
+
+    def over_limit(self, members: Mapping[int, _Proc]) -> str:
+        """Which limit the tree is over now: "memory", "processes", or "" for none. Updates the peak memory too."""
+        live = [pid for pid, proc in members.items() if not proc.gone]
+        resident_mb = sum(members[pid].rss_pages for pid in live) * PAGE_BYTES / MIB
+        self.peak_memory_mb = max(self.peak_memory_mb, resident_mb)
+        if self.limits.memory_mb and resident_mb > self.limits.memory_mb and time.monotonic() - self.pss_read_at >= PSS_EVERY_S:
+            # Summed RSS counts a page shared by forked workers once per worker: confirm with PSS, which splits it.
+            self.pss_read_at = time.monotonic()
+            if _proportional_mb(live, members) > self.limits.memory_mb:
+                return "memory"
+        tasks = sum(max(proc.threads, 1) for proc in members.values())  # a zombie still holds its pid
+        if self.limits.max_processes and tasks > self.limits.max_processes:
+            return "processes"
+        return ""
+
+    def exited(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the child to exit; leave it unreaped, so that its pid and group id stay ours."""
+        if self.pidfd is not None:
+            self.exit_poll.poll(timeout * 1000)
+        else:
+            time.sleep(timeout)
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+
+
+class _Proc(NamedTuple):
+    """One line of /proc/<pid>/stat, the fields the runner uses."""
+
+    ppid: int
+    pgrp: int
+    state: bytes
+    threads: int
+    start: int
+    """Clock ticks after boot: with the pid, it names a process for good (pids are reused)."""
+    rss_pages: int
+
+    @property
+    def gone(self) -> bool:
+        """Exited (a zombie waiting for its parent) or being reaped."""
+        return self.state in (b"Z", b"X")
+
+
+def _process_table() -> dict[int, _Proc]:
+    """Every process on the machine (threads aside), by pid."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (proc := _read_stat(int(name))):
+            table[int(name)] = proc
+    return table
+
+
+def _proportional_mb(pids: Iterable[int], procs: Mapping[int, _Proc]) -> float:
+    """Proportional set size summed over `pids`: each shared page split among those that map it. The kernel walks
+    the page tables to compute it (some ms per GB), so it is read only to confirm what the cheap RSS suggests."""
+    total_kb = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+                total_kb += next(int(line.split()[1]) for line in rollup if line.startswith(b"Pss:"))
+        except (OSError, StopIteration, ValueError):  # gone, or a kernel without smaps_rollup: count its RSS
+            total_kb += procs[pid].rss_pages * PAGE_BYTES / 1024
+    return total_kb / 1024
+
+
+def _read_stat(pid: int) -> _Proc | None:
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
+        return _Proc(ppid=int(fields[1]), pgrp=int(fields[2]), state=fields[0], threads=int(fields[17]), start=int(fields[19]), rss_pages=int(fields[21]))
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _ProcessTree:
+    """Every process a run started, found through /proc by parent links and remembered with its start time.
+
+    A process that left the child's group with setsid() is still found through its parent; once its parent is
+    gone it is re-parented to the runner, the subreaper, and found there: any child of the runner that started
+    after the run's child and is not another run's child is taken as an orphan of this run.
+    """
+
+    def __init__(self, seen: dict[int, int], *, child: int | None):
+        self.seen = seen
+        """Start time of every pid ever found in the tree."""
+        self.child = child
+        """The run's child, the runner's own; None for the tree of a runner that died."""
+        self.adopt_since = seen[child] if child is not None else None
+
+    @classmethod
+    def of_child(cls, pid: int) -> _ProcessTree:
+        proc = _read_stat(pid)
+        return cls({pid: proc.start if proc else 0}, child=pid)
+
+    def scan(self) -> dict[int, _Proc]:
+        """The tree's processes now, zombies included; new ones are remembered."""
+        table = _process_table()
+        children: dict[int, list[int]] = defaultdict(list)
+        for pid, proc in table.items():
+            children[proc.ppid].append(pid)
+        queue = [pid for pid, start in self.seen.items() if pid in table and table[pid].start == start]
+        if self.adopt_since is not None:
+            with _running_lock:
+                other_runs = _running - self.seen.keys()
+            queue += [pid for pid in children[os.getpid()] if table[pid].start >= self.adopt_since and pid not in other_runs]
+        members: dict[int, _Proc] = {}
+        while queue:
+            pid = queue.pop()
+            if pid not in members:
+                members[pid] = table[pid]
+                self.seen[pid] = table[pid].start
+                queue += children[pid]
+        return members
+
+    def reap(self, members: Mapping[int, _Proc]) -> None:
+        """Collect the exit status of the tree's zombies that are the runner's children (orphans it adopted).
+
+        The run's own child is left to subprocess, which waits for it; waitpid(-1) would steal other children too.
+        """
+        me = os.getpid()
+        for pid, proc in members.items():
+            if proc.gone and proc.ppid == me and pid != self.child:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def signal(self, members: Iterable[int], *, group: int | None, signum: int) -> None:
+        if group is not None:
+            try:
+                os.killpg(group, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in members:
+            try:
+                os.kill(pid, signum)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def kill(self, *, group: int | None, within_s: float) -> None:
+        """SIGKILL the group and the whole tree, again and again until nothing of it runs, and reap what is ours.
+
+        Each round kills everything found; a process forked since is found by the next round, and a killed one
+        forks no more, so even a fork bomb is gone in a few rounds. Gives up after `within_s`.
+        """
+        deadline = time.monotonic() + within_s
+        while True:
+            members = self.scan()
+            self.signal(members, group=group, signum=signal.SIGKILL)  # a zombie leader's other threads may still run
+            running = [pid for pid, proc in members.items() if not proc.gone]
+            self.reap(members)
+            # A run's zombies all come back to the runner once their parents are gone; a dead runner's are init's to reap.
+            unreaped = self.child is not None and any(proc.gone and pid != self.child for pid, proc in members.items())
+            if not running and not unreaped or time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+
+
+def _become_subreaper() -> None:
+    """Make orphans of the runner's descendants its own children instead of init's, so that a setsid()'d daemon cannot hide."""
+    global _subreaper
+    if not _subreaper:
+        _subreaper = True
+        try:
+            _prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+
+_subreaper = False
+
+
+def _prctl() -> Callable[..., int]:
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _child_setup(limits: Limits) -> Callable[[], None]:
+    """What the child does between fork and exec: die with the runner, take the rlimits. All looked up here, in the parent."""
+    prctl, runner = _prctl(), os.getpid()
+    rlimits = []
+    if limits.file_size_mb:
+        rlimits.append((resource.RLIMIT_FSIZE, _within_hard_limit(resource.RLIMIT_FSIZE, limits.file_size_mb * MIB)))
+    if limits.max_processes:
+        # The kernel counts every task of the uid; a non-root runner's own session counts too, so it gets that much more.
+        others = _tasks_of_uid(os.getuid()) if os.getuid() != 0 else 0
+        rlimits.append((resource.RLIMIT_NPROC, _within_hard_limit(resource.RLIMIT_NPROC, limits.max_processes + others)))
+
+    def setup() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # even if the runner dies by SIGKILL
+        if os.getppid() != runner:  # it died before the line above
+            os._exit(1)
+        for which, value in rlimits:
+            resource.setrlimit(which, (value, value))
+
+    return setup
+
+
+def _within_hard_limit(which: int, value: int) -> int:
+    hard = resource.getrlimit(which)[1]
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
+def _tasks_of_uid(uid: int) -> int:
+    count = 0
+    for pid, proc in _process_table().items():
+        try:
+            if os.stat(f"/proc/{pid}").st_uid == uid:
+                count += proc.threads
+        except OSError:
+            pass
+    return count
 
 
 def kill_group(pgid: int) -> None:
@@ -74,30 +429,52 @@ def kill_group(pgid: int) -> None:
         pass
 
 
+class _PidRecord:
+    """The pid file: the child's group, its folder, and every process of its tree, for kill_leftover() after a crash."""
+
+    def __init__(self, path: Path | None, tree: _ProcessTree, cwd: Path):
+        """Write the file at once, the child alone in it: a runner killed a moment later must leave it behind."""
+        self.path, self.pgid, self.cwd = path, tree.child, cwd
+        self.written: dict[int, int] = {}
+        self.written_at = -PID_FILE_EVERY_S
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.update(tree)
+
+    def update(self, tree: _ProcessTree) -> None:
+        if self.path is None or tree.seen == self.written or time.monotonic() - self.written_at < PID_FILE_EVERY_S:
+            return
+        self.written, self.written_at = dict(tree.seen), time.monotonic()
+        record = {"pid": self.pgid, "cwd": str(self.cwd), "tree": [[pid, start] for pid, start in self.written.items()]}
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(self.path)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 def kill_leftover(pid_file: Path) -> bool:
-    """Kill the process group recorded in `pid_file` by a runner that died, if any of it still runs in that run's folder."""
+    """Kill what a runner that died left of its run, as recorded in `pid_file`; True if anything of it still ran.
+
+    The recorded processes are recognised by their start time, and their descendants through /proc; the
+    recorded group is killed if any member still works in that run's folder (its leader may be gone).
+    """
     try:
         record = json.loads(pid_file.read_text())
         pgid, cwd = int(record["pid"]), record["cwd"]
+        recorded = {int(pid): int(start) for pid, start in record.get("tree", [])}
     except (OSError, ValueError, KeyError, TypeError):
         return False
     pid_file.unlink(missing_ok=True)
-    # The group's leader may be gone while its children live on: look for any member working in the run's folder.
-    ours = any(_process_group(pid) == pgid and _cwd(pid).startswith(cwd) for pid in _pids())
-    if ours:
-        kill_group(pgid)
-    return ours
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _process_group(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[2])
-    except (OSError, IndexError, ValueError):
-        return None
+    table = _process_table()
+    survivors = {pid: start for pid, start in recorded.items() if pid in table and table[pid].start == start and not table[pid].gone}
+    group_here = any(proc.pgrp == pgid and not proc.gone and _cwd(pid).startswith(cwd) for pid, proc in table.items())
+    if not survivors and not group_here:
+        return False
+    _ProcessTree(survivors, child=None).kill(group=pgid if group_here else None, within_s=KILL_WITHIN_S)
+    return True
 
 
 def _cwd(pid: int) -> str:
@@ -108,11 +485,12 @@ def _cwd(pid: int) -> str:
 
 
 class _LogPump(threading.Thread):
-    """Copies the child's output into the log file and keeps recent lines for the terminal."""
+    """Copies the child's output into the log and keeps recent lines for the terminal, in bounded memory."""
 
-    def __init__(self, pipe, log_file):
+    def __init__(self, pipe, log: CappedLog):
         super().__init__(daemon=True)
-        self.pipe, self.log_file = pipe, log_file
+        self.pipe = pipe
+        self.log: CappedLog | None = log
         self.lock = threading.Lock()
         self.pending: deque[str] = deque(maxlen=ECHO_BUFFER_LINES)
         self.skipped = 0
@@ -120,8 +498,10 @@ class _LogPump(threading.Thread):
     def run(self) -> None:
         partial = b""
         while chunk := self.pipe.readline(READ_BYTES):
-            self.log_file.write(chunk)
-            self.log_file.flush()
+            with self.lock:
+                if self.log is not None:
+                    self.log.write(chunk)
+                    self.log.flush()
             if not chunk.endswith(b"\n") and self.pipe.peek(1):
                 partial = partial or chunk[:ECHO_LINE_CHARS]
                 continue  # the line goes on: only its first piece is echoed
@@ -132,89 +512,14 @@ class _LogPump(threading.Thread):
                     self.skipped += 1
                 self.pending.append(line)
 
+    def detach(self) -> None:
+        """Write nothing more to the log, which is about to be closed."""
+        with self.lock:
+            self.log = None
+
     def take(self) -> list[str]:
         with self.lock:
             lines = ([f"… {self.skipped} lines not shown"] if self.skipped else []) + list(self.pending)
             self.pending.clear()
             self.skipped = 0
         return lines
-
-
-def run_script(
-    script: Path,
-    *,
-    log_path: Path,
-    timeout_s: float,
-    env: Mapping[str, str],
-    on_output: Callable[[list[str]], None] | None = None,
-    pid_file: Path | None = None,
-) -> ProcessResult:
-    """Run `python script` in its folder; stdout and stderr go, line by line, to `log_path` and `on_output`.
-
-    The child gets its own session; on timeout, on any exception here (Ctrl-C included) and on
-    return, its whole process group is killed, and the kernel kills it if the runner dies.
-    """
-    if _cancelled.is_set():
-        raise RunCancelled("interrupted before the run started")
-    start = time.monotonic()
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, script.name],
-            cwd=script.parent,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        with _running_lock:
-            _running.add(proc.pid)
-        if pid_file is not None:
-            pid_file.parent.mkdir(parents=True, exist_ok=True)
-            pid_file.write_text(json.dumps({"pid": proc.pid, "cwd": str(script.parent.resolve())}))
-        pump = _LogPump(proc.stdout, log_file)
-        pump.start()
-        timed_out = False
-        try:
-            deadline = start + timeout_s
-            while proc.poll() is None:
-                if _cancelled.is_set():
-                    break
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    _stop(proc)
-                    break
-                try:
-                    proc.wait(timeout=min(0.25, max(deadline - time.monotonic(), 0.01)))
-                except subprocess.TimeoutExpired:
-                    pass
-                if on_output and (lines := pump.take()):
-                    on_output(lines)
-        finally:
-            kill_group(proc.pid)
-            proc.wait()
-            with _running_lock:
-                _running.discard(proc.pid)
-            pump.join(timeout=2.0)
-            if not pump.is_alive():  # else a process that escaped the group still holds the pipe
-                proc.stdout.close()
-            if pid_file is not None:
-                pid_file.unlink(missing_ok=True)
-        if on_output and (lines := pump.take()):
-            on_output(lines)
-    if _cancelled.is_set():
-        raise RunCancelled(f"run interrupted after {time.monotonic() - start:.1f} s")
-    return ProcessResult(exit_code=proc.returncode if not timed_out else None, duration_s=time.monotonic() - start, timed_out=timed_out)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the group, then SIGKILL whatever is left after a grace period."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=KILL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        kill_group(proc.pid)

@@ -45,6 +45,9 @@ CODEGEN_SYSTEM = """You write train.py for run {run} of an automatic machine-lea
 Rules:
 - Reply with the whole file in one ```python block. Never a patch or a partial file.
 - The script runs as `python train.py` with its own folder as the working directory, without any input.
+- Download datasets and pretrained weights into the folder named by the environment variable DATA_DIR
+  (`os.environ["DATA_DIR"]`): it is shared by every run, so reuse what an earlier run left there.
+  Write files only there and in the working directory; everything else may be read-only.
 - Print progress as it trains, in lines like `epoch=3 loss=0.41 val_accuracy=0.93`.
 - At the end, print the final metrics and write them as a flat JSON object of numbers to
   `metrics.json` in the working directory, e.g. {{"test_accuracy": 0.991, "train_seconds": 42.0}}.

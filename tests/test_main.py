@@ -29,9 +29,10 @@ COUNTING_TRAIN = GOOD_TRAIN + 'open("attempts.txt", "a").write("attempt\\n")\n'
 
 
 @pytest.fixture
-def hold(tmp_path: Path) -> Path:
-    """While this file exists, HOLDING_TRAIN waits."""
-    path = tmp_path / "hold"
+def hold(experiment: Path) -> Path:
+    """While this file exists, HOLDING_TRAIN waits. It lies in the data cache: the sandbox shows train.py nothing else outside its run."""
+    path = experiment / "data" / "hold"
+    path.parent.mkdir()
     path.touch()
     return path
 

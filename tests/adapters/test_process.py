@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters import process
-from adapters.process import RunCancelled, cancel_running_scripts, child_environment, kill_leftover, run_script
+from adapters.process import Limits, RunCancelled, cancel_running_scripts, child_environment, kill_leftover, run_script
 
 SECRETS = {
     "OPENROUTER_API_KEY": "sk-or-secret-1",
@@ -31,6 +31,14 @@ import os, subprocess, time
 grandchild = subprocess.Popen(["sleep", "60"])
 print(f"pids {os.getpid()} {grandchild.pid}", flush=True)
 """
+SETSID_DAEMON = """\
+if os.fork() == 0:  # a daemon: out of the group with setsid(), then orphaned at once
+    os.setsid()
+    if os.fork() == 0:
+        os.write(1, f"daemon {os.getpid()}\\n".encode())
+        time.sleep(60)
+    os._exit(0)
+"""
 
 
 def write_script(tmp_path: Path, body: str) -> Path:
@@ -41,10 +49,10 @@ def write_script(tmp_path: Path, body: str) -> Path:
     return script
 
 
-def run(script: Path, **kwargs) -> process.ProcessResult:
-    kwargs.setdefault("timeout_s", 30)
+def run(script: Path, timeout_s: float = 30, **kwargs) -> process.ProcessResult:
+    kwargs.setdefault("limits", Limits(timeout_s=timeout_s))
     kwargs.setdefault("env", child_environment(os.environ))
-    return run_script(script, log_path=script.parent / "output.log", **kwargs)
+    return run_script([sys.executable, script.name], cwd=script.parent, log_path=script.parent / "output.log", **kwargs)
 
 
 def alive(pid: int) -> bool:
@@ -253,9 +261,9 @@ def test_a_finished_script_leaves_no_background_process(tmp_path, pids_printed):
     assert gone_soon(grandchild)
 
 
-def test_cancel_kills_the_running_group_and_refuses_new_runs(tmp_path, monkeypatch, pids_printed):
+def test_cancel_kills_the_running_tree_and_refuses_new_runs(tmp_path, monkeypatch, pids_printed, request):
     monkeypatch.setattr(process, "_cancelled", threading.Event())  # cancelling is for good: keep it to this test
-    script = write_script(tmp_path, SPAWN_GRANDCHILD + "time.sleep(30)\n")
+    script = write_script(tmp_path, SPAWN_GRANDCHILD + SETSID_DAEMON + "time.sleep(30)\n")
     log = script.parent / "output.log"
     raised: list[BaseException] = []
 
@@ -268,15 +276,18 @@ def test_cancel_kills_the_running_group_and_refuses_new_runs(tmp_path, monkeypat
     runner = threading.Thread(target=run_in_thread)
     runner.start()
     deadline = time.monotonic() + 10
-    while not (log.exists() and "pids " in log.read_text()) and time.monotonic() < deadline:
+    while not (log.exists() and "daemon " in log.read_text()) and time.monotonic() < deadline:
         time.sleep(0.02)
     child, grandchild = pids_printed(log)
+    daemon = int(next(line for line in log.read_text().splitlines() if line.startswith("daemon ")).split()[1])
+    request.addfinalizer(lambda: kill_if_ours(daemon, tmp_path))
     cancel_running_scripts()
     runner.join(timeout=10)
     assert not runner.is_alive()
     assert [type(exc) for exc in raised] == [RunCancelled]
     assert gone_soon(child)
     assert gone_soon(grandchild)
+    assert gone_soon(daemon), f"daemon {daemon} outlived the cancel"
 
     later = write_script(tmp_path / "later", "print('never')\n")
     with pytest.raises(RunCancelled):

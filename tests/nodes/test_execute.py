@@ -5,9 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from fakes import events_of, make_experiment, make_run, make_runtime
 
+from adapters import sandbox
+from adapters.sandbox import SandboxError
+from nodes import execute as execute_module
 from nodes.execute import execute
+
+MODE = sandbox.resolve_mode("auto")[0]
+"""What the default setting runs in on this machine: bwrap where it works, else none."""
 
 TRAIN_OK = """\
 import json
@@ -24,6 +31,31 @@ TRAIN_SLEEP = """\
 import time
 print("starting", flush=True)
 time.sleep(60)
+"""
+
+TRAIN_USE_DATA_DIR = """\
+import os
+print("data_dir=" + os.environ["DATA_DIR"], flush=True)
+open(os.path.join(os.environ["DATA_DIR"], "dataset.csv"), "w").write("x,y\\n")
+"""
+
+TRAIN_HOG_MEMORY = """\
+import time
+hog = []
+for _ in range(200):
+    hog.append(bytearray(10 * 2**20))  # touched: 10 MB of resident memory a step
+    time.sleep(0.01)
+print("allocated 2 GB unharmed", flush=True)
+"""
+
+FORK_BOMB = """\
+import os, time
+print("forking", flush=True)
+while True:
+    try:
+        os.fork()
+    except OSError:
+        time.sleep(0.01)
 """
 
 TRAIN_SHOW_KEY = """\
@@ -63,7 +95,7 @@ def test_emits_stage_output_and_run_done(tmp_path: Path):
     runtime, events = make_runtime()
     execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK), "runs": []}, runtime)
 
-    assert events[0] == {"event": "stage", "stage": "execute", "run": 1, "timeout_s": runtime.context.timeout_seconds}
+    assert events[0] == {"event": "stage", "stage": "execute", "run": 1, "timeout_s": runtime.context.timeout_seconds, "sandbox": MODE}
     output = [line for e in events_of(events, "output") for line in e["lines"]]
     assert output == ["epoch=1 loss=0.5"]
     assert all(e["run"] == 1 for e in events_of(events, "output"))
@@ -152,3 +184,59 @@ def test_child_gets_no_api_keys(tmp_path: Path, monkeypatch):
     log = (tmp_path / "run_1" / "output.log").read_text()
     assert "key=None" in log and "llm=None" in log
     assert "secret" not in log
+
+
+def test_data_dir_is_created_and_given_to_the_script(tmp_path: Path):
+    runtime, _ = make_runtime()
+    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_USE_DATA_DIR), "runs": []}, runtime)["runs"]
+    assert record["status"] == "ok", record["summary"]
+    assert f"data_dir={tmp_path / 'data'}" in (tmp_path / "run_1" / "output.log").read_text()
+    assert (tmp_path / "data" / "dataset.csv").read_text() == "x,y\n"
+
+
+@pytest.mark.parametrize("mode", sorted({MODE, "none"}))
+def test_memory_limit_stops_the_run_cleanly(mode, tmp_path: Path):
+    runtime, events = make_runtime(memory_limit_mb=200, sandbox=mode)
+    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_HOG_MEMORY), "runs": []}, runtime)["runs"]
+    assert record["status"] == "failed"
+    assert record["exit_code"] is None
+    assert record["error"] == "stopped: memory limit (MEMORY_LIMIT_MB=200) exceeded"
+    assert "Error: stopped: memory limit" in record["summary"]
+    assert "unharmed" not in (tmp_path / "run_1" / "output.log").read_text()
+    assert events_of(events, "run_done")[0]["status"] == "failed"
+
+
+@pytest.mark.parametrize("mode", sorted({MODE, "none"}))
+def test_a_fork_bomb_is_stopped_cleanly(mode, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(execute_module, "MAX_TASKS", 64)
+    runtime, _ = make_runtime(timeout_seconds=20, sandbox=mode)
+    [record] = execute({"experiment_dir": scratch_run(tmp_path, FORK_BOMB), "runs": []}, runtime)["runs"]
+    assert record["status"] in ("failed", "timeout")
+    assert record["exit_code"] is None
+    if record["status"] == "failed":
+        assert record["error"].startswith("stopped: too many processes")
+
+
+def test_auto_without_bwrap_runs_unsandboxed_and_warns_once(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
+    monkeypatch.setattr(execute_module, "_warned", set())
+    root = scratch_run(tmp_path, TRAIN_OK)
+    runtime, events = make_runtime(sandbox="auto")
+
+    execute({"experiment_dir": root, "runs": []}, runtime)
+    execute({"experiment_dir": root, "runs": [make_run(1)]}, runtime)
+
+    assert [e["sandbox"] for e in events_of(events, "stage")] == ["none", "none"]
+    [warning] = events_of(events, "warning")
+    assert "apt-get install bubblewrap" in warning["message"]
+    assert events.index(warning) == 1  # right after the first run's stage line
+
+
+def test_bwrap_asked_for_but_missing_stops_before_running(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
+    root = scratch_run(tmp_path, TRAIN_OK)
+    runtime, events = make_runtime(sandbox="bwrap")
+    with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
+        execute({"experiment_dir": root, "runs": []}, runtime)
+    assert not (tmp_path / "run_1" / "output.log").exists()
+    assert events == []

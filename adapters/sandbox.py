@@ -1,0 +1,330 @@
+"""The sandbox train.py runs in: bubblewrap's read-only view of the machine, and an allow-listed environment.
+
+Under bwrap the script sees the system and the Python installation read-only, the experiment folder
+read-only (without `.env` and `.runner/`), an empty home, and may write only its run folder, the
+shared `<experiment>/data/` cache and a private /tmp. It has its own PID, IPC and UTS namespaces
+(and network namespace with `--no-network`), dies with the runner, and runs as an unprivileged
+user when the runner is root. `none` adds nothing beyond the allow-listed environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from settings import SettingsError
+
+MODES = ("auto", "bwrap", "none")
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`)"
+
+SANDBOX_UID = SANDBOX_GID = 65534
+"""Who the script runs as when the runner is root: `nobody`, which owns nothing the script could harm."""
+SANDBOX_HOME = "/tmp/home"
+"""HOME inside the sandbox: a folder in its private /tmp, gone with it."""
+DROP_ROOT = ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_GID}", "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/sys")
+"""Bound read-only when present; /sys because CUDA, NVML and CPU counting read it."""
+TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""Often symlinks into /usr (merged /usr): recreated as symlinks, else bound read-only."""
+HIDDEN_ENTRIES = re.compile(r"^(\.env.*|\.runner)$")
+"""Experiment entries the script never sees: dotenv files may hold API keys; `.runner/` is the runner's own."""
+PYTHON_LIBRARY = re.compile(r"(^|/)(site|dist)-packages(/|$)")
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+ENV_NAMES = ("PATH", "LANG", "TERM", "TMPDIR", "CUDA_VISIBLE_DEVICES")
+ENV_PREFIXES = ("LC_", "NVIDIA_")
+PROBE_TIMEOUT_S = 10.0
+
+
+class SandboxError(SettingsError):
+    """The sandbox asked for cannot be used here; the message says how to fix it."""
+
+
+def resolve_mode(requested: str, *, no_network: bool = False) -> tuple[str, str | None]:
+    """The mode to run in and, when `auto` falls back to `none`, a one-line warning saying why and what to install.
+
+    Raises SandboxError when `bwrap` is asked for but does not work, and when `no_network` is asked
+    for without a working bwrap: only a network namespace can cut the script off loopback.
+    """
+    if requested not in MODES:
+        raise SandboxError(f"SANDBOX must be one of {', '.join(MODES)}, got {requested!r}")
+    problem = bwrap_problem() if requested != "none" else "SANDBOX=none"
+    if no_network and problem:
+        raise SandboxError(f"--no-network (NO_NETWORK=1) needs the bwrap sandbox, but {problem}: {INSTALL_HINT}, or drop --no-network")
+    if requested == "bwrap" and problem:
+        raise SandboxError(f"SANDBOX=bwrap but {problem}: {INSTALL_HINT}, or set SANDBOX=none")
+    if requested == "auto":
+        return ("none", f"train.py runs without a sandbox ({problem}); to isolate it, {INSTALL_HINT}") if problem else ("bwrap", None)
+    return requested, None
+
+
+@functools.cache
+def bwrap_problem() -> str | None:
+    """Why bwrap cannot run a script here (not installed, or its probe fails), or None when it works; probed once per process."""
+    if not shutil.which("bwrap"):
+        return "bubblewrap (bwrap) is not installed"
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        return "setpriv (util-linux) is missing, and it is needed to drop root"
+    view = _View()
+    _system_view(view)
+    command = ["bwrap", *view.args, *_namespaces(network=False), *(DROP_ROOT if os.geteuid() == 0 else []), "true"]
+    try:
+        probe = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap does not work here ({exc})"
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or [f"exit code {probe.returncode}"])[-1]
+        return f"bwrap does not work here ({reason})"
+    return None
+
+
+def child_environment(parent: Mapping[str, str], *, home: str, data_dir: str, extra_names: Iterable[str] = (), tmpdir: str | None = None) -> dict[str, str]:
+    """The script's environment: an allow-list of the parent's variables, the names in `extra_names`, and our own.
+
+    A secret-looking name (KEY, TOKEN, SECRET, PASSWORD) passes only when it is named in `extra_names`.
+    Caches that honour XDG_CACHE_HOME (Hugging Face, torch hub, pip) go to the shared data cache,
+    so a download is made once per experiment rather than once per run.
+    """
+    extra = set(extra_names)
+    allowed = {name for name in parent if name in ENV_NAMES or name.startswith(ENV_PREFIXES)}
+    env = {name: parent[name] for name in allowed if not SECRET_NAME.search(name)}
+    env.update({name: parent[name] for name in extra if name in parent})
+    env.update({"HOME": home, "DATA_DIR": data_dir, "XDG_CACHE_HOME": f"{data_dir}/cache", "PYTHONUNBUFFERED": "1"})
+    if tmpdir is not None:
+        env["TMPDIR"] = tmpdir
+    return env
+
+
+def nvidia_devices(dev: Path = Path("/dev")) -> list[Path]:
+    """The NVIDIA device nodes (and /dev/nvidia-caps) a GPU job needs; none on a machine without NVIDIA GPUs."""
+    try:
+        return sorted(p for p in dev.iterdir() if p.name.startswith("nvidia"))
+    except OSError:
+        return []
+
+
+def sandbox_command(
+    argv: list[str],
+    *,
+    mode: str,
+    run_dir: Path,
+    experiment_dir: Path,
+    data_dir: Path,
+    home: str = SANDBOX_HOME,
+    network: bool = True,
+    devices: list[Path] | None = None,
+) -> list[str]:
+    """The command line that runs `argv` in `run_dir` under `mode`: `argv` itself for none, wrapped in bwrap otherwise.
+
+    `devices` defaults to the NVIDIA device nodes present (see nvidia_devices); each is bound at /dev/<name>.
+    """
+    if mode == "none":
+        return list(argv)
+    # The run folder and the data cache show at their places in the experiment, even when they are symlinks.
+    experiment_dir = Path(experiment_dir).resolve()
+    run_dest, data_dest = experiment_dir / Path(run_dir).name, experiment_dir / Path(data_dir).name
+    view = _View()
+    # 1. The system, read-only; fresh /proc, /dev and /tmp.
+    _system_view(view)
+    for device in nvidia_devices() if devices is None else devices:
+        view.bind(device, f"/dev/{device.name}", device=True)
+    if network:  # a resolv.conf pointing into /run (systemd-resolved) needs its target to resolve names
+        resolv = Path(os.path.realpath("/etc/resolv.conf"))
+        if resolv.exists() and not view.covers(resolv):
+            view.bind(resolv.parent)
+    view.dir(home, perms="1777")
+    # 2. The user's home: an empty folder, so its keys and configs are neither readable nor writable.
+    homes = _real_homes()
+    if exposed := [h for h in homes if h == experiment_dir or experiment_dir in h.parents]:
+        raise SandboxError(f"the experiment folder {experiment_dir} holds the home folder {exposed[0]}, which the sandbox hides: use a folder of its own")
+    for folder in homes:
+        view.tmpfs(folder)
+    # 3. The Python installation that runs train.py, read-only (it may live under a home).
+    for folder in _python_dirs():
+        if not view.covers(folder):
+            view.bind(folder)
+    # 4. The experiment, read-only and without .env or .runner/; only the run folder and the data cache writable.
+    view.tmpfs(experiment_dir)
+    for entry in sorted(experiment_dir.iterdir()):
+        if HIDDEN_ENTRIES.match(entry.name) or entry in (run_dest, data_dest):
+            continue
+        view.bind(entry)
+    view.bind(Path(run_dir).resolve(), run_dest, writable=True)
+    view.bind(Path(data_dir).resolve(), data_dest, writable=True)
+    view.remount_ro(experiment_dir)
+    for folder in homes:
+        view.remount_ro(folder)
+    drop = DROP_ROOT if os.geteuid() == 0 else []
+    return ["bwrap", *view.args, *_namespaces(network=network), "--chdir", str(run_dest), "--", *drop, *argv]
+
+
+@contextmanager
+def workspace(mode: str, run_dir: Path, data_dir: Path) -> Iterator[str]:
+    """Get the folders a run writes ready for it and yield its HOME; afterwards give every file back and remove the scratch.
+
+    Under bwrap as root the script runs as SANDBOX_UID: the run folder and the data cache are its
+    for the run, and the runner's again after it. Under none, HOME is a scratch folder outside the
+    experiment, removed afterwards.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if mode == "none":
+        home = tempfile.mkdtemp(prefix="auto-ml-home-")
+        try:
+            yield home
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        return
+    dropping = os.geteuid() == 0
+    if dropping:
+        for folder in (run_dir, data_dir):
+            try:
+                chown_tree(folder, SANDBOX_UID, SANDBOX_GID)
+            except OSError as exc:  # e.g. NFS with root_squash
+                raise SandboxError(f"cannot hand {folder} to the sandbox's user ({exc}): move the experiment to a local disk, or set SANDBOX=none") from exc
+    try:
+        yield SANDBOX_HOME
+    finally:
+        if dropping:
+            reclaim(run_dir, data_dir)
+
+
+def reclaim(*folders: Path) -> None:
+    """Give everything under `folders` back to the runner's user and group, so the user can read and remove it."""
+    for folder in folders:
+        chown_tree(folder, os.geteuid(), os.getegid())
+
+
+def chown_tree(folder: Path, uid: int, gid: int) -> None:
+    """Own `folder` and everything below it as uid:gid, never following a symlink the script may have planted."""
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        return
+    _chown_if_needed(str(folder), uid, gid)
+    # fwalk holds each directory open, so a folder swapped for a symlink mid-walk is not followed.
+    for _, dirs, files, dir_fd in os.fwalk(folder, follow_symlinks=False):
+        for name in dirs + files:
+            _chown_if_needed(name, uid, gid, dir_fd=dir_fd)
+
+
+def _chown_if_needed(name: str, uid: int, gid: int, dir_fd: int | None = None) -> None:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+
+
+class _View:
+    """bwrap mount arguments, creating the folders each mount point needs with mode 0755 (bwrap's own are 0700)."""
+
+    def __init__(self) -> None:
+        self.args: list[str] = []
+        self.mounts: dict[Path, str] = {}
+        """Mount point → "bind" (mirrors a host folder) or "tmpfs"/"dir" (empty, made here)."""
+
+    def covers(self, path: Path) -> bool:
+        """Whether `path` already shows its host content: it lies under a bind of the same path."""
+        return self._innermost(Path(path)) == "bind"
+
+    def bind(self, source: Path | str, dest: Path | str | None = None, *, writable: bool = False, device: bool = False) -> None:
+        dest = Path(dest or source)
+        self._parents(dest)
+        option = "--dev-bind" if device else "--bind" if writable else "--ro-bind"
+        self.args += [option, str(source), str(dest)]
+        self.mounts[dest] = "bind" if dest == Path(source) else "dir"
+
+    def tmpfs(self, dest: Path | str, perms: str = "0755") -> None:
+        dest = Path(dest)
+        self._parents(dest)
+        self.args += ["--perms", perms, "--tmpfs", str(dest)]
+        self.mounts[dest] = "tmpfs"
+
+    def dir(self, dest: Path | str, perms: str = "0755") -> None:
+        dest = Path(dest)
+        self._parents(dest)
+        self.args += ["--perms", perms, "--dir", str(dest)]
+        self.mounts[dest] = "dir"
+
+    def symlink(self, target: str, dest: str) -> None:
+        self.args += ["--symlink", target, dest]
+        self.mounts[Path(dest)] = "link"
+
+    def remount_ro(self, dest: Path | str) -> None:
+        self.args += ["--remount-ro", str(dest)]
+
+    def _innermost(self, path: Path) -> str | None:
+        for folder in (path, *path.parents):
+            if folder in self.mounts:
+                return self.mounts[folder]
+        return None
+
+    def _parents(self, dest: Path) -> None:
+        for parent in reversed(dest.parents[:-1]):  # outermost first, "/" left out
+            if parent not in self.mounts and self._innermost(parent) != "bind":
+                self.args += ["--perms", "0755", "--dir", str(parent)]
+                self.mounts[parent] = "dir"
+
+
+def _system_view(view: _View) -> None:
+    for name in TOP_LEVEL:
+        path = Path(name)
+        if path.is_symlink():
+            view.symlink(os.readlink(path), name)
+        elif path.is_dir():
+            view.bind(path)
+    for name in SYSTEM_DIRS:
+        if Path(name).is_dir():
+            view.bind(name)
+    view.args += ["--proc", "/proc", "--dev", "/dev"]
+    view.mounts.update({Path("/proc"): "tmpfs", Path("/dev"): "tmpfs"})
+    view.tmpfs("/dev/shm", perms="1777")  # POSIX shared memory: DataLoader workers, multiprocessing locks
+    view.tmpfs("/tmp", perms="1777")
+
+
+def _namespaces(*, network: bool) -> list[str]:
+    unshare = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]
+    return unshare if network else [*unshare, "--unshare-net"]
+
+
+def _real_homes() -> list[Path]:
+    """The runner's home folders ($HOME and the password database's), except / and the system folders."""
+    homes = {os.environ.get("HOME", ""), _passwd_home()}
+    keep = {Path(h).resolve() for h in homes if h}
+    system = {Path("/"), Path("/tmp"), *map(Path, SYSTEM_DIRS), *map(Path, TOP_LEVEL)}
+    return sorted(h for h in keep if h not in system and h.is_dir())
+
+
+def _passwd_home() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        return ""
+
+
+def _python_dirs() -> list[Path]:
+    """Folders the runner's interpreter needs: its prefixes, its executable's folders, and library folders on sys.path.
+
+    Other sys.path entries (the runner's own source, the current folder) stay hidden: they may hold a .env.
+    """
+    executable = sys.executable or "python3"
+    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(executable)]
+    candidates.append(os.path.dirname(os.path.realpath(executable)))
+    candidates += [p for p in sys.path if p and PYTHON_LIBRARY.search(p)]
+    folders: set[Path] = set()
+    for candidate in candidates:
+        for path in (Path(os.path.abspath(candidate)), Path(os.path.realpath(candidate))):
+            if path.is_dir() and path != Path("/"):
+                folders.add(path)
+    # Keep only the outermost of nested folders: binding both would hide nothing but cost a mount.
+    return sorted(p for p in folders if not any(other in p.parents for other in folders))
