@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from adapters.files import ExperimentFiles, ExperimentInputError
 from adapters.llm import LLMError
+from adapters.preflight import preflight
 from adapters.process import RunCancelled, cancel_running_scripts
 from adapters.sandbox import resolve_mode
 from adapters.terminal import ProgressPrinter, ask_review
@@ -132,6 +133,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         if stream_input is False:
             return EXIT_FINISHED
 
+        try:  # the key and every model are checked before anything is spent
+            warnings = preflight(settings)
+        except LLMError as exc:
+            exc.nothing_saved = stream_input is not None  # a fresh start: the same command again, not --resume
+            raise
+        for warning in warnings:
+            console.print(f"[yellow]! {escape(warning)}[/]", soft_wrap=True)
         printer = ProgressPrinter(console)
         while True:
             for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
@@ -216,10 +224,21 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, RunCancelled):
         _interrupted_message(resume_command(args.experiment_dir) if args else "python main.py --resume", errors)
         return EXIT_INTERRUPTED
-    except (LLMError, Exception) as exc:
+    except LLMError as exc:
         if args is not None and args.debug:
             traceback.print_exc()
-        detail = str(exc) if isinstance(exc, LLMError) else f"{type(exc).__name__}: {exc}"
+        reason = "llm_unavailable" if exc.kind == "unavailable" else "fatal"
+        when = "later" if exc.kind == "unavailable" else "after fixing it"
+        if getattr(exc, "nothing_saved", False):
+            hint = f" Nothing was spent: {when}, run the same command again."
+        else:
+            hint = f" Every finished step is saved: {when}, resume with `{resume_command(args.experiment_dir)}`." if args else ""
+        errors.print(_one_line(f"error ({reason}): {exc}.{hint}"), markup=False, soft_wrap=True)
+        return EXIT_ERROR
+    except Exception as exc:
+        if args is not None and args.debug:
+            traceback.print_exc()
+        detail = f"{type(exc).__name__}: {exc}"
         hint = f" State is saved: after fixing it, resume with `{resume_command(args.experiment_dir)}`." if args else ""
         errors.print(_one_line(f"error: {detail}.{hint}"), markup=False, soft_wrap=True)
         return EXIT_ERROR

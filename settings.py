@@ -138,6 +138,9 @@ class Settings:
     timeout_seconds: int = _setting("TIMEOUT_SECONDS", 7200, "Wall-clock limit of one run of train.py, in seconds.", _whole_number(1))
     llm_timeout_seconds: int = _setting("LLM_TIMEOUT_SECONDS", 600, "Limit of one LLM request, in seconds.", _whole_number(1))
     llm_max_retries: int = _setting("LLM_MAX_RETRIES", 2, "Retries of a failed LLM request inside the HTTP client.", _whole_number(0))
+    llm_retry_backoff_seconds: int = _setting(
+        "LLM_RETRY_BACKOFF_SECONDS", 2, "Seconds before a stage's LLM call is tried again after a 429, 5xx, timeout or lost connection.", _whole_number(0)
+    )
     structured_output: str = _setting(
         "STRUCTURED_OUTPUT",
         "function_calling",

@@ -1,11 +1,14 @@
-"""The LLM client: ChatOpenAI against any OpenAI-compatible server, token accounting, one repair retry."""
+"""The LLM client: ChatOpenAI against any OpenAI-compatible server, token accounting, one repair retry, failures sorted by kind."""
 
 from __future__ import annotations
 
 import json
-from typing import TypeVar
+import re
+from dataclasses import fields
+from typing import Literal, TypeVar
 
 import openai
+from langchain_core.exceptions import ContextOverflowError
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
@@ -24,12 +27,78 @@ ATTRIBUTION_HEADERS = {
 }
 
 
-class LLMError(RuntimeError):
-    """An LLM call that failed; the message says what to fix. `status` is the HTTP status, if any."""
+LLMFailure = Literal["fatal", "unavailable", "reply"]
+"""Why an LLM call failed, which decides what the runner does next:
 
-    def __init__(self, message: str, status: int | None = None):
+- fatal: retrying cannot help (key, credits, unknown model, prompt too long, refused request); fix a setting, then resume.
+- unavailable: rate limit, server error, timeout or no connection; worth retrying later, and resumable.
+- reply: the model answered, but twice not in the shape asked for.
+"""
+
+MAX_RETRY_AFTER_SECONDS = 120
+"""A server asking for a longer wait than this is not retried now (the openai SDK draws the same line)."""
+
+
+class LLMError(RuntimeError):
+    """An LLM call that failed; the one-line message says what to fix.
+
+    `kind` says whether retrying can help, `status` is the HTTP status (if any) and `retry_after`
+    the wait in seconds the server asked for (if it said).
+    """
+
+    def __init__(self, message: str, *, kind: LLMFailure, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
+        self.kind: LLMFailure = kind
         self.status = status
+        self.retry_after = retry_after
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether another try later may succeed: rate limits, 5xx, timeouts, lost connections; never 400-404.
+
+    Made for LangGraph's RetryPolicy(retry_on=...), whose default would retry a bad key as well.
+    """
+    if isinstance(exc, LLMError):
+        return exc.kind == "unavailable" and (exc.retry_after or 0) <= MAX_RETRY_AFTER_SECONDS
+    if isinstance(exc, openai.APIStatusError):
+        return _transient(exc.status_code)
+    return isinstance(exc, openai.APIConnectionError)  # APITimeoutError is one too
+
+
+def _transient(status: int) -> bool:
+    # The statuses the openai SDK retries itself: request timeout, lock conflict, rate limit, server errors.
+    return status in (408, 409, 429) or status >= 500
+
+
+def model_variables(settings: Settings) -> dict[str, str]:
+    """Every *_MODEL variable and the model it names, e.g. {"CODE_MODEL": "anthropic/claude-sonnet-4.6"}."""
+    names = {f.name: f.metadata.get("json_schema_extra", {}).get("env") for f in fields(settings)}
+    return {env: getattr(settings, name) for name, env in names.items() if env and env.endswith("_MODEL")}
+
+
+def variables_naming(settings: Settings, model: str) -> str:
+    """The *_MODEL variable(s) set to `model`, e.g. "CODE_MODEL or REPORT_MODEL"."""
+    return " or ".join(env for env, named in model_variables(settings).items() if named == model) or "the *_MODEL settings"
+
+
+def key_variable(settings: Settings) -> str:
+    """The variable whose key is sent (LLM_API_KEY wins over OPENROUTER_API_KEY)."""
+    return "LLM_API_KEY" if settings.llm_api_key else "OPENROUTER_API_KEY"
+
+
+def bad_key_error(settings: Settings, status: int, detail: str) -> LLMError:
+    """The server does not accept the key (401)."""
+    if not settings.api_key:
+        fix = "no API key is set: set LLM_API_KEY (or OPENROUTER_API_KEY)"
+    else:
+        fix = f"check {key_variable(settings)}"
+    return LLMError(f"the LLM server rejected the API key ({status}): {fix} ({detail})", kind="fatal", status=status)
+
+
+def no_credits_error(settings: Settings, status: int, detail: str) -> LLMError:
+    """The account behind the key cannot pay (402, or an OpenRouter key whose credit limit is spent)."""
+    where = "at https://openrouter.ai/settings/credits, or raise the key's credit limit" if settings.uses_openrouter else "to the provider account"
+    return LLMError(f"the account behind {key_variable(settings)} is out of credits ({status}): add credits {where} ({detail})", kind="fatal", status=status)
 
 
 def chat_model(settings: Settings, model: str) -> BaseChatModel:
@@ -63,23 +132,70 @@ def usage_of(message: BaseMessage, stage: str, model: str) -> Usage:
     )
 
 
-def _invoke(runnable, messages: list[BaseMessage], model: str):
-    """Call the model, turning transport and provider errors into one-line LLMErrors."""
+def _invoke(runnable, messages: list[BaseMessage], settings: Settings, model: str):
+    """Call the model; a failure becomes the LLMError whose kind decides what happens next."""
     try:
         return runnable.invoke(messages)
-    except openai.AuthenticationError as exc:
-        raise LLMError(f"the LLM server rejected the API key (401): check OPENROUTER_API_KEY or LLM_API_KEY ({_detail(exc)})", 401) from exc
-    except openai.PermissionDeniedError as exc:
-        raise LLMError(f"the API key may not use model {model} (403): {_detail(exc)}", 403) from exc
-    except openai.NotFoundError as exc:
-        raise LLMError(f"model {model} not found at the LLM server (404): check the *_MODEL settings ({_detail(exc)})", 404) from exc
-    except openai.APIStatusError as exc:
-        hint = ": add credits to the account" if exc.status_code == 402 else ""
-        raise LLMError(f"the LLM server answered {exc.status_code}{hint} ({_detail(exc)})", exc.status_code) from exc
-    except openai.APITimeoutError as exc:
-        raise LLMError("the LLM server did not answer in time: raise LLM_TIMEOUT_SECONDS or try later") from exc
-    except openai.APIConnectionError as exc:
-        raise LLMError(f"cannot reach the LLM server at its base URL: check LLM_BASE_URL ({_detail(exc)})") from exc
+    except openai.APIError as exc:
+        raise classify(exc, settings, model) from exc
+
+
+PROMPT_TOO_LONG = re.compile(
+    r"context[ _](length|window|size)|maximum context|too many tokens|prompt is too long|input tokens exceed|reduce the length", re.IGNORECASE
+)
+UNKNOWN_MODEL = re.compile(r"not a valid model|unknown model|invalid model|model\b.*\b(does not exist|not found)", re.IGNORECASE)
+
+
+def classify(exc: openai.APIError, settings: Settings, model: str) -> LLMError:
+    """The LLMError for an openai error left after the SDK's own retries: transient ones are "unavailable", the rest "fatal"."""
+    detail = _detail(exc)
+    models = variables_naming(settings, model)
+    status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+    if isinstance(exc, openai.APITimeoutError):
+        limit = f"LLM_TIMEOUT_SECONDS ({settings.llm_timeout_seconds} s)"
+        return LLMError(f"the LLM server did not answer within {limit}: try later, or raise it", kind="unavailable")
+    if isinstance(exc, openai.APIConnectionError):
+        return LLMError(f"cannot reach the LLM server at {settings.llm_base_url}: check LLM_BASE_URL, or try later ({detail})", kind="unavailable")
+    if isinstance(exc, ContextOverflowError) or (status in (400, 413, 422) and PROMPT_TOO_LONG.search(detail)):
+        what = f"the prompt is too long for model {model} ({status or 'context overflow'})"
+        return LLMError(f"{what}: choose a model with a longer context in {models} ({detail})", kind="fatal", status=status)
+    if status is None:  # a 2xx whose body is not a chat completion
+        return LLMError(f"the LLM server at {settings.llm_base_url} sent a reply that is not a chat completion ({detail})", kind="unavailable")
+    if status == 401:
+        return bad_key_error(settings, status, detail)
+    if status == 402:
+        return no_credits_error(settings, status, detail)
+    if status == 403:
+        fix = f"check {key_variable(settings)} and {models}"
+        return LLMError(f"the LLM server refuses model {model} with this key (403): {fix} ({detail})", kind="fatal", status=status)
+    if status == 404 or (status == 400 and UNKNOWN_MODEL.search(detail)):
+        fix = f"check {models}, or LLM_BASE_URL"
+        return LLMError(f"model {model} not found at the LLM server ({status}): {fix} ({detail})", kind="fatal", status=status)
+    if _transient(status):
+        wait = _retry_after(exc)
+        if wait is not None and wait > MAX_RETRY_AFTER_SECONDS:
+            problem = f"asks to wait {wait:.0f} s"
+        else:
+            problem = "keeps rate-limiting requests" if status == 429 else "keeps failing"
+        return LLMError(f"the LLM server {problem} ({status}): try later ({detail})", kind="unavailable", status=status, retry_after=wait)
+    fix = f"check {models}"
+    if re.search(r"tool|function|response_format|schema", detail, re.IGNORECASE):
+        fix += f", or try {_other_structured_output(settings)}"
+    return LLMError(f"the LLM server refused the request for model {model} ({status}): {fix} ({detail})", kind="fatal", status=status)
+
+
+def _other_structured_output(settings: Settings) -> str:
+    return "STRUCTURED_OUTPUT=" + ("json_schema" if settings.structured_output == "function_calling" else "function_calling")
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    """The wait the server asked for, in seconds (Retry-After or OpenAI's retry-after-ms; dates are ignored)."""
+    for header, per_second in (("retry-after-ms", 1000), ("retry-after", 1)):
+        try:
+            return float(exc.response.headers[header]) / per_second
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def _detail(exc: openai.APIError) -> str:
@@ -87,13 +203,13 @@ def _detail(exc: openai.APIError) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])[:300]
-    return str(exc.message if hasattr(exc, "message") else exc)[:300]
+            return " ".join(str(inner["message"]).split())[:300]
+    return " ".join(str(exc.message if hasattr(exc, "message") else exc).split())[:300]
 
 
 def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str) -> tuple[str, Usage]:
     """A plain-text reply and its usage."""
-    reply = _invoke(chat_model(settings, model), messages, model)
+    reply = _invoke(chat_model(settings, model), messages, settings, model)
     return _text_of(reply), usage_of(reply, stage, model)
 
 
@@ -109,7 +225,7 @@ def ask_structured(settings: Settings, model: str, schema: type[Schema], message
     runnable = chat_model(settings, model).with_structured_output(schema, method=settings.structured_output, include_raw=True)
     usages: list[Usage] = []
     for attempt in range(2):
-        result = _invoke(runnable, messages, model)
+        result = _invoke(runnable, messages, settings, model)
         raw = result.get("raw")
         if isinstance(raw, BaseMessage):
             usages.append(usage_of(raw, stage, model))
@@ -119,7 +235,11 @@ def ask_structured(settings: Settings, model: str, schema: type[Schema], message
         problem = result.get("parsing_error") or "the reply held no structured answer"
         if attempt == 0:
             messages = [*messages, HumanMessage(_repair_request(raw, problem, schema))]
-    raise LLMError(f"{stage}: model {model} twice gave a reply that does not match {schema.__name__} ({str(problem)[:200]})")
+    raise LLMError(
+        f"{stage}: model {model} twice gave a reply that does not match {schema.__name__}: "
+        f"try {_other_structured_output(settings)}, or another model in {variables_naming(settings, model)} ({str(problem)[:200]})",
+        kind="reply",
+    )
 
 
 def _repair_request(raw: object, problem: object, schema: type[BaseModel]) -> str:

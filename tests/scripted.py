@@ -87,7 +87,15 @@ def runner_env(base_url: str, **extra: str) -> dict[str, str]:
     """Environment for main.py pointed at a local server, with nothing inherited that could leak settings."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_MODEL") and k not in ("MAX_RUNS", "OPENROUTER_API_KEY", "LLM_API_KEY")}
     env.update(
-        {"LLM_BASE_URL": base_url, "LLM_API_KEY": "test-key", "LLM_MAX_RETRIES": "0", "NO_COLOR": "1", "SANDBOX_ENV": "HOLD_FILE", "PYTHONPATH": str(REPO)}
+        {
+            "LLM_BASE_URL": base_url,
+            "LLM_API_KEY": "test-key",
+            "LLM_MAX_RETRIES": "0",
+            "NO_COLOR": "1",
+            "SANDBOX_ENV": "HOLD_FILE",
+            "LLM_RETRY_BACKOFF_SECONDS": "0",
+            "PYTHONPATH": str(REPO),
+        }
     )
     env.update(extra)
     return env

@@ -1,14 +1,16 @@
-"""adapters/llm: token accounting, the repair retry, the model for a stage, provider errors as LLMError."""
+"""adapters/llm: token accounting, the repair retry, the model for a stage, provider errors as LLMErrors of a kind."""
 
 from __future__ import annotations
 
+import httpx2
+import openai
 import pytest
 from fake_llm import FakeLLMServer
 from fakes import ScriptedChatModel, make_settings, text_reply, tool_reply
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from adapters.llm import ATTRIBUTION_HEADERS, LLMError, ask_structured, ask_text, chat_model, usage_of
+from adapters.llm import ATTRIBUTION_HEADERS, LLMError, ask_structured, ask_text, chat_model, is_retryable, model_variables, usage_of
 from settings import OPENROUTER_URL
 from state import ExperimentPlan
 
@@ -81,9 +83,12 @@ def test_ask_structured_repairs_a_reply_without_tool_call():
 def test_ask_structured_gives_up_after_two_bad_replies():
     bad = tool_reply("ExperimentPlan", {"goal": "g"})
     model = ScriptedChatModel(responses=[bad, bad, tool_reply("ExperimentPlan", GOOD_PLAN)])
-    with pytest.raises(LLMError, match=r"initialize: model m twice gave a reply that does not match ExperimentPlan"):
+    with pytest.raises(
+        LLMError, match=r"initialize: model m twice gave a reply that does not match ExperimentPlan: try STRUCTURED_OUTPUT=json_schema"
+    ) as caught:
         ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert len(model.calls) == 2
+    assert caught.value.kind == "reply" and not is_retryable(caught.value)
 
 
 # chat_model
@@ -132,17 +137,147 @@ def test_cost_reported_by_the_server_reaches_usage():
 
 
 @pytest.mark.parametrize(
-    ("status", "says"),
-    [(401, "rejected the API key"), (402, "add credits"), (403, "may not use model m"), (404, "model m not found"), (500, "answered 500")],
+    ("status", "kind", "says"),
+    [
+        (401, "fatal", r"rejected the API key \(401\): check LLM_API_KEY"),
+        (402, "fatal", r"LLM_API_KEY is out of credits \(402\): add credits"),
+        (403, "fatal", r"refuses model my/coder with this key \(403\): check LLM_API_KEY and CODE_MODEL"),
+        (404, "fatal", r"model my/coder not found at the LLM server \(404\): check CODE_MODEL, or LLM_BASE_URL"),
+        (422, "fatal", r"refused the request for model my/coder \(422\): check CODE_MODEL"),
+        (429, "unavailable", r"keeps rate-limiting requests \(429\): try later"),
+        (500, "unavailable", r"keeps failing \(500\): try later"),
+        (503, "unavailable", r"keeps failing \(503\)"),
+    ],
 )
-def test_provider_errors_become_one_line_llm_errors(status, says):
-    with FakeLLMServer(lambda body: {"status": status, "error": "nope"}) as server:
+def test_provider_errors_become_one_line_llm_errors_of_a_kind(status, kind, says):
+    with FakeLLMServer(lambda body: {"status": status, "error": "nope\nsecond line"}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, llm_api_key="k", code_model="my/coder")
         with pytest.raises(LLMError, match=says) as caught:
-            ask_text(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", MESSAGES, "report")
-    assert caught.value.status == status
-    assert "\n" not in str(caught.value)
+            ask_text(settings, "my/coder", MESSAGES, "codegen")
+    assert (caught.value.kind, caught.value.status) == (kind, status)
+    assert is_retryable(caught.value) == (kind == "unavailable")
+    assert "\n" not in str(caught.value) and "nope second line" in str(caught.value)
 
 
-def test_unreachable_server_is_an_llm_error():
-    with pytest.raises(LLMError, match="LLM_BASE_URL"):
+def test_unreachable_server_is_unavailable():
+    with pytest.raises(LLMError, match="cannot reach the LLM server at http://127.0.0.1:1/v1: check LLM_BASE_URL") as caught:
         ask_text(make_settings(llm_max_retries=0), "m", MESSAGES, "report")
+    assert caught.value.kind == "unavailable" and is_retryable(caught.value)
+
+
+def test_a_bad_key_names_the_variable_that_holds_it():
+    with FakeLLMServer(lambda body: {"status": 401, "error": "bad key"}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, openrouter_api_key="or")
+        with pytest.raises(LLMError, match=r"\(401\): check OPENROUTER_API_KEY"):
+            ask_text(settings, "m", MESSAGES, "report")
+        with pytest.raises(LLMError, match=r"\(401\): no API key is set: set LLM_API_KEY \(or OPENROUTER_API_KEY\)"):
+            ask_text(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", MESSAGES, "report")
+
+
+def test_a_model_shared_by_two_stages_names_both_variables():
+    with FakeLLMServer(lambda body: {"status": 404, "error": "No such model"}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, code_model="x/y", report_model="x/y")
+        with pytest.raises(LLMError, match="check CODE_MODEL or REPORT_MODEL, or LLM_BASE_URL"):
+            ask_text(settings, "x/y", MESSAGES, "report")
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "This endpoint's maximum context length is 8192 tokens. However, you requested about 9000 tokens",  # OpenRouter, vLLM
+        "prompt is too long: 210000 tokens > 200000 maximum",  # Anthropic
+        "the request exceeds the available context size, try increasing it",  # llama.cpp
+        "Error code: context_length_exceeded",
+    ],
+)
+def test_a_prompt_too_long_is_fatal_and_says_so(message):
+    with FakeLLMServer(lambda body: {"status": 400, "error": message}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=2, summarize_model="small/model")
+        with pytest.raises(LLMError, match=r"the prompt is too long for model small/model .*longer context in SUMMARIZE_MODEL") as caught:
+            ask_text(settings, "small/model", MESSAGES, "analyze")
+        assert caught.value.kind == "fatal" and not is_retryable(caught.value)
+        assert len(server.requests) == 1
+
+
+def test_a_400_for_an_unknown_model_names_the_variable():  # OpenRouter answers 400, not 404
+    with FakeLLMServer(lambda body: {"status": 400, "error": "nobody/nothing is not a valid model ID"}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, report_model="nobody/nothing")
+        with pytest.raises(LLMError, match=r"model nobody/nothing not found at the LLM server \(400\): check REPORT_MODEL") as caught:
+            ask_text(settings, "nobody/nothing", MESSAGES, "report")
+    assert caught.value.kind == "fatal"
+
+
+def test_a_refused_tool_request_suggests_the_other_structured_output():
+    with FakeLLMServer(lambda body: {"status": 400, "error": "this model does not support tools"}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
+        with pytest.raises(LLMError, match=r"\(400\): check the \*_MODEL settings, or try STRUCTURED_OUTPUT=json_schema") as caught:
+            ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
+    assert caught.value.kind == "fatal"
+
+
+def test_a_long_retry_after_is_kept_and_not_retried():
+    reply = {"status": 429, "error": "slow down", "headers": {"Retry-After": "600"}}
+    with FakeLLMServer(lambda body: reply) as server:
+        with pytest.raises(LLMError, match=r"asks to wait 600 s \(429\)") as caught:
+            ask_text(make_settings(llm_base_url=server.base_url, llm_max_retries=2), "m", MESSAGES, "report")
+        assert len(server.requests) == 1  # the SDK does not wait 10 minutes either
+    assert caught.value.kind == "unavailable" and caught.value.retry_after == 600
+    assert not is_retryable(caught.value)
+
+
+def test_retry_after_ms_is_read():
+    reply = {"status": 503, "error": "busy", "headers": {"retry-after-ms": "1500"}}
+    with FakeLLMServer(lambda body: reply) as server:
+        with pytest.raises(LLMError) as caught:
+            ask_text(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", MESSAGES, "report")
+    assert caught.value.retry_after == 1.5 and is_retryable(caught.value)
+
+
+# is_retryable: what LangGraph's RetryPolicy may retry
+
+
+def _status_error(status: int) -> openai.APIStatusError:
+    response = httpx2.Response(status, request=httpx2.Request("POST", "http://x/v1/chat/completions"))
+    return openai.APIStatusError("error", response=response, body=None)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry"),
+    [
+        (400, False),
+        (401, False),
+        (402, False),
+        (403, False),
+        (404, False),
+        (422, False),
+        (408, True),
+        (429, True),
+        (500, True),
+        (502, True),
+        (503, True),
+        (529, True),
+    ],
+)
+def test_is_retryable_for_raw_status_errors(status, retry):
+    assert is_retryable(_status_error(status)) is retry
+
+
+def test_is_retryable_for_transport_errors_and_others():
+    request = httpx2.Request("POST", "http://x")
+    assert is_retryable(openai.APIConnectionError(request=request))
+    assert is_retryable(openai.APITimeoutError(request=request))
+    assert not is_retryable(ValueError("a bug"))
+    assert not is_retryable(OSError("disk full"))
+    assert not is_retryable(LLMError("bad key", kind="fatal", status=401))
+    assert not is_retryable(LLMError("twice malformed", kind="reply"))
+    assert is_retryable(LLMError("busy", kind="unavailable", status=503))
+    assert is_retryable(LLMError("busy", kind="unavailable", status=429, retry_after=120))
+    assert not is_retryable(LLMError("busy", kind="unavailable", status=429, retry_after=121))
+
+
+# model_variables
+
+
+def test_model_variables_lists_every_model_setting():
+    settings = make_settings(summarize_model="a", code_model="b", report_model="c")
+    assert model_variables(settings) == {"SUMMARIZE_MODEL": "a", "CODE_MODEL": "b", "REPORT_MODEL": "c"}

@@ -1,0 +1,165 @@
+"""LLM failures through the compiled graph and a real ChatOpenAI: what is retried, how often, and how it ends."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from fake_llm import FakeLLMServer
+from fakes import make_experiment
+from langgraph.checkpoint.memory import InMemorySaver
+
+from adapters.llm import LLMError, is_retryable
+from graph import build_graph
+from graph.experiment import LLM_NODE_ATTEMPTS, llm_retry_policy
+from settings import Settings
+
+PLAN = {
+    "tool_call": {
+        "name": "ExperimentPlan",
+        "arguments": {"goal": "accuracy >= 0.9", "plan": "Start small.", "tasks": [{"title": "Baseline", "notes": ""}]},
+    }
+}
+CODE = {"content": "```python\nprint('accuracy=0.9')\n```"}
+
+
+class Script:
+    """A responder answering with `replies` in order; the last one repeats."""
+
+    def __init__(self, *replies: dict):
+        self.replies = list(replies)
+        self.calls = 0
+
+    def __call__(self, body: dict) -> dict:
+        self.calls += 1
+        return self.replies[min(self.calls, len(self.replies)) - 1]
+
+
+def run_graph(tmp_path: Path, server: FakeLLMServer, monkeypatch, stop_after: str = "initialize", **overrides) -> dict:
+    """Run the experiment graph against `server` until `stop_after` has finished, and return its state; node retries do not wait."""
+    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
+    app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_after=[stop_after])
+    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key", report_model="my/planner", **overrides)
+    config = {"configurable": {"thread_id": "t"}}
+    app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+    return app.get_state(config).values
+
+
+# the wiring
+
+
+def test_the_llm_nodes_and_only_they_retry_on_transient_failures():
+    nodes = build_graph().nodes
+    for name in ("initialize", "codegen", "analyze", "report"):
+        assert nodes[name].retry_policy.retry_on is is_retryable, name
+    for name in ("summarize", "review", "execute"):
+        assert nodes[name].retry_policy is None, name
+
+
+def test_default_retry_policy(monkeypatch):
+    monkeypatch.delenv("LLM_RETRY_BACKOFF_SECONDS", raising=False)
+    policy = llm_retry_policy()
+    assert (policy.max_attempts, policy.initial_interval, policy.backoff_factor, policy.max_interval, policy.jitter) == (3, 2.0, 2.0, 60.0, True)
+    assert llm_retry_policy(0).jitter is False
+
+
+# fatal: one request, no retry at any level
+
+
+@pytest.mark.parametrize("sdk_retries", [0, 2])
+def test_a_rejected_key_stops_at_once(tmp_path, llm_server, monkeypatch, sdk_retries):
+    server = llm_server(Script({"status": 401, "error": "No auth credentials found"}))
+    with pytest.raises(LLMError, match=r"rejected the API key \(401\): check LLM_API_KEY \(No auth credentials found\)") as caught:
+        run_graph(tmp_path, server, monkeypatch, llm_max_retries=sdk_retries)
+    assert caught.value.kind == "fatal"
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        ({"status": 402, "error": "Insufficient credits"}, r"out of credits \(402\): add credits"),
+        ({"status": 404, "error": "No endpoints found for my/planner"}, r"model my/planner not found at the LLM server \(404\): check REPORT_MODEL"),
+        ({"status": 400, "error": "This endpoint's maximum context length is 8192 tokens."}, r"the prompt is too long for model my/planner \(400\)"),
+    ],
+)
+def test_fatal_errors_stop_at_once(tmp_path, llm_server, monkeypatch, reply, says):
+    server = llm_server(Script(reply))
+    with pytest.raises(LLMError, match=says) as caught:
+        run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert caught.value.kind == "fatal"
+    assert len(server.requests) == 1
+
+
+def test_malformed_structured_replies_end_as_reply_errors_without_node_retries(tmp_path, llm_server, monkeypatch):
+    malformed = {"tool_call": {"name": "ExperimentPlan", "arguments": {"goal": "accuracy >= 0.9"}}}
+    server = llm_server(Script(malformed))
+    with pytest.raises(LLMError, match="twice gave a reply that does not match ExperimentPlan") as caught:
+        run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert caught.value.kind == "reply"
+    assert len(server.requests) == 2  # the question and its one repair request
+
+
+# unavailable: retried, bounded
+
+
+def test_429_twice_then_success_is_retried_by_the_sdk_honouring_retry_after(tmp_path, llm_server, monkeypatch):
+    busy = {"status": 429, "error": "Rate limit exceeded", "headers": {"Retry-After": "1"}}
+    server = llm_server(Script(busy, busy, PLAN))
+    started = time.monotonic()
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert state["goal"] == "accuracy >= 0.9"
+    assert len(server.requests) == 3
+    assert 1.9 <= time.monotonic() - started < 10  # two waits of the second the server asked for
+
+
+def test_429_twice_then_success_is_retried_by_the_node(tmp_path, llm_server, monkeypatch):
+    busy = {"status": 429, "error": "Rate limit exceeded"}
+    server = llm_server(Script(busy, busy, PLAN))
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=0)
+    assert state["goal"] == "accuracy >= 0.9"
+    assert len(server.requests) == 3
+
+
+def test_a_server_error_in_codegen_is_retried_too(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script(PLAN, {"status": 503, "error": "overloaded"}, CODE))
+    state = run_graph(tmp_path, server, monkeypatch, stop_after="codegen", llm_max_retries=0)
+    assert state["code"] == "print('accuracy=0.9')\n"
+    assert len(server.requests) == 3
+
+
+def test_500_forever_ends_unavailable_after_a_bounded_number_of_requests(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script({"status": 500, "error": "Internal Server Error"}))
+    started = time.monotonic()
+    with pytest.raises(LLMError, match=r"the LLM server keeps failing \(500\): try later") as caught:
+        run_graph(tmp_path, server, monkeypatch, llm_max_retries=1)
+    assert caught.value.kind == "unavailable"
+    assert len(server.requests) == LLM_NODE_ATTEMPTS * (1 + 1)  # node tries x requests per try
+    assert time.monotonic() - started < 10
+    assert not (tmp_path / "exp" / "PLAN.md").exists()
+
+
+def test_a_server_that_asks_for_a_long_wait_is_not_retried_now(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script({"status": 429, "error": "quota", "headers": {"Retry-After": "3600"}}))
+    with pytest.raises(LLMError, match=r"asks to wait 3600 s \(429\)") as caught:
+        run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert caught.value.kind == "unavailable"
+    assert len(server.requests) == 1
+
+
+def test_timeouts_end_unavailable_after_every_node_try(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script({**PLAN, "delay": 1.5}))
+    with pytest.raises(LLMError, match=r"did not answer within LLM_TIMEOUT_SECONDS \(1 s\)") as caught:
+        run_graph(tmp_path, server, monkeypatch, llm_max_retries=0, llm_timeout_seconds=1)
+    assert caught.value.kind == "unavailable"
+    assert len(server.requests) == LLM_NODE_ATTEMPTS
+    time.sleep(0.7)  # let the last late answer hit its closed connection while this test's output is captured
+
+
+def test_an_unreachable_server_ends_unavailable(tmp_path, monkeypatch):
+    nowhere = FakeLLMServer(Script(PLAN))
+    nowhere.base_url = "http://127.0.0.1:1/v1"
+    with pytest.raises(LLMError, match=r"cannot reach the LLM server at http://127.0.0.1:1/v1") as caught:
+        run_graph(tmp_path, nowhere, monkeypatch, llm_max_retries=0)
+    assert caught.value.kind == "unavailable"
