@@ -75,3 +75,43 @@ def test_a_goal_line_that_does_not_parse_is_bad_input(experiment: Path, llm_serv
     result, runs, _, server = _stop(experiment, llm_server, ["-r", "1"], ScriptedBrain())
     assert result.returncode == 2 and "goal: <metric> <op> <number>" in result.stderr
     assert server.requests == [] and runs == []
+
+
+def test_an_unknown_model_fails_preflight_before_anything_is_spent(experiment: Path, llm_server):
+    offered = ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4.6", "anthropic/claude-opus-4.1"]
+    result, runs, _, server = _stop(experiment, llm_server, ["-r", "1"], ScriptedBrain(), CODE_MODEL="anthropic/claude-sonet-4.6")
+    assert result.returncode == 0  # this server lists no models: preflight skips quietly
+    server_with_list = llm_server(ScriptedBrain(), models=offered)
+    other = experiment.parent / "other"
+    other.mkdir()
+    (other / "IDEA.md").write_text((experiment / "IDEA.md").read_text())
+    refused = run_main(["-d", str(other), "-r", "1"], runner_env(server_with_list.base_url, CODE_MODEL="anthropic/claude-sonet-4.6"))
+    assert refused.returncode == 1
+    assert "CODE_MODEL" in refused.stderr and "anthropic/claude-sonnet-4.6" in refused.stderr and "run the same command again" in refused.stderr
+    assert server_with_list.requests == [] and "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "words"),
+    [(402, "fatal", "credits"), (404, "fatal", "SUMMARIZE_MODEL"), (500, "llm_unavailable", "try later")],
+)
+def test_llm_failures_during_a_run_exit_1_and_resume(status, reason, words, experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    failing = {"on": True}
+
+    def responder(body):
+        if failing["on"] and body.get("tools") and body["tools"][0]["function"]["name"] == "RunAnalysis":
+            return {"status": status, "error": "No such model" if status == 404 else "upstream trouble"}
+        return brain(body)
+
+    server = llm_server(responder)
+    env = runner_env(server.base_url)
+    result = run_main(["-d", str(experiment), "-r", "1"], env)
+    assert result.returncode == 1
+    assert f"error ({reason})" in result.stderr and words in result.stderr and "--resume" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+    failing["on"] = False
+    resumed = run_main(["-d", str(experiment), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert brain.stages.count("codegen") == 1 and (experiment / "REPORT.md").is_file()
