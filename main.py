@@ -25,7 +25,7 @@ from adapters.sandbox import resolve_mode
 from adapters.terminal import ProgressPrinter, ask_review
 from graph import build_graph
 from nodes.records import goal_from_idea
-from settings import Settings, SettingsError
+from settings import ENV_SETTINGS, Settings, SettingsError
 
 THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
@@ -45,41 +45,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _count(flag: str):
-    def parse(raw: str) -> int:
+def _like(variable: str, flag: str):
+    """An argparse type that reads a flag exactly as settings.py reads its environment variable."""
+    parse = ENV_SETTINGS[variable].parse
+
+    def convert(raw: str):
         try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a whole number, got {raw!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {value}")
-        return value
+            return parse(flag, raw)
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return parse
-
-
-def _amount(flag: str):
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {raw!r}") from None
-        if not 0 < value < float("inf"):
-            raise argparse.ArgumentTypeError(f"{flag} must be above 0, got {raw!r}")
-        return value
-
-    return parse
+    return convert
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(prog="main.py", description="Run an ML experiment described in IDEA.md, run after run, until done.")
     parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
-    parser.add_argument("-r", "--max-runs", type=_count("--max-runs"), help="number of runs (default: MAX_RUNS, 10)")
+    parser.add_argument("-r", "--max-runs", type=_like("MAX_RUNS", "--max-runs"), help="number of runs (default: MAX_RUNS, 10)")
     parser.add_argument("--resume", action="store_true", help="continue this experiment from its last finished step")
-    parser.add_argument("--patience", type=_count("--patience"), help="stop after N runs without improving the goal metric")
-    parser.add_argument("--max-cost", type=_amount("--max-cost"), metavar="USD", help="LLM spend after which no new run starts")
-    parser.add_argument("--max-tokens", type=_count("--max-tokens"), metavar="N", help="LLM tokens after which no new run starts")
-    parser.add_argument("--max-hours", type=_amount("--max-hours"), metavar="H", help="hours of runs after which no new run starts")
+    parser.add_argument("--patience", type=_like("PATIENCE", "--patience"), help="stop after N runs without improving the goal metric")
+    parser.add_argument("--max-cost", type=_like("MAX_COST_USD", "--max-cost"), metavar="USD", help="LLM spend after which no new run starts")
+    parser.add_argument("--max-tokens", type=_like("MAX_TOKENS", "--max-tokens"), metavar="N", help="LLM tokens after which no new run starts")
+    parser.add_argument("--max-hours", type=_like("MAX_HOURS", "--max-hours"), metavar="H", help="hours of runs after which no new run starts")
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), help="where train.py runs (default: SANDBOX, auto)")
     parser.add_argument("--no-network", action="store_true", help="cut train.py off every network, loopback included")
     parser.add_argument("--review", action="store_true", help="approve, reject or edit each train.py before it runs")
