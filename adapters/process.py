@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import re
 import resource
 import select
 import signal
@@ -20,7 +19,6 @@ from typing import NamedTuple
 
 from adapters.capped_log import CappedLog
 
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL|^OPENROUTER_|^LLM_", re.IGNORECASE)
 READ_BYTES = 64 * 1024
 ECHO_LINE_CHARS = 1000
 ECHO_BUFFER_LINES = 200
@@ -92,13 +90,6 @@ class ProcessResult:
     """The largest summed RSS of the tree seen while it ran: exact for one process, high for forked workers that share pages."""
     log_bytes_dropped: int = 0
     """Bytes of output that output.log's cap left out."""
-
-
-def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
-    """The parent's environment without anything that looks like a secret, Python unbuffered."""
-    env = {k: v for k, v in parent.items() if not SECRET_NAME.search(k)}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def run_script(

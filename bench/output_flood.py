@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script, yet import the project
 
-from adapters.process import Limits, child_environment, run_script  # noqa: E402
+from adapters.process import Limits, run_script  # noqa: E402
 
 FLOOD_SCRIPT = """\
 import sys
@@ -53,7 +53,7 @@ def flood(folder: Path, total_bytes: int, cap_bytes: int, line_bytes: int) -> di
         cwd=folder,
         log_path=folder / "output.log",
         limits=Limits(timeout_s=600, log_max_bytes=cap_bytes),
-        env=child_environment(os.environ),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         on_output=count_echoed,
     )
     seconds = time.perf_counter() - start

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from adapters import process
-from adapters.process import Limits, child_environment, kill_leftover, run_script
+from adapters.process import Limits, kill_leftover, run_script
 
 REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -86,7 +86,7 @@ def run(folder: Path, code: str, argv: list[str] | None = None, **limits) -> pro
         cwd=folder,
         log_path=folder / "output.log",
         limits=Limits(**limits),
-        env=child_environment(os.environ),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
 
@@ -175,10 +175,10 @@ def test_kill_leftover_finds_the_daemon_of_a_runner_that_died(run_dir):
     runner_code = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from adapters.process import Limits, child_environment, run_script\n"
+        "from adapters.process import Limits, run_script\n"
         "folder = Path(sys.argv[1])\n"
         "run_script([sys.executable, 'train.py'], cwd=folder, log_path=folder / 'output.log', limits=Limits(timeout_s=30),\n"
-        "           env=child_environment(os.environ), pid_file=Path(sys.argv[2]))\n"
+        "           env=dict(os.environ), pid_file=Path(sys.argv[2]))\n"
     )
     runner = subprocess.Popen([sys.executable, "-c", runner_code, str(run_dir), str(pid_file)], cwd=REPO)
     try:
@@ -373,7 +373,7 @@ def test_the_runner_stays_small_whatever_the_script_prints(run_dir):
         cwd=run_dir,
         log_path=run_dir / "output.log",
         limits=Limits(timeout_s=60, log_max_bytes=MIB),
-        env=child_environment(os.environ),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         on_output=lambda lines: samples.append(rss_mb()),
     )
     assert result.exit_code == 0
