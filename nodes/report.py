@@ -33,7 +33,7 @@ def usage_table(usage: list[Usage]) -> str:
 
 
 def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-    """Write REPORT.md; if the LLM fails, the mechanical part is still written."""
+    """Write REPORT.md; if the LLM fails, the mechanical record is still written before the error stops the runner."""
     settings = runtime.context
     runs = state.get("runs", [])
     reason = state.get("stop_reason") or "max_runs"
@@ -45,22 +45,30 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         stop_reason=reason,
     )
     usage: list[Usage] = []
+    files = ExperimentFiles(state["experiment_dir"])
     try:
         narrative, call = ask_text(settings, settings.report_model, [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)], "report")
         usage.append(call)
     except LLMError as exc:
-        narrative = f"# Report\n\n_The report model could not write this part: {exc}_"
-        runtime.stream_writer({"event": "warning", "message": f"report written without the LLM's narrative: {exc}"})
+        # The record is written all the same; the error still stops the runner, so a resume retries the narrative.
+        files.write_report(f"# Report\n\n_The report model could not write this part: {exc}_\n\n" + record(state, settings, usage))
+        raise
+    files.write_report(narrative.strip() + "\n\n" + record(state, settings, usage))
+    return {"report_path": str(files.report), "stop_reason": reason, "usage": usage}
 
+
+def record(state: ExperimentState, settings: Settings, usage: list[Usage]) -> str:
+    """The mechanical part of REPORT.md: why it stopped, what it cost, every run and the tokens per stage."""
+    runs = state.get("runs", [])
+    reason = state.get("stop_reason") or "max_runs"
     cost, cost_source = spend([*state.get("usage", []), *usage], settings.model_prices)
     detail = f" ({state['stop_detail']})" if state.get("stop_detail") else ""
-    appendix = [
-        "## Record",
-        f"Stopped because: **{reason}**{detail} after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal', '(none)')}",
-        f"LLM cost: {'unknown' if cost is None else f'${cost:.4f}'} ({cost_source}).",
-        runs_table(runs, state.get("goal", "")),
-        usage_table([*state.get("usage", []), *usage]),
-    ]
-    files = ExperimentFiles(state["experiment_dir"])
-    files.write_report(narrative.strip() + "\n\n" + "\n\n".join(appendix))
-    return {"report_path": str(files.report), "stop_reason": reason, "usage": usage}
+    return "\n\n".join(
+        [
+            "## Record",
+            f"Stopped because: **{reason}**{detail} after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal', '(none)')}",
+            f"LLM cost: {'unknown' if cost is None else f'${cost:.4f}'} ({cost_source}).",
+            runs_table(runs, state.get("goal", "")),
+            usage_table([*state.get("usage", []), *usage]),
+        ]
+    )

@@ -115,3 +115,24 @@ def test_llm_failures_during_a_run_exit_1_and_resume(status, reason, words, expe
     resumed = run_main(["-d", str(experiment), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert brain.stages.count("codegen") == 1 and (experiment / "REPORT.md").is_file()
+
+
+def test_a_report_model_failure_still_leaves_the_record_and_resume_writes_the_report(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    failing = {"on": True}
+
+    def responder(body):
+        if failing["on"] and "REPORT.md" in body["messages"][0]["content"]:
+            return {"status": 404, "error": "No such model"}
+        return brain(body)
+
+    env = runner_env(llm_server(responder).base_url)
+    result = run_main(["-d", str(experiment), "-r", "1"], env)
+    assert result.returncode == 1 and "error (fatal)" in result.stderr and "REPORT_MODEL" in result.stderr
+    report = (experiment / "REPORT.md").read_text()
+    assert "could not write this part" in report and "**max_runs**" in report
+
+    failing["on"] = False
+    resumed = run_main(["-d", str(experiment), "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "The baseline reached the goal." in (experiment / "REPORT.md").read_text()
