@@ -136,12 +136,12 @@ def run(args: argparse.Namespace, console: Console) -> int:
                     for node in chunk:
                         if node != "__interrupt__":
                             printer.node_done(node)
-            pending = app.get_state(config).interrupts
-            if not pending:
+            snapshot = app.get_state(config)
+            if not snapshot.interrupts:
                 break
-            stream_input = Command(resume=_answer(pending[0].value, settings, console))
+            stream_input = Command(resume=_answer(snapshot.interrupts[0].value, settings, console))
 
-        final = app.get_state(config).values
+        final = snapshot.values
     reason = final.get("stop_reason") or "max_runs"
     console.print(
         f"[bold]Stopped: {reason}[/] ({escape(final.get('stop_detail', ''))}) after {len(final.get('runs', []))} runs · report: {final.get('report_path')}",

@@ -176,11 +176,12 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read every setting from `env` (default: os.environ); keyword overrides win."""
         env = os.environ if env is None else env
-        values = {f.name: ENV_SETTINGS[_env_name(f)].read(env) for f in fields(cls) if _env_name(f) and f.name not in overrides}
+        values = {f.name: ENV_SETTINGS[env_name(f)].read(env) for f in fields(cls) if env_name(f) and f.name not in overrides}
         return cls(**values, **overrides)
 
 
-def _env_name(f: Field) -> str | None:
+def env_name(f: Field) -> str | None:
+    """The environment variable a Settings field is read from, None for fields without one."""
     return f.metadata.get("json_schema_extra", {}).get("env")
 
 
@@ -188,7 +189,7 @@ def settings_table() -> str:
     """The Markdown table of every environment setting, as README shows it."""
     rows = ["| Variable | Default | What it sets |", "|---|---|---|"]
     for f in fields(Settings):
-        if name := _env_name(f):
+        if name := env_name(f):
             default = ENV_SETTINGS[name].default
             shown = f"`{default}`" if default not in ("", None, (), {}) else "(none)"
             rows.append(f"| `{name}` | {shown} | {f.metadata['description']} |")

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from settings import Settings
+from settings import Settings, env_name
 from state import Usage
 
 Schema = TypeVar("Schema", bound=BaseModel)
@@ -72,7 +72,7 @@ def _transient(status: int) -> bool:
 
 def model_variables(settings: Settings) -> dict[str, str]:
     """Every *_MODEL variable and the model it names, e.g. {"CODE_MODEL": "anthropic/claude-sonnet-4.6"}."""
-    names = {f.name: f.metadata.get("json_schema_extra", {}).get("env") for f in fields(settings)}
+    names = {f.name: env_name(f) for f in fields(settings)}
     return {env: getattr(settings, name) for name, env in names.items() if env and env.endswith("_MODEL")}
 
 
@@ -199,12 +199,14 @@ def _retry_after(exc: openai.APIStatusError) -> float | None:
 
 
 def _detail(exc: openai.APIError) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return " ".join(str(inner["message"]).split())[:300]
-    return " ".join(str(exc.message if hasattr(exc, "message") else exc).split())[:300]
+    return error_message(exc.body, exc.message if hasattr(exc, "message") else str(exc))
+
+
+def error_message(body: object, fallback: str) -> str:
+    """The `error.message` of an OpenAI-style error body (else `fallback`), on one line, at most 300 characters."""
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return " ".join(str(message or fallback).split())[:300]
 
 
 def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str) -> tuple[str, Usage]:

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import httpx
 
-from adapters.llm import LLMError, bad_key_error, model_variables, no_credits_error
+from adapters.llm import LLMError, bad_key_error, error_message, model_variables, no_credits_error
 from settings import Settings
 
 PREFLIGHT_TIMEOUT_SECONDS = 10.0
@@ -53,10 +53,7 @@ def _json(response: httpx.Response) -> object:
 
 
 def _detail(response: httpx.Response) -> str:
-    body = _json(response)
-    error = body.get("error", body) if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
-    return " ".join(str(message or response.reason_phrase or response.status_code).split())[:300]
+    return error_message(_json(response), response.reason_phrase or str(response.status_code))
 
 
 def _check_openrouter_key(client: httpx.Client, base: str, headers: dict[str, str], settings: Settings) -> None:
