@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -24,14 +23,19 @@ from adapters.process import RunCancelled, cancel_running_scripts
 from adapters.sandbox import resolve_mode
 from adapters.terminal import ProgressPrinter, ask_review
 from graph import build_graph
-from nodes.records import goal_from_idea
+from graph.experiment import resume_halted
+from nodes.records import goal_from_idea, resume_command
 from settings import ENV_SETTINGS, Settings, SettingsError
 
 THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
 
 EXIT_FINISHED, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_CODES = {"goal_met": EXIT_FINISHED, "max_runs": EXIT_FINISHED, "plateau": EXIT_FINISHED, "budget": EXIT_FINISHED, "stuck": EXIT_ERROR}
+EXIT_CODES = {
+    **dict.fromkeys(["goal_met", "max_runs", "plateau", "budget"], EXIT_FINISHED),
+    **dict.fromkeys(["stuck", "fatal", "llm_unavailable"], EXIT_ERROR),
+    "interrupted": EXIT_INTERRUPTED,
+}
 INTERRUPT_GRACE_S = 3.0
 """After Ctrl-C, how long a step still in flight (an LLM call) may take before the runner leaves anyway."""
 
@@ -72,10 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--review", action="store_true", help="approve, reject or edit each train.py before it runs")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser.parse_args(argv)
-
-
-def resume_command(experiment: str) -> str:
-    return f"python main.py -d {shlex.quote(experiment)} --resume"
 
 
 def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         try:  # the key and every model are checked before anything is spent
             warnings = preflight(settings)
         except LLMError as exc:
-            exc.nothing_saved = stream_input is not None  # a fresh start: the same command again, not --resume
+            exc.nothing_saved = isinstance(stream_input, dict)  # a fresh start: the same command again, not --resume
             raise
         for warning in warnings:
             console.print(f"[yellow]! {escape(warning)}[/]", soft_wrap=True)
@@ -143,11 +143,23 @@ def run(args: argparse.Namespace, console: Console) -> int:
 
         final = snapshot.values
     reason = final.get("stop_reason") or "max_runs"
+    if final.get("halted"):
+        _halt_message(reason, final.get("stop_detail", ""), resume_hint, Console(stderr=True, highlight=False))
+        return EXIT_CODES.get(reason, EXIT_ERROR)
     console.print(
         f"[bold]Stopped: {reason}[/] ({escape(final.get('stop_detail', ''))}) after {len(final.get('runs', []))} runs · report: {final.get('report_path')}",
         soft_wrap=True,
     )
     return EXIT_CODES.get(reason, EXIT_ERROR)
+
+
+def _halt_message(reason: str, detail: str, hint: str, errors: Console) -> None:
+    """One line on stderr for an experiment cut short: why, and the command that goes on once the cause is gone."""
+    if reason == "interrupted":
+        _interrupted_message(hint, errors)
+        return
+    when = "later" if reason == "llm_unavailable" else "after fixing it"
+    errors.print(_one_line(f"error ({reason}): {detail}. Every finished step is saved: {when}, resume with `{hint}`."), markup=False, soft_wrap=True)
 
 
 def _answer(request: dict, settings: Settings, console: Console) -> dict:
@@ -176,14 +188,19 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
     if values.get("experiment_dir") != str(files.root):  # the folder was moved or renamed
         update["experiment_dir"] = str(files.root)
     runs_done = len(values.get("runs", []))
-    if snapshot.next:
+    halted = values.get("halted")
+    if snapshot.next or halted:
         if args.max_runs:
             if args.max_runs < runs_done:
                 raise UsageError(f"--max-runs {args.max_runs} is below the {runs_done} runs already done")
             update["max_runs"] = args.max_runs
+    if snapshot.next:  # stopped between steps (killed, or left during an LLM call): go on from the last finished one
         if update:
             app.update_state(config, update)
         return None
+    if halted and not (halted["stage"] == "report" and update.get("max_runs", 0) > runs_done):
+        resume = resume_halted(halted)  # cut short by an error or Ctrl-C: run that step again
+        return Command(goto=resume.goto, update={**resume.update, **update})
 
     # Finished: only a higher run limit gives it more to do.
     if not args.max_runs or args.max_runs <= runs_done:
@@ -193,7 +210,7 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
             soft_wrap=True,
         )
         return False
-    app.update_state(config, {**update, "max_runs": args.max_runs, "stop_reason": None}, as_node="analyze")
+    app.update_state(config, {**update, "max_runs": args.max_runs, "stop_reason": None, "stop_detail": "", "halted": None}, as_node="analyze")
     return None
 
 

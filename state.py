@@ -60,6 +60,16 @@ class Usage(TypedDict):
     """Cost reported by the provider (OpenRouter does), else None."""
 
 
+class Halt(TypedDict):
+    """Where an experiment was cut short, and the stop it had reached before (if any), to resume from there."""
+
+    stage: str
+    """The node that failed or was interrupted; a resume runs it again."""
+    stop_reason: str | None
+    """The stop reason in force when it happened (set when the report itself failed), else None."""
+    stop_detail: str
+
+
 class InputState(TypedDict):
     """What a caller must give the graph."""
 
@@ -73,7 +83,7 @@ class OutputState(TypedDict):
     """What the graph hands back when it ends."""
 
     stop_reason: str
-    """Why the loop ended: goal_met, max_runs, plateau, budget or stuck."""
+    """Why the loop ended: goal_met, max_runs, plateau, budget or stuck; or fatal, llm_unavailable or interrupted (resumable)."""
     stop_detail: str
     """The stop reason in words."""
     report_path: str
@@ -108,11 +118,14 @@ class ExperimentState(InputState):
     goal_met: NotRequired[bool]
     """The analyst's judgement on the last run."""
     stop_reason: NotRequired[str | None]
-    """Why the loop ends (goal_met, max_runs, plateau, budget, stuck); set by analyze, None while it goes on."""
+    """Why the loop ends (goal_met, max_runs, plateau, budget, stuck; set by analyze), or why it was cut short
+    (fatal, llm_unavailable, interrupted; see `halted`); None while it goes on."""
     stop_detail: NotRequired[str]
     """The stop reason in words, with the numbers behind it."""
     report_path: NotRequired[str]
     """Set by report."""
+    halted: NotRequired[Halt | None]
+    """Set when an error or Ctrl-C cut the experiment short; a resume re-enters `halted.stage`."""
 
 
 # Structured replies the LLM gives; nodes turn them into the records above.

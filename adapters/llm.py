@@ -14,6 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from adapters.logs import clip
 from settings import Settings, env_name
 from state import Usage
 
@@ -46,11 +47,13 @@ class LLMError(RuntimeError):
     the wait in seconds the server asked for (if it said).
     """
 
-    def __init__(self, message: str, *, kind: LLMFailure, status: int | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, *, kind: LLMFailure, status: int | None = None, retry_after: float | None = None, too_long: bool = False):
         super().__init__(message)
         self.kind: LLMFailure = kind
         self.status = status
         self.retry_after = retry_after
+        self.too_long = too_long
+        """The prompt did not fit the model's context: one shrink of it may."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -132,12 +135,30 @@ def usage_of(message: BaseMessage, stage: str, model: str) -> Usage:
     )
 
 
+SHRINK_TO = 0.5
+"""A prompt too long for the model is sent once more with each message cut to this share of its length."""
+
+
 def _invoke(runnable, messages: list[BaseMessage], settings: Settings, model: str):
-    """Call the model; a failure becomes the LLMError whose kind decides what happens next."""
-    try:
-        return runnable.invoke(messages)
-    except openai.APIError as exc:
-        raise classify(exc, settings, model) from exc
+    """Call the model, shrinking a prompt too long for it once; a failure becomes the LLMError whose kind decides what happens next."""
+    for shrunk in (False, True):
+        try:
+            return runnable.invoke(shrink(messages) if shrunk else messages)
+        except openai.APIError as exc:
+            error = classify(exc, settings, model, shrunk=shrunk)
+            if not (error.too_long and not shrunk):
+                raise error from exc
+
+
+def shrink(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """`messages` with every non-system text cut to SHRINK_TO of its length, keeping each one's head and tail."""
+    shorter = []
+    for message in messages:
+        if message.type == "system" or not isinstance(message.content, str):
+            shorter.append(message)
+        else:
+            shorter.append(message.model_copy(update={"content": clip(message.content, int(len(message.content) * SHRINK_TO))}))
+    return shorter
 
 
 PROMPT_TOO_LONG = re.compile(
@@ -146,8 +167,11 @@ PROMPT_TOO_LONG = re.compile(
 UNKNOWN_MODEL = re.compile(r"not a valid model|unknown model|invalid model|model\b.*\b(does not exist|not found)", re.IGNORECASE)
 
 
-def classify(exc: openai.APIError, settings: Settings, model: str) -> LLMError:
-    """The LLMError for an openai error left after the SDK's own retries: transient ones are "unavailable", the rest "fatal"."""
+def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool = False) -> LLMError:
+    """The LLMError for an openai error left after the SDK's own retries: transient ones are "unavailable", the rest "fatal".
+
+    `shrunk` says the request was already the shrunk version of a prompt that was too long.
+    """
     detail = _detail(exc)
     models = variables_naming(settings, model)
     status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
@@ -158,7 +182,8 @@ def classify(exc: openai.APIError, settings: Settings, model: str) -> LLMError:
         return LLMError(f"cannot reach the LLM server at {settings.llm_base_url}: check LLM_BASE_URL, or try later ({detail})", kind="unavailable")
     if isinstance(exc, ContextOverflowError) or (status in (400, 413, 422) and PROMPT_TOO_LONG.search(detail)):
         what = f"the prompt is too long for model {model} ({status or 'context overflow'})"
-        return LLMError(f"{what}: choose a model with a longer context in {models} ({detail})", kind="fatal", status=status)
+        what += f", even with each message cut to {SHRINK_TO:.0%}" if shrunk else ""
+        return LLMError(f"{what}: choose a model with a longer context in {models} ({detail})", kind="fatal", status=status, too_long=True)
     if status is None:  # a 2xx whose body is not a chat completion
         return LLMError(f"the LLM server at {settings.llm_base_url} sent a reply that is not a chat completion ({detail})", kind="unavailable")
     if status == 401:

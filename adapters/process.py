@@ -50,6 +50,11 @@ _running_lock = threading.Lock()
 _cancelled = threading.Event()
 
 
+def cancel_requested() -> bool:
+    """Whether cancel_running_scripts() was called: the runner is stopping, so no new step should start."""
+    return _cancelled.is_set()
+
+
 def cancel_running_scripts() -> None:
     """Kill every running script's process group; run_script then kills the rest of its tree and raises RunCancelled, and no new one starts."""
     _cancelled.set()

@@ -1,14 +1,23 @@
-"""The wiring: initialize, then summarize → codegen → review → execute → analyze until a stop reason, then report."""
+"""The wiring: initialize, then summarize → codegen → review → execute → analyze until a stop reason, then report.
+
+An LLM error that retrying cannot fix, and Ctrl-C, end the loop too: the node records why and where
+(`halted`) and hands over to report, which writes the record without asking the LLM. A resume re-enters
+the node that was cut short (see `resume_halted`).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from typing import Literal
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy
+from langgraph.runtime import Runtime
+from langgraph.types import Command, RetryPolicy
 
-from adapters.llm import is_retryable
+from adapters.llm import LLMError, is_retryable
+from adapters.process import RunCancelled, cancel_requested
 from nodes.analyze import analyze
 from nodes.codegen import codegen
 from nodes.execute import execute
@@ -17,17 +26,32 @@ from nodes.report import report
 from nodes.review import review
 from nodes.summarize import summarize
 from settings import ENV_SETTINGS, Settings
-from state import ExperimentState, InputState, OutputState
+from state import ExperimentState, Halt, InputState, OutputState
+
+HALT_REASONS = ("fatal", "llm_unavailable", "interrupted")
+"""Stop reasons that cut an experiment short; each is resumable once its cause is gone."""
 
 
 def after_analyze(state: ExperimentState) -> Literal["summarize", "report"]:
-    """Loop for another run until analyze has recorded why to stop."""
+    """Loop for another run until analyze has recorded why to stop (or the step was cut short)."""
     return "report" if state.get("stop_reason") else "summarize"
 
 
-def after_review(state: ExperimentState) -> Literal["codegen", "execute"]:
+def after_review(state: ExperimentState) -> Literal["codegen", "execute", "report"]:
     """A rejected train.py goes back to codegen with the reviewer's reason."""
+    if state.get("halted"):
+        return "report"
     return "codegen" if state.get("review_feedback") else "execute"
+
+
+def unless_halted(next_node: str) -> Callable[[ExperimentState], str]:
+    """The edge to `next_node`, or to report when the step was cut short."""
+
+    def route(state: ExperimentState) -> str:
+        return "report" if state.get("halted") else next_node
+
+    route.__name__ = f"to_{next_node}"
+    return route
 
 
 LLM_NODE_ATTEMPTS = 3
@@ -53,24 +77,59 @@ def llm_retry_policy(backoff_seconds: float | None = None) -> RetryPolicy:
     )
 
 
+def halt(state: ExperimentState, stage: str, reason: str, message: str) -> dict:
+    """Cut the experiment short: the update recording why and where, after which the edges lead to report."""
+    halted = Halt(stage=stage, stop_reason=state.get("stop_reason"), stop_detail=state.get("stop_detail", ""))
+    return {"stop_reason": reason, "stop_detail": message, "halted": halted}
+
+
+def resume_halted(halted: Halt) -> Command:
+    """The input that re-enters the node an experiment was cut short in, with the stop reason it had before."""
+    return Command(goto=halted["stage"], update={"stop_reason": halted["stop_reason"], "stop_detail": halted["stop_detail"], "halted": None})
+
+
+def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
+    """`node`, turned to a halt when the runner is stopping, or when its LLM error is final (fatal, or its last try).
+
+    The report node, cut short itself, then writes the record of its own halt at once: its edge leads to END.
+    """
+
+    @functools.wraps(node)
+    def run(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+        if state.get("halted"):  # report, writing the record of a halt: nothing may cut it short again
+            return node(state, runtime)
+        if cancel_requested():
+            stopped = halt(state, stage, "interrupted", f"stopped by the user before {stage}")
+        else:
+            try:
+                return node(state, runtime)
+            except RunCancelled as exc:
+                stopped = halt(state, stage, "interrupted", f"stopped by the user: {exc}")
+            except LLMError as exc:
+                info = runtime.execution_info
+                if is_retryable(exc) and info is not None and info.node_attempt < attempts:
+                    raise  # the retry policy tries the node again
+                stopped = halt(state, stage, "llm_unavailable" if exc.kind == "unavailable" else "fatal", str(exc))
+        if stage == "report":
+            return {**stopped, **node({**state, **stopped}, runtime)}
+        return stopped
+
+    return run
+
+
 def build_graph() -> StateGraph:
     """The experiment graph, uncompiled: callers choose the checkpointer."""
     builder = StateGraph(ExperimentState, context_schema=Settings, input_schema=InputState, output_schema=OutputState)
     llm_retry = llm_retry_policy()
-    builder.add_node("initialize", initialize, retry_policy=llm_retry)
-    builder.add_node("summarize", summarize)
-    builder.add_node("codegen", codegen, retry_policy=llm_retry)
-    builder.add_node("review", review)
-    builder.add_node("execute", execute)
-    builder.add_node("analyze", analyze, retry_policy=llm_retry)
-    builder.add_node("report", report, retry_policy=llm_retry)
+    for name, node in (("initialize", initialize), ("codegen", codegen), ("analyze", analyze), ("report", report)):
+        builder.add_node(name, stops_cleanly(node, name, LLM_NODE_ATTEMPTS), retry_policy=llm_retry)
+    for name, node in (("summarize", summarize), ("review", review), ("execute", execute)):
+        builder.add_node(name, stops_cleanly(node, name))
 
     builder.add_edge(START, "initialize")
-    builder.add_edge("initialize", "summarize")
-    builder.add_edge("summarize", "codegen")
-    builder.add_edge("codegen", "review")
+    for node, next_node in (("initialize", "summarize"), ("summarize", "codegen"), ("codegen", "review"), ("execute", "analyze")):
+        builder.add_conditional_edges(node, unless_halted(next_node), [next_node, "report"])
     builder.add_conditional_edges("review", after_review)
-    builder.add_edge("execute", "analyze")
     builder.add_conditional_edges("analyze", after_analyze)
     builder.add_edge("report", END)
     return builder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 import re
+import shlex
 
 from adapters.logs import clip, format_metrics
 from nodes.prompts import BUDGET
@@ -11,6 +12,11 @@ from state import ExperimentState, RunRecord, Task
 
 GOAL = re.compile(r"([A-Za-z_][\w./-]*)\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)")
 COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def resume_command(experiment_dir: str) -> str:
+    """The command line that continues the experiment in `experiment_dir` from its last finished step."""
+    return f"python main.py -d {shlex.quote(experiment_dir)} --resume"
 
 
 def parse_goal(goal: str) -> tuple[str, str, float] | None:

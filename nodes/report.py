@@ -6,13 +6,13 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from adapters.files import ExperimentFiles
-from adapters.llm import LLMError, ask_text
+from adapters.llm import ask_text
 from adapters.logs import clip
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
-from nodes.records import experiment_context, run_line, runs_table
+from nodes.records import experiment_context, resume_command, run_line, runs_table
 from nodes.stop_rules import spend
 from settings import Settings
-from state import ExperimentState, Usage
+from state import ExperimentState, Halt, Usage
 
 RUNS_BUDGET = 8_000
 
@@ -33,10 +33,15 @@ def usage_table(usage: list[Usage]) -> str:
 
 
 def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-    """Write REPORT.md; if the LLM fails, the mechanical record is still written before the error stops the runner."""
+    """Write REPORT.md: the LLM's narrative and the record; only the record when the experiment was cut short."""
     settings = runtime.context
     runs = state.get("runs", [])
     reason = state.get("stop_reason") or "max_runs"
+    files = ExperimentFiles(state["experiment_dir"])
+    if halted := state.get("halted"):
+        runtime.stream_writer({"event": "stage", "stage": "report", "model": None, "stop_reason": reason})
+        files.write_report(halt_notice(state, halted) + "\n\n" + record(state, settings, []))
+        return {"report_path": str(files.report)}
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
     prompt = REPORT_USER.format(
@@ -44,17 +49,28 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         runs=clip("\n".join(run_line(r) for r in runs), RUNS_BUDGET),
         stop_reason=reason,
     )
-    usage: list[Usage] = []
-    files = ExperimentFiles(state["experiment_dir"])
-    try:
-        narrative, call = ask_text(settings, settings.report_model, [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)], "report")
-        usage.append(call)
-    except LLMError as exc:
-        # The record is written all the same; the error still stops the runner, so a resume retries the narrative.
-        files.write_report(f"# Report\n\n_The report model could not write this part: {exc}_\n\n" + record(state, settings, usage))
-        raise
-    files.write_report(narrative.strip() + "\n\n" + record(state, settings, usage))
-    return {"report_path": str(files.report), "stop_reason": reason, "usage": usage}
+    narrative, usage = ask_text(settings, settings.report_model, [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)], "report")
+    files.write_report(narrative.strip() + "\n\n" + record(state, settings, [usage]))
+    return {"report_path": str(files.report), "stop_reason": reason, "usage": [usage]}
+
+
+def halt_notice(state: ExperimentState, halted: Halt) -> str:
+    """The head of REPORT.md for an experiment cut short: what stopped it, where, and how to go on."""
+    reason, stage = state.get("stop_reason"), halted["stage"]
+    lines = [
+        "# Report (unfinished)",
+        "",
+        f"The runner stopped early: **{reason}** during {stage}: {state.get('stop_detail', '')}",
+    ]
+    if halted["stop_reason"]:
+        lines.append(f"The experiment itself had ended before that: {halted['stop_reason']} ({halted['stop_detail']}).")
+    fix = "" if reason == "interrupted" else "after fixing the cause, "
+    lines += [
+        "",
+        f"Every finished step is saved: {fix}resume with `{resume_command(state['experiment_dir'])}`; it goes on with {stage}.",
+        "This page is then rewritten with the full report.",
+    ]
+    return "\n".join(lines)
 
 
 def record(state: ExperimentState, settings: Settings, usage: list[Usage]) -> str:
@@ -62,7 +78,10 @@ def record(state: ExperimentState, settings: Settings, usage: list[Usage]) -> st
     runs = state.get("runs", [])
     reason = state.get("stop_reason") or "max_runs"
     cost, cost_source = spend([*state.get("usage", []), *usage], settings.model_prices)
-    detail = f" ({state['stop_detail']})" if state.get("stop_detail") else ""
+    if halted := state.get("halted"):
+        detail = f" during {halted['stage']} (see above)"
+    else:
+        detail = f" ({state['stop_detail']})" if state.get("stop_detail") else ""
     return "\n\n".join(
         [
             "## Record",

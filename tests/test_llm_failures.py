@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -10,9 +12,10 @@ from fake_llm import FakeLLMServer
 from fakes import make_experiment
 from langgraph.checkpoint.memory import InMemorySaver
 
-from adapters.llm import LLMError, is_retryable
+from adapters import process
+from adapters.llm import is_retryable
 from graph import build_graph
-from graph.experiment import LLM_NODE_ATTEMPTS, llm_retry_policy
+from graph.experiment import LLM_NODE_ATTEMPTS, llm_retry_policy, resume_halted
 from settings import Settings
 
 PLAN = {
@@ -37,13 +40,24 @@ class Script:
 
 
 def run_graph(tmp_path: Path, server: FakeLLMServer, monkeypatch, stop_after: str = "initialize", **overrides) -> dict:
-    """Run the experiment graph against `server` until `stop_after` has finished, and return its state; node retries do not wait."""
+    """Run the experiment graph against `server` until `stop_after` has finished (or it ends), and return its state; node retries do not wait."""
     monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
     app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_after=[stop_after])
     settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key", report_model="my/planner", **overrides)
     config = {"configurable": {"thread_id": "t"}}
     app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+    if app.get_state(config).values.get("halted"):
+        app.invoke(None, config, context=settings)  # cut short: let report write its record
     return app.get_state(config).values
+
+
+def assert_halted(state: dict, reason: str, stage: str, says: str, tmp_path: Path) -> None:
+    """The experiment ended cut short in `stage`, recorded in the state and in REPORT.md."""
+    assert state["stop_reason"] == reason
+    assert re.search(says, state["stop_detail"]), state["stop_detail"]
+    assert state["halted"] == {"stage": stage, "stop_reason": None, "stop_detail": ""}
+    report = (tmp_path / "exp" / "REPORT.md").read_text()
+    assert report.startswith("# Report (unfinished)") and f"**{reason}** during {stage}" in report
 
 
 # the wiring
@@ -70,9 +84,8 @@ def test_default_retry_policy(monkeypatch):
 @pytest.mark.parametrize("sdk_retries", [0, 2])
 def test_a_rejected_key_stops_at_once(tmp_path, llm_server, monkeypatch, sdk_retries):
     server = llm_server(Script({"status": 401, "error": "No auth credentials found"}))
-    with pytest.raises(LLMError, match=r"rejected the API key \(401\): check LLM_API_KEY \(No auth credentials found\)") as caught:
-        run_graph(tmp_path, server, monkeypatch, llm_max_retries=sdk_retries)
-    assert caught.value.kind == "fatal"
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=sdk_retries)
+    assert_halted(state, "fatal", "initialize", r"rejected the API key \(401\): check LLM_API_KEY \(No auth credentials found\)", tmp_path)
     assert len(server.requests) == 1
 
 
@@ -81,24 +94,45 @@ def test_a_rejected_key_stops_at_once(tmp_path, llm_server, monkeypatch, sdk_ret
     [
         ({"status": 402, "error": "Insufficient credits"}, r"out of credits \(402\): add credits"),
         ({"status": 404, "error": "No endpoints found for my/planner"}, r"model my/planner not found at the LLM server \(404\): check REPORT_MODEL"),
-        ({"status": 400, "error": "This endpoint's maximum context length is 8192 tokens."}, r"the prompt is too long for model my/planner \(400\)"),
+        ({"status": 403, "error": "Forbidden"}, r"refuses model my/planner with this key \(403\): check LLM_API_KEY and REPORT_MODEL"),
     ],
 )
 def test_fatal_errors_stop_at_once(tmp_path, llm_server, monkeypatch, reply, says):
     server = llm_server(Script(reply))
-    with pytest.raises(LLMError, match=says) as caught:
-        run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
-    assert caught.value.kind == "fatal"
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert_halted(state, "fatal", "initialize", says, tmp_path)
     assert len(server.requests) == 1
 
 
-def test_malformed_structured_replies_end_as_reply_errors_without_node_retries(tmp_path, llm_server, monkeypatch):
+def test_malformed_structured_replies_end_fatal_without_node_retries(tmp_path, llm_server, monkeypatch):
     malformed = {"tool_call": {"name": "ExperimentPlan", "arguments": {"goal": "accuracy >= 0.9"}}}
     server = llm_server(Script(malformed))
-    with pytest.raises(LLMError, match="twice gave a reply that does not match ExperimentPlan") as caught:
-        run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
-    assert caught.value.kind == "reply"
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert_halted(state, "fatal", "initialize", "twice gave a reply that does not match ExperimentPlan: try STRUCTURED_OUTPUT=json_schema", tmp_path)
     assert len(server.requests) == 2  # the question and its one repair request
+
+
+# a prompt too long: shrunk once
+
+
+TOO_LONG = {"status": 400, "error": "This endpoint's maximum context length is 8192 tokens."}
+
+
+def test_a_prompt_too_long_is_shrunk_once_and_then_succeeds(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script(TOO_LONG, PLAN))
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert state["goal"] == "accuracy >= 0.9" and not state.get("halted")
+    first, second = ([m["content"] for m in r["messages"]] for r in server.requests)
+    assert second[0] == first[0]  # the system prompt is kept whole
+    assert len(second[1]) <= len(first[1]) // 2 and "characters cut" in second[1]
+
+
+def test_a_prompt_still_too_long_after_its_shrink_is_fatal(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script(TOO_LONG))
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    says = r"the prompt is too long for model my/planner \(400\), even with each message cut to 50%: choose a model with a longer context in REPORT_MODEL"
+    assert_halted(state, "fatal", "initialize", says, tmp_path)
+    assert len(server.requests) == 2
 
 
 # unavailable: retried, bounded
@@ -132,9 +166,8 @@ def test_a_server_error_in_codegen_is_retried_too(tmp_path, llm_server, monkeypa
 def test_500_forever_ends_unavailable_after_a_bounded_number_of_requests(tmp_path, llm_server, monkeypatch):
     server = llm_server(Script({"status": 500, "error": "Internal Server Error"}))
     started = time.monotonic()
-    with pytest.raises(LLMError, match=r"the LLM server keeps failing \(500\): try later") as caught:
-        run_graph(tmp_path, server, monkeypatch, llm_max_retries=1)
-    assert caught.value.kind == "unavailable"
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=1)
+    assert_halted(state, "llm_unavailable", "initialize", r"the LLM server keeps failing \(500\): try later", tmp_path)
     assert len(server.requests) == LLM_NODE_ATTEMPTS * (1 + 1)  # node tries x requests per try
     assert time.monotonic() - started < 10
     assert not (tmp_path / "exp" / "PLAN.md").exists()
@@ -142,17 +175,15 @@ def test_500_forever_ends_unavailable_after_a_bounded_number_of_requests(tmp_pat
 
 def test_a_server_that_asks_for_a_long_wait_is_not_retried_now(tmp_path, llm_server, monkeypatch):
     server = llm_server(Script({"status": 429, "error": "quota", "headers": {"Retry-After": "3600"}}))
-    with pytest.raises(LLMError, match=r"asks to wait 3600 s \(429\)") as caught:
-        run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
-    assert caught.value.kind == "unavailable"
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
+    assert_halted(state, "llm_unavailable", "initialize", r"asks to wait 3600 s \(429\)", tmp_path)
     assert len(server.requests) == 1
 
 
 def test_timeouts_end_unavailable_after_every_node_try(tmp_path, llm_server, monkeypatch):
     server = llm_server(Script({**PLAN, "delay": 1.5}))
-    with pytest.raises(LLMError, match=r"did not answer within LLM_TIMEOUT_SECONDS \(1 s\)") as caught:
-        run_graph(tmp_path, server, monkeypatch, llm_max_retries=0, llm_timeout_seconds=1)
-    assert caught.value.kind == "unavailable"
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=0, llm_timeout_seconds=1)
+    assert_halted(state, "llm_unavailable", "initialize", r"did not answer within LLM_TIMEOUT_SECONDS \(1 s\)", tmp_path)
     assert len(server.requests) == LLM_NODE_ATTEMPTS
     time.sleep(0.7)  # let the last late answer hit its closed connection while this test's output is captured
 
@@ -160,6 +191,46 @@ def test_timeouts_end_unavailable_after_every_node_try(tmp_path, llm_server, mon
 def test_an_unreachable_server_ends_unavailable(tmp_path, monkeypatch):
     nowhere = FakeLLMServer(Script(PLAN))
     nowhere.base_url = "http://127.0.0.1:1/v1"
-    with pytest.raises(LLMError, match=r"cannot reach the LLM server at http://127.0.0.1:1/v1") as caught:
-        run_graph(tmp_path, nowhere, monkeypatch, llm_max_retries=0)
-    assert caught.value.kind == "unavailable"
+    state = run_graph(tmp_path, nowhere, monkeypatch, llm_max_retries=0)
+    assert_halted(state, "llm_unavailable", "initialize", r"cannot reach the LLM server at http://127.0.0.1:1/v1", tmp_path)
+
+
+# a halt is resumable: the step cut short runs again
+
+
+def test_a_halted_experiment_resumes_in_the_step_that_failed(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script(PLAN, {"status": 402, "error": "Insufficient credits"}, CODE))
+    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
+    app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_before=["execute"])
+    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
+    config = {"configurable": {"thread_id": "t"}}
+    app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+    halted = app.get_state(config).values
+    assert (halted["stop_reason"], halted["halted"]["stage"]) == ("fatal", "codegen")
+    assert not app.get_state(config).next  # the graph ended, with its report written
+
+    app.invoke(resume_halted(halted["halted"]), config, context=settings)
+
+    state = app.get_state(config)
+    assert state.next == ("execute",)  # codegen ran again and the experiment goes on
+    assert state.values["code"] == "print('accuracy=0.9')\n"
+    assert state.values["stop_reason"] is None and state.values["halted"] is None
+    assert len(server.requests) == 3
+
+
+def test_a_stopping_runner_halts_before_the_next_step(tmp_path, llm_server, monkeypatch):
+    monkeypatch.setattr(process, "_cancelled", threading.Event())  # cancelling is for good: keep it to this test
+    server = llm_server(Script(PLAN))
+    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
+    app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_after=["initialize"])
+    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
+    config = {"configurable": {"thread_id": "t"}}
+    app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+
+    process.cancel_running_scripts()  # what main.py does on Ctrl-C
+    app.invoke(None, config, context=settings)
+
+    state = app.get_state(config).values
+    assert (state["stop_reason"], state["halted"]["stage"]) == ("interrupted", "summarize")
+    assert "**interrupted** during summarize" in (tmp_path / "exp" / "REPORT.md").read_text()
+    assert len(server.requests) == 1

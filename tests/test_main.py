@@ -259,8 +259,9 @@ def test_malformed_structured_reply_gets_one_repair_then_fails_cleanly(experimen
     assert result.returncode == 1
     assert len(analysis_calls) == 2
     assert "could not be used" in analysis_calls[1]["messages"][-1]["content"]
-    assert "RunAnalysis" in result.stderr and "--resume" in result.stderr
+    assert "error (fatal)" in result.stderr and "RunAnalysis" in result.stderr and "--resume" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "**fatal** during analyze" in (experiment / "REPORT.md").read_text()
 
 
 def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_server, hold: Path):
@@ -274,10 +275,13 @@ def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_
     assert runner.returncode == 130, out + err
     assert "--resume" in err and "Traceback" not in err
     assert not _alive(child)
+    report = (experiment / "REPORT.md").read_text()
+    assert "**interrupted** during execute" in report and "resume with" in report
     hold.unlink()
     resumed = run_main(["-d", str(experiment), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
-    assert (experiment / "REPORT.md").is_file()
+    assert "Stopped because: **max_runs**" in (experiment / "REPORT.md").read_text()
+    assert (experiment / "run_1" / "output.interrupted-1.log").is_file() and not (experiment / "run_2").exists()
 
 
 def test_console_script_is_installed():

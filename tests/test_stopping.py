@@ -93,7 +93,7 @@ def test_an_unknown_model_fails_preflight_before_anything_is_spent(experiment: P
 
 @pytest.mark.parametrize(
     ("status", "reason", "words"),
-    [(402, "fatal", "credits"), (404, "fatal", "SUMMARIZE_MODEL"), (500, "llm_unavailable", "try later")],
+    [(401, "fatal", "LLM_API_KEY"), (402, "fatal", "credits"), (404, "fatal", "SUMMARIZE_MODEL"), (500, "llm_unavailable", "try later")],
 )
 def test_llm_failures_during_a_run_exit_1_and_resume(status, reason, words, experiment: Path, llm_server):
     brain = ScriptedBrain()
@@ -110,11 +110,15 @@ def test_llm_failures_during_a_run_exit_1_and_resume(status, reason, words, expe
     assert result.returncode == 1
     assert f"error ({reason})" in result.stderr and words in result.stderr and "--resume" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    report = (experiment / "REPORT.md").read_text()
+    assert report.startswith("# Report (unfinished)") and f"**{reason}** during analyze" in report and words in report
 
     failing["on"] = False
     resumed = run_main(["-d", str(experiment), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
-    assert brain.stages.count("codegen") == 1 and (experiment / "REPORT.md").is_file()
+    assert brain.stages.count("codegen") == 1 and brain.stages.count("analyze") == 1
+    report = (experiment / "REPORT.md").read_text()
+    assert "unfinished" not in report and "Stopped because: **max_runs**" in report
 
 
 def test_a_report_model_failure_still_leaves_the_record_and_resume_writes_the_report(experiment: Path, llm_server):
@@ -130,7 +134,8 @@ def test_a_report_model_failure_still_leaves_the_record_and_resume_writes_the_re
     result = run_main(["-d", str(experiment), "-r", "1"], env)
     assert result.returncode == 1 and "error (fatal)" in result.stderr and "REPORT_MODEL" in result.stderr
     report = (experiment / "REPORT.md").read_text()
-    assert "could not write this part" in report and "**max_runs**" in report
+    assert report.startswith("# Report (unfinished)") and "**fatal** during report" in report
+    assert "had ended before that: max_runs" in report and "| 1 ★ | ok |" in report
 
     failing["on"] = False
     resumed = run_main(["-d", str(experiment), "--resume"], env)

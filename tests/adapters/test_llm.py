@@ -190,13 +190,15 @@ def test_a_model_shared_by_two_stages_names_both_variables():
         "Error code: context_length_exceeded",
     ],
 )
-def test_a_prompt_too_long_is_fatal_and_says_so(message):
+def test_a_prompt_too_long_is_shrunk_once_then_fatal_and_says_so(message):
     with FakeLLMServer(lambda body: {"status": 400, "error": message}) as server:
         settings = make_settings(llm_base_url=server.base_url, llm_max_retries=2, summarize_model="small/model")
-        with pytest.raises(LLMError, match=r"the prompt is too long for model small/model .*longer context in SUMMARIZE_MODEL") as caught:
+        says = r"the prompt is too long for model small/model \(400\), even with each message cut to 50%: .*longer context in SUMMARIZE_MODEL"
+        with pytest.raises(LLMError, match=says) as caught:
             ask_text(settings, "small/model", MESSAGES, "analyze")
         assert caught.value.kind == "fatal" and not is_retryable(caught.value)
-        assert len(server.requests) == 1
+        sent = [[m["content"] for m in request["messages"]] for request in server.requests]
+        assert sent == [["system", "question"], ["system", "ques"]]  # the system prompt is never cut
 
 
 def test_a_400_for_an_unknown_model_names_the_variable():  # OpenRouter answers 400, not 404

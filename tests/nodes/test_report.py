@@ -69,19 +69,35 @@ def test_missing_stop_reason_reads_as_max_runs(tmp_path: Path):
     assert "**max_runs**" in (tmp_path / "REPORT.md").read_text()
 
 
-def test_llm_failure_still_writes_the_record(tmp_path: Path):
+def test_an_llm_failure_is_raised_for_the_graph_to_record(tmp_path: Path):
     down = openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1:1/v1/chat/completions"))
-    runtime, events = make_runtime(ScriptedChatModel(responses=[down]))
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[down]))
 
-    with pytest.raises(LLMError, match="LLM_BASE_URL"):  # it still stops the runner: a resume retries the narrative
+    with pytest.raises(LLMError, match="LLM_BASE_URL"):
         report(finished_state(make_experiment(tmp_path)), runtime)
+    assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_a_halted_experiment_gets_the_record_without_asking_the_llm(tmp_path: Path):
+    model = ScriptedChatModel(responses=[])  # any call would fail: none may happen
+    runtime, events = make_runtime(model)
+    state = {
+        **finished_state(make_experiment(tmp_path), stop_reason="fatal"),
+        "stop_detail": "the LLM server rejected the API key (401): check LLM_API_KEY",
+        "halted": {"stage": "report", "stop_reason": "goal_met", "stop_detail": "accuracy=0.93 meets accuracy >= 0.9"},
+    }
+
+    update = report(state, runtime)
 
     text = (tmp_path / "REPORT.md").read_text()
-    assert "could not write this part" in text and "LLM_BASE_URL" in text
-    assert "| 2 ★ | ok |" in text
-    assert "Stopped because: **goal_met**" in text
-    assert "| initialize | 1000 | 200 | 0.0100 |" in text
-    assert "| report |" not in text
+    assert update == {"report_path": str(tmp_path / "REPORT.md")}
+    assert text.startswith("# Report (unfinished)")
+    assert "**fatal** during report: the LLM server rejected the API key (401): check LLM_API_KEY" in text
+    assert "had ended before that: goal_met (accuracy=0.93 meets accuracy >= 0.9)" in text
+    assert f"resume with `python main.py -d {tmp_path} --resume`; it goes on with report" in text
+    assert "Stopped because: **fatal** during report (see above) after 3 of 5 runs" in text
+    assert "| 2 ★ | ok |" in text and "| initialize | 1000 | 200 | 0.0100 |" in text
+    assert events_of(events, "stage")[0]["model"] is None
 
 
 def test_usage_table_without_reported_cost():
