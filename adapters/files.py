@@ -8,7 +8,10 @@ import re
 import secrets
 from pathlib import Path
 
-from state import Task
+from state import RunRecord, Task
+
+RESULT_FIELDS = ("number", "status", "exit_code", "duration_s", "metrics", "error")
+"""What run_N/result.json holds: the run's record without its LLM-facing summary."""
 
 
 class ExperimentInputError(ValueError):
@@ -81,6 +84,23 @@ class ExperimentFiles:
         """Rewrite KEY_FINDINGS.md from every section, so the file always equals the state."""
         body = "\n\n".join(s.strip() for s in sections) if sections else "_No runs analysed yet._"
         write_atomic(self.findings, f"# Key findings\n\n{body}\n")
+
+    def write_result(self, record: RunRecord) -> None:
+        """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
+        result = {name: record[name] for name in RESULT_FIELDS}
+        write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
+
+    def read_results(self) -> list[dict]:
+        """Every finished run's result.json, in run order; a run still going (or unreadable) is left out."""
+        results = []
+        for number in self.existing_runs():
+            try:
+                result = json.loads((self.run_dir(number) / "result.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS):
+                results.append(result)
+        return results
 
     def write_report(self, report: str) -> None:
         write_atomic(self.report, report.rstrip() + "\n")

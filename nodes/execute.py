@@ -49,6 +49,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             attempt += 1
         log_path.rename(kept)
     (run_dir / "metrics.json").unlink(missing_ok=True)
+    (run_dir / "result.json").unlink(missing_ok=True)
     if not script.exists():
         write_atomic(script, state.get("code", ""))
 
@@ -95,6 +96,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         error=log.error,
         summary=render_summary(number, status, result.exit_code, result.duration_s, log),
     )
+    files.write_result(record)
     runtime.stream_writer({"event": "run_done", "run": number, "status": status, "duration_s": record["duration_s"], "metrics": log.metrics})
     return {"runs": [record]}
 

@@ -9,7 +9,7 @@ from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip
 from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
-from nodes.records import goal_from_idea
+from nodes.records import goal_from_idea, plan_goal_line
 from settings import Settings
 from state import ExperimentPlan, ExperimentState, Task
 
@@ -28,7 +28,7 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     stated = goal_from_idea(idea)
     goal = stated or " ".join(reply.goal.split())
     source = "from IDEA.md" if stated else "proposed by the planner"
-    plan = f"# Plan\n\n**Goal** ({source}): `{goal}`\n\n{reply.plan.strip()}"
+    plan = f"# Plan\n\n{plan_goal_line(goal, source)}\n\n{reply.plan.strip()}"
     tasks = [Task(id=i, title=t.title.strip(), status="todo", notes=t.notes.strip(), runs=[]) for i, t in enumerate(reply.tasks, start=1)]
     files.write_plan(plan)
     files.write_tasks(tasks)

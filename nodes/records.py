@@ -40,6 +40,20 @@ def goal_from_idea(idea: str) -> str | None:
     return f"{metric} {op} {target:g}"
 
 
+PLAN_GOAL = re.compile(r"^\*\*Goal\*\* \(([^)]*)\): `(.*)`$", re.MULTILINE)
+
+
+def plan_goal_line(goal: str, source: str) -> str:
+    """PLAN.md's goal line, e.g. **Goal** (from IDEA.md): `test_accuracy >= 0.99`."""
+    return f"**Goal** ({source}): `{goal}`"
+
+
+def goal_from_plan(plan: str) -> str:
+    """The goal PLAN.md states (see plan_goal_line), or empty."""
+    match = PLAN_GOAL.search(plan)
+    return match.group(2) if match else ""
+
+
 def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
     """The run with the best value of the goal's metric, if the goal names one that runs report."""
     parsed = parse_goal(goal)
