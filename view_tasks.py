@@ -5,58 +5,250 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from adapters.files import ExperimentFiles
-from adapters.logs import format_metrics, read_metrics_file
+from adapters.logs import format_metrics
+from nodes.records import COMPARE, best_run, goal_from_plan, parse_goal
 
-STATUS_STYLE = {"todo": "white", "in_progress": "yellow", "done": "green", "dropped": "dim"}
+EXIT_OK, EXIT_USAGE = 0, 2
+WATCH_INTERVAL_S = 2.0
+"""How often --watch rereads the files when no interval is given."""
+ERROR_CHARS = 80
+"""Characters of a run's error shown in the runs table."""
+
+TASK_STYLE = {"todo": "white", "in_progress": "yellow", "done": "green", "dropped": "dim"}
+RUN_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow"}
+NOT_FINISHED = "running / not finished"
+
+
+class ViewError(Exception):
+    """The folder or its tasks.json cannot be shown; printed as one `error:` line, exit code 2."""
+
+
+class NotStarted(ViewError):
+    """No tasks.json yet: the experiment has not planned. --watch waits for it instead of failing."""
+
+
+@dataclass
+class Snapshot:
+    """What the experiment's files say at one moment."""
+
+    root: Path
+    goal: str
+    """PLAN.md's goal line, e.g. 'test_accuracy >= 0.98', or empty."""
+    tasks: list[dict]
+    results: list[dict]
+    """Finished runs' result.json, in run order."""
+    unfinished: dict[int, str] = field(default_factory=dict)
+    """Run number -> what its folder shows instead of a result (the size of its output.log)."""
+    report: Path | None = None
+    """REPORT.md, once the experiment has finished."""
+
+
+def read_tasks(path: Path) -> list[dict]:
+    """tasks.json's list of tasks; NotStarted when it is missing, ViewError when it cannot be read."""
+    if not path.is_file():
+        raise NotStarted(f"no {path.name} in {path.parent} yet: the experiment has not started planning (--watch waits for it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ViewError(f"cannot read {path}: {exc}") from None
+    tasks = data.get("tasks") if isinstance(data, dict) else None
+    if not isinstance(tasks, list) or not all(isinstance(task, dict) and isinstance(task.get("runs", []), list) for task in tasks):
+        raise ViewError(f'{path} is garbled: expected {{"tasks": [{{"id", "title", "status", "notes", "runs": [...]}}, ...]}} as the runner writes it')
+    return tasks
+
+
+def read_goal(path: Path) -> str:
+    """The goal PLAN.md states, or empty when there is no plan (yet)."""
+    try:
+        return goal_from_plan(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def read_snapshot(files: ExperimentFiles) -> Snapshot:
+    """Read tasks, goal and runs; ViewError (or NotStarted) when there is nothing to show."""
+    if not files.root.is_dir():
+        raise ViewError(f"experiment directory {files.root} does not exist")
+    tasks = read_tasks(files.tasks)
+    results = files.read_results()
+    finished = {result["number"] for result in results}
+    unfinished = {number: run_folder_note(files.run_dir(number)) for number in files.existing_runs() if number not in finished}
+    report = files.report if files.report.is_file() else None
+    return Snapshot(files.root, read_goal(files.plan), tasks, results, unfinished, report)
+
+
+def run_folder_note(run_dir: Path) -> str:
+    """How far a run without a result has got, by its output.log."""
+    if (run_dir / "result.json").exists():
+        return "result.json unreadable"
+    try:
+        return f"output.log {human_size((run_dir / 'output.log').stat().st_size)}"
+    except OSError:
+        return "no output.log yet"
+
+
+def human_size(size: int) -> str:
+    if size < 1024:
+        return f"{size} B"
+    return f"{size / 1024:.1f} KiB" if size < 1024**2 else f"{size / 1024**2:.1f} MiB"
+
+
+def human_duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def short(text: str, limit: int = ERROR_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def tasks_table(tasks: list[dict]) -> Table:
-    table = Table(title="Tasks", show_lines=False)
-    for column in ("#", "Status", "Title", "Notes", "Runs"):
-        table.add_column(column, overflow="fold")
+    """Every task in file order: status, title, notes and the runs that worked on it."""
+    counts = Counter(str(task.get("status", "")).replace("_", " ") for task in tasks)
+    table = Table(title=f"Tasks ({', '.join(f'{n} {status}' for status, n in counts.items())})", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Title", overflow="fold")
+    table.add_column("Notes", overflow="fold")
+    table.add_column("Runs")
     for task in tasks:
-        style = STATUS_STYLE.get(task.get("status", ""), "white")
-        runs = ", ".join(map(str, task.get("runs", [])))
-        table.add_row(str(task.get("id", "")), Text(task.get("status", ""), style=style), Text(task.get("title", "")), Text(task.get("notes", "")), runs)
+        status, title, notes = (str(task.get(name, "")) for name in ("status", "title", "notes"))
+        runs = ", ".join(map(str, task.get("runs") or []))
+        table.add_row(str(task.get("id", "")), Text(status, style=TASK_STYLE.get(status, "")), Text(title), Text(notes), runs)
     return table
 
 
-def runs_table(files: ExperimentFiles) -> Table:
-    table = Table(title="Runs")
-    for column in ("Run", "Log", "Metrics"):
-        table.add_column(column, overflow="fold")
-    for number in files.existing_runs():
-        run_dir = files.run_dir(number)
-        log = run_dir / "output.log"
-        size = f"{log.stat().st_size / 1024:.1f} KiB" if log.exists() else "not run yet"
-        metrics = read_metrics_file(run_dir / "metrics.json")
-        table.add_row(str(number), size, format_metrics(metrics) if metrics else "-")
+def runs_table(snapshot: Snapshot) -> Table:
+    """One row a run: status, duration, the goal metric (or all metrics without a numeric goal), error; the best run starred."""
+    parsed = parse_goal(snapshot.goal)
+    best = best_run(snapshot.results, snapshot.goal)
+    table = Table(title="Runs", title_justify="left")
+    table.add_column("Run", justify="right", no_wrap=True)
+    table.add_column("Status")
+    table.add_column("Duration", justify="right", no_wrap=True)
+    table.add_column(parsed[0] if parsed else "Metrics", justify="right" if parsed else "left", overflow="fold")
+    table.add_column("Error", overflow="fold")
+    rows = [(result["number"], result) for result in snapshot.results] + [(number, None) for number in snapshot.unfinished]
+    for number, result in sorted(rows, key=lambda row: row[0]):
+        if result is None:
+            table.add_row(str(number), Text(f"{NOT_FINISHED}\n{snapshot.unfinished[number]}", style="cyan"), "-", "-", "")
+            continue
+        star = " ★" if best is not None and best["number"] == number else ""
+        if parsed:
+            value = result["metrics"].get(parsed[0])
+            metric = "-" if value is None else f"{value:.6g}"
+        else:
+            metric = format_metrics(result["metrics"])
+        status = Text(result["status"], style=RUN_STYLE.get(result["status"], ""))
+        table.add_row(f"{number}{star}", status, human_duration(result["duration_s"]), metric, Text(short(result["error"] or "")))
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Show the tasks and runs of an experiment.")
-    parser.add_argument("-d", "--experiment-dir", default=".", help="experiment folder (default: current directory)")
-    args = parser.parse_args(argv)
-    files = ExperimentFiles(args.experiment_dir)
-    console = Console()
-    if not files.tasks.is_file():
-        print(f"error: no tasks.json in {files.root}: has the experiment started?", file=sys.stderr)
-        return 2
+def summary_line(snapshot: Snapshot) -> str:
+    """N runs finished, the best run against the goal, and the report once there is one."""
+    finished = len(snapshot.results)
+    parts = [f"{finished} run{'' if finished == 1 else 's'} finished" + (f", {len(snapshot.unfinished)} not finished" if snapshot.unfinished else "")]
+    parsed = parse_goal(snapshot.goal)
+    best = best_run(snapshot.results, snapshot.goal)
+    if parsed is None:
+        parts.append("no numeric goal in PLAN.md")
+    elif best is None:
+        parts.append(f"no run reported {parsed[0]} yet (goal {snapshot.goal})")
+    else:
+        metric, op, target = parsed
+        value = best["metrics"][metric]
+        verdict = "goal met" if COMPARE[op](value, target) else "goal not met"
+        parts.append(f"best run {best['number']} with {metric}={value:.6g} vs target {op} {target:g} ({verdict})")
+    if snapshot.report is not None:
+        parts.append(f"report: {snapshot.report}")
+    return " · ".join(parts)
+
+
+def render(snapshot: Snapshot, updated: str = "") -> RenderableType:
+    """The header, the tasks table, the runs table and the summary line."""
+    header = Text.assemble(("Experiment ", "bold"), str(snapshot.root), " · goal: ", snapshot.goal or "none stated yet")
+    if updated:
+        header.append(f" · {updated}", style="dim")
+    tasks = tasks_table(snapshot.tasks) if snapshot.tasks else Text("No tasks yet.")
+    runs = runs_table(snapshot) if snapshot.results or snapshot.unfinished else Text("No runs yet.")
+    return Group(header, tasks, runs, Text(summary_line(snapshot), style="bold"))
+
+
+def render_or_wait(files: ExperimentFiles, interval: float) -> RenderableType:
+    """What one --watch refresh shows: the snapshot, or a waiting line until tasks.json appears."""
+    updated = f"{time.strftime('%H:%M:%S')}, every {interval:g} s, Ctrl-C to stop"
     try:
-        tasks = json.loads(files.tasks.read_text(encoding="utf-8"))["tasks"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        print(f"error: cannot read {files.tasks}: {exc}", file=sys.stderr)
-        return 2
-    console.print(tasks_table(tasks))
-    console.print(runs_table(files))
-    return 0
+        return render(read_snapshot(files), updated)
+    except NotStarted:
+        return Text(f"waiting for the experiment to start: no tasks.json in {files.root} yet · {updated}")
+
+
+def watch(files: ExperimentFiles, interval: float, console: Console) -> NoReturn:
+    """Reread and redraw every `interval` seconds until Ctrl-C (or a ViewError); a fresh plain snapshot each time when not a terminal."""
+    if not console.is_terminal:
+        while True:
+            console.print(render_or_wait(files, interval))
+            console.print()
+            time.sleep(interval)
+    with Live(render_or_wait(files, interval), console=console, auto_refresh=False) as live:
+        while True:
+            time.sleep(interval)
+            live.update(render_or_wait(files, interval), refresh=True)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise ViewError(message)
+
+
+def seconds(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {raw!r}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = _Parser(prog="view_tasks.py", description="Show an experiment's tasks and runs; it only reads files, so it works while the runner is busy.")
+    parser.add_argument("-d", "--experiment-dir", default=".", help="experiment folder (default: current directory)")
+    every = f"refresh every SECONDS (default {WATCH_INTERVAL_S:g}) until Ctrl-C"
+    parser.add_argument("-w", "--watch", nargs="?", type=seconds, const=WATCH_INTERVAL_S, metavar="SECONDS", help=every)
+    parser.add_argument("--interval", type=seconds, metavar="SECONDS", help="same as --watch SECONDS")
+    args = parser.parse_args(argv)
+    args.watch = args.interval or args.watch
+    return args
+
+
+def main(argv: list[str] | None = None, console: Console | None = None) -> int:
+    """Show the experiment once, or keep showing it with --watch; returns the exit code."""
+    console = console or Console(highlight=False)
+    try:
+        args = parse_args(argv)
+        files = ExperimentFiles(args.experiment_dir)
+        if args.watch:
+            watch(files, args.watch, console)
+        else:
+            console.print(render(read_snapshot(files)))
+    except ViewError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
 
 
 if __name__ == "__main__":
