@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
+import sqlite3
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -21,10 +24,11 @@ from adapters.llm import LLMError
 from adapters.preflight import preflight
 from adapters.process import RunCancelled, cancel_running_scripts
 from adapters.sandbox import resolve_mode
-from adapters.terminal import ProgressPrinter, ask_review
+from adapters.terminal import ask_review
+from adapters.views import LiveView, PlainView, Progress, QuietView, runs_table
 from graph import build_graph
 from graph.experiment import resume_halted
-from nodes.records import goal_from_idea, resume_command
+from nodes.records import best_run, goal_from_idea, parse_goal, resume_command
 from settings import ENV_SETTINGS, Settings, SettingsError
 
 THREAD_ID = "experiment"
@@ -74,7 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), help="where train.py runs (default: SANDBOX, auto)")
     parser.add_argument("--no-network", action="store_true", help="cut train.py off every network, loopback included")
     parser.add_argument("--review", action="store_true", help="approve, reject or edit each train.py before it runs")
+    parser.add_argument("--plain", action="store_true", help="one line per event, no live view (the default when stdout is not a terminal)")
+    parser.add_argument("--quiet", action="store_true", help="print only the final outcome")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser.parse_args(argv)
+
+
+def parse_status_args(argv: list[str]) -> argparse.Namespace:
+    parser = _Parser(prog="main.py status", description="Show where an experiment stands, also while a runner works on it.")
+    parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
     return parser.parse_args(argv)
 
 
@@ -97,7 +109,7 @@ def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
     return settings
 
 
-def run(args: argparse.Namespace, console: Console) -> int:
+def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: list[Callable[[], None]]) -> int:
     """Start or resume the experiment and stream it to the terminal; returns the exit code."""
     files = ExperimentFiles(args.experiment_dir)
     if not files.root.is_dir():
@@ -112,8 +124,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
 
     resume_hint = resume_command(args.experiment_dir)
-    files.private.mkdir(exist_ok=True)
-    with SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
+    with files.runner_lock(), SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
         app = build_graph().compile(checkpointer=checkpointer, name="experiment")
         config = {"configurable": {"thread_id": THREAD_ID}}
         stream_input = _start_or_resume(app, config, files, args, settings, resume_hint, console)
@@ -126,31 +137,69 @@ def run(args: argparse.Namespace, console: Console) -> int:
             exc.nothing_saved = isinstance(stream_input, dict)  # a fresh start: the same command again, not --resume
             raise
         for warning in warnings:
-            console.print(f"[yellow]! {escape(warning)}[/]", soft_wrap=True)
-        printer = ProgressPrinter(console)
-        while True:
-            for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
-                if mode == "custom":
-                    printer.event(chunk)
-                else:
-                    for node in chunk:
-                        if node != "__interrupt__":
-                            printer.node_done(node)
-            snapshot = app.get_state(config)
-            if not snapshot.interrupts:
-                break
-            stream_input = Command(resume=_answer(snapshot.interrupts[0].value, settings, console))
+            errors.print(f"[yellow]! {escape(warning)}[/]", soft_wrap=True)
 
-        final = snapshot.values
+        progress = Progress(
+            experiment=args.experiment_dir,
+            max_runs=args.max_runs or settings.max_runs,
+            models={"plan, report": settings.report_model, "codegen": settings.code_model, "analyze": settings.summarize_model},
+            sandbox=resolve_mode(settings.sandbox, no_network=settings.no_network)[0] + (", no network" if settings.no_network else ""),
+            model_prices=settings.model_prices,
+        )
+        progress.seed(app.get_state(config).values)
+        view = _view(args, console, errors, progress)
+        on_leave.append(view.stop)
+        view.start()
+        try:
+            while True:
+                for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
+                    if mode == "custom":
+                        view.event(chunk)
+                    else:
+                        for node, update in chunk.items():
+                            if node != "__interrupt__":
+                                view.update(node, update)
+                snapshot = app.get_state(config)
+                if not snapshot.interrupts:
+                    break
+                with view.paused():
+                    stream_input = Command(resume=_answer(snapshot.interrupts[0].value, settings, console))
+        finally:
+            view.stop()
+
+    final = snapshot.values
     reason = final.get("stop_reason") or "max_runs"
+    console.print(escape(outcome(final)), soft_wrap=True)
     if final.get("halted"):
-        _halt_message(reason, final.get("stop_detail", ""), resume_hint, Console(stderr=True, highlight=False))
-        return EXIT_CODES.get(reason, EXIT_ERROR)
-    console.print(
-        f"[bold]Stopped: {reason}[/] ({escape(final.get('stop_detail', ''))}) after {len(final.get('runs', []))} runs · report: {final.get('report_path')}",
-        soft_wrap=True,
-    )
+        _halt_message(reason, final.get("stop_detail", ""), resume_hint, errors)
     return EXIT_CODES.get(reason, EXIT_ERROR)
+
+
+def _view(args: argparse.Namespace, console: Console, errors: Console, progress: Progress) -> PlainView | LiveView:
+    """The live view on a terminal; plain lines with --plain or when stdout is a file or pipe; only the outcome with --quiet."""
+    if args.quiet:
+        return QuietView(console, progress, errors)
+    if args.plain or not console.is_terminal:
+        return PlainView(console, progress)
+    return LiveView(console, progress)
+
+
+def outcome(values: dict) -> str:
+    """The last word of every run: why it stopped, the best run and its goal metric, and where the report is."""
+    reason = values.get("stop_reason") or "max_runs"
+    runs = values.get("runs", [])
+    if halted := values.get("halted"):
+        why = f"{reason} during {halted['stage']}"
+    else:
+        why = f"{reason} ({values['stop_detail']})" if values.get("stop_detail") else reason
+    parts = [f"Stopped: {why} after {len(runs)} runs"]
+    best = best_run(runs, values.get("goal", ""))
+    if best is not None:
+        metric = parse_goal(values["goal"])[0]
+        parts.append(f"best: run {best['number']} ({metric}={best['metrics'][metric]:.6g})")
+    if values.get("report_path"):
+        parts.append(f"report: {values['report_path']}" + (" (unfinished)" if halted else ""))
+    return " · ".join(parts)
 
 
 def _halt_message(reason: str, detail: str, hint: str, errors: Console) -> None:
@@ -214,14 +263,61 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
-    args = None
+def status(args: argparse.Namespace, console: Console) -> int:
+    """Print where an experiment stands, from its checkpoint (opened read-only) and files: a working runner is not disturbed."""
+    files = ExperimentFiles(args.experiment_dir)
+    if not files.root.is_dir():
+        raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
+    hint = resume_command(args.experiment_dir)
+    runner = files.runner()
+    if not files.checkpoints.is_file():
+        console.print(f"{files.root}: not started yet; start it with `python main.py -d {shlex.quote(args.experiment_dir)}`", soft_wrap=True)
+        return EXIT_FINISHED
+    connection = sqlite3.connect(f"file:{files.checkpoints}?mode=ro", uri=True, timeout=10, check_same_thread=False)
     try:
+        snapshot = build_graph().compile(checkpointer=SqliteSaver(connection)).get_state({"configurable": {"thread_id": THREAD_ID}})
+    finally:
+        connection.close()
+    values = snapshot.values
+    runs = values.get("runs", [])
+    progress = Progress(experiment=str(files.root), max_runs=values.get("max_runs", 0), models={}, sandbox="", model_prices=Settings.from_env().model_prices)
+    progress.seed(values)
+
+    if runner:
+        state = f"running (process {runner['pid']}, since {runner['started']})"
+    elif snapshot.interrupts:
+        state = "waiting for review of the next train.py"
+    elif snapshot.next:
+        state = f"stopped between steps (next: {', '.join(snapshot.next)})"
+    else:
+        state = "finished" if not values.get("halted") else "cut short"
+    console.print(f"[bold]{escape(str(files.root))}[/]: {state}", soft_wrap=True)
+    console.print(f"goal: {escape(values.get('goal') or '(not planned yet)')} · runs: {len(runs)} of {values.get('max_runs', '?')}", soft_wrap=True)
+    if runs:
+        console.print(runs_table(progress))
+    console.print(f"LLM use: {progress.spent()}", soft_wrap=True)
+    if values.get("stop_reason") and not snapshot.next:
+        console.print(escape(outcome(values)), soft_wrap=True)
+    if not runner and (snapshot.next or snapshot.interrupts or values.get("halted")):
+        console.print(f"To go on: `{hint}`", soft_wrap=True)
+    elif not runner and not snapshot.next:
+        console.print(f"To go on with more runs: `{hint} --max-runs M` with M above {len(runs)}", soft_wrap=True)
+    return EXIT_FINISHED
+
+
+def main(argv: list[str] | None = None) -> int:
+    styles = {"color_system": None} if os.environ.get("NO_COLOR") else {}  # no-color.org: rich alone would keep bold and dim
+    console = Console(highlight=False, **styles)
+    errors = Console(stderr=True, highlight=False, **styles)
+    args = None
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv[:1] == ["status"]:
+            return status(parse_status_args(argv[1:]), console)
         args = parse_args(argv)
-        _stop_on_signals(resume_command(args.experiment_dir), errors)
-        return run(args, console)
+        on_leave: list[Callable[[], None]] = []
+        _stop_on_signals(resume_command(args.experiment_dir), errors, on_leave)
+        return run(args, console, errors, on_leave)
     except (UsageError, SettingsError, ExperimentInputError) as exc:
         errors.print(_one_line(f"error: {exc}"), markup=False, soft_wrap=True)
         return EXIT_USAGE
@@ -256,17 +352,20 @@ def _interrupted_message(hint: str, errors: Console) -> None:
     errors.print(f"interrupted: every finished step is saved; resume with `{hint}`", markup=False, soft_wrap=True)
 
 
-def _stop_on_signals(hint: str, errors: Console) -> None:
+def _stop_on_signals(hint: str, errors: Console, on_leave: list[Callable[[], None]]) -> None:
     """First Ctrl-C (or SIGTERM): kill the running train.py's process tree and stop; a second one exits at once.
 
     Nodes run in LangGraph's worker threads, so the main thread cannot unwind them: the running
     child is killed, execute raises RunCancelled, and the stream ends with it. An LLM call in
     flight cannot be cancelled that way, so after a short grace the process leaves regardless;
-    with durability="sync" every finished step is already in the checkpoint.
+    with durability="sync" every finished step is already in the checkpoint. `on_leave` is run before
+    such an exit (it gives the terminal back from the live view).
     """
     state = {"stopping": False}
 
     def leave() -> None:
+        for cleanup in on_leave:
+            cleanup()
         _interrupted_message(hint, errors)
         sys.stdout.flush()
         os._exit(EXIT_INTERRUPTED)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from state import RunRecord, Task
@@ -16,6 +20,10 @@ RESULT_FIELDS = ("number", "status", "exit_code", "duration_s", "metrics", "erro
 
 class ExperimentInputError(ValueError):
     """The experiment folder or IDEA.md cannot be used; the message says what to fix."""
+
+
+class ExperimentBusy(ExperimentInputError):
+    """Another runner is working on this experiment."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -46,6 +54,48 @@ class ExperimentFiles:
         self.report = self.root / "REPORT.md"
         self.private = self.root / ".runner"
         self.checkpoints = self.private / "checkpoints.sqlite"
+        self.lock = self.private / "lock"
+
+    @contextmanager
+    def runner_lock(self) -> Iterator[None]:
+        """Hold .runner/lock while this process runs the experiment; ExperimentBusy if another runner holds it.
+
+        An flock, so the kernel lets go when the holder dies, even by SIGKILL: a lock is never stale.
+        """
+        self.private.mkdir(exist_ok=True)
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.runner()
+            os.close(fd)
+            who = f"process {holder['pid']}, since {holder['started']}" if holder else "another process"
+            raise ExperimentBusy(f"{self.root} is already being run by {who}: watch it with `python main.py status -d {self.root}`") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+            yield
+        finally:
+            os.close(fd)  # never unlinked: a runner starting meanwhile could lock a file that is gone
+
+    def runner(self) -> dict | None:
+        """{"pid", "started"} of the runner working on this experiment now, or None."""
+        try:
+            fd = os.open(self.lock, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: a runner is working
+                try:
+                    return json.loads(os.read(fd, 4096) or b"{}") or {"pid": "?", "started": "?"}
+                except ValueError:
+                    return {"pid": "?", "started": "?"}
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def run_dir(self, number: int) -> Path:
         return self.root / f"run_{number}"

@@ -20,6 +20,15 @@ def experiment(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def hold(experiment: Path) -> Path:
+    """While this file exists, HOLDING_TRAIN waits. It lies in the data cache: the sandbox shows train.py nothing else outside its run."""
+    path = experiment / "data" / "hold"
+    path.parent.mkdir()
+    path.touch()
+    return path
+
+
+@pytest.fixture
 def llm_server() -> Callable[..., FakeLLMServer]:
     """Start a FakeLLMServer for a responder; every server started is stopped after the test."""
     servers: list[FakeLLMServer] = []

@@ -23,6 +23,19 @@ print("done")
 """
 
 
+# Run 2 waits while $HOLD_FILE exists, so a test can kill the runner in the middle of it.
+HOLDING_TRAIN = """\
+import json, os, time
+with open("attempts.txt", "a") as f:
+    f.write("attempt\\n")
+print("run two starting", flush=True)
+while os.path.exists(os.environ["HOLD_FILE"]):
+    time.sleep(0.1)
+json.dump({"accuracy": 0.75}, open("metrics.json", "w"))
+print("accuracy=0.75")
+"""
+
+
 class ScriptedBrain:
     """Answers each stage's request the way a good model would, with scripted train.py files.
 
@@ -121,3 +134,11 @@ def wait_until(condition, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+def start_until_run(experiment: Path, env: dict[str, str], max_runs: int, run: int):
+    """Start main.py in the background and wait until run `run` of HOLDING_TRAIN is executing."""
+    runner = start_main(["-d", str(experiment), "-r", str(max_runs)], env)
+    log = experiment / f"run_{run}" / "output.log"
+    wait_until(lambda: log.exists() and "starting" in log.read_text())
+    return runner

@@ -11,38 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from scripted import GOOD_TRAIN, ScriptedBrain, read_tasks, run_main, runner_env, start_main, wait_until
-
-# Run 2 waits while $HOLD_FILE exists, so a test can kill the runner in the middle of it.
-HOLDING_TRAIN = """\
-import json, os, time
-with open("attempts.txt", "a") as f:
-    f.write("attempt\\n")
-print("run two starting", flush=True)
-while os.path.exists(os.environ["HOLD_FILE"]):
-    time.sleep(0.1)
-json.dump({"accuracy": 0.75}, open("metrics.json", "w"))
-print("accuracy=0.75")
-"""
+from scripted import GOOD_TRAIN, HOLDING_TRAIN, ScriptedBrain, read_tasks, run_main, runner_env, start_main, start_until_run, wait_until
 
 COUNTING_TRAIN = GOOD_TRAIN + 'open("attempts.txt", "a").write("attempt\\n")\n'
-
-
-@pytest.fixture
-def hold(experiment: Path) -> Path:
-    """While this file exists, HOLDING_TRAIN waits. It lies in the data cache: the sandbox shows train.py nothing else outside its run."""
-    path = experiment / "data" / "hold"
-    path.parent.mkdir()
-    path.touch()
-    return path
-
-
-def start_until_run(experiment: Path, env: dict[str, str], max_runs: int, run: int):
-    """Start main.py in the background and wait until run `run` of HOLDING_TRAIN is executing."""
-    runner = start_main(["-d", str(experiment), "-r", str(max_runs)], env)
-    log = experiment / f"run_{run}" / "output.log"
-    wait_until(lambda: log.exists() and "starting" in log.read_text())
-    return runner
 
 
 def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
@@ -127,13 +98,14 @@ def test_restart_without_resume_is_refused_and_nothing_is_touched(experiment: Pa
     server = llm_server(ScriptedBrain())
     env = runner_env(server.base_url)
     assert run_main(["-d", str(experiment), "-r", "1"], env).returncode == 0
-    before = {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()}
+    lock = experiment / ".runner" / "lock"  # the runner's own bookkeeping: who holds the experiment now
+    before = {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file() and p != lock}
     requests = len(server.requests)
 
     again = run_main(["-d", str(experiment)], env)
     assert again.returncode == 2
     assert "--resume" in again.stderr and "Traceback" not in again.stderr
-    assert {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file()} == before
+    assert {p: p.read_bytes() for p in experiment.rglob("*") if p.is_file() and p != lock} == before
     assert len(server.requests) == requests
 
 

@@ -1,0 +1,303 @@
+"""What the person watching sees: a live view on a terminal, one plain line per event elsewhere, or nothing but the outcome.
+
+All three are fed the same way, by main.py from the graph's stream: `event()` for each custom event the
+nodes emit (stage, output, run_done, ...) and `update()` for each node's state update (runs, usage, goal).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from adapters.logs import format_metrics, parse_metrics
+from nodes.records import best_run, parse_goal
+from nodes.stop_rules import spend
+
+TAIL_LINES = 15
+"""Lines of the running script's output the live view shows."""
+
+
+def elapsed(seconds: float) -> str:
+    """0:03:07 style, hours only when needed."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+@dataclass
+class Progress:
+    """Where the experiment stands, kept up to date from the stream; the views only read it."""
+
+    experiment: str
+    max_runs: int
+    models: dict[str, str]
+    """Stage name → model, e.g. {"plan, report": "...", "codegen": "...", "analyze": "..."}."""
+    sandbox: str
+    model_prices: dict[str, list[float]] = field(default_factory=dict)
+    goal: str = ""
+    runs: list[dict] = field(default_factory=list)
+    usage: list[dict] = field(default_factory=list)
+    stage: str = ""
+    stage_run: int | None = None
+    stage_model: str | None = None
+    stage_started: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    live_metrics: dict[str, float] = field(default_factory=dict)
+
+    def seed(self, values: dict) -> None:
+        """Start from a saved state (a resume)."""
+        self.goal = values.get("goal", "") or self.goal
+        self.max_runs = values.get("max_runs") or self.max_runs
+        self.runs = list(values.get("runs", []))
+        self.usage = list(values.get("usage", []))
+
+    def event(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "stage":
+            self.stage, self.stage_run, self.stage_model = event["stage"], event.get("run"), event.get("model")
+            self.stage_started = time.monotonic()
+            if self.stage == "execute":
+                self.tail.clear()
+                self.live_metrics = {}
+        elif kind == "output":
+            for line in event["lines"]:
+                self.tail.append(line)
+                self.live_metrics.update(parse_metrics(line))
+
+    def update(self, node: str, update: dict | None) -> None:
+        if not isinstance(update, dict):
+            return
+        self.goal = update.get("goal") or self.goal
+        self.max_runs = update.get("max_runs") or self.max_runs
+        self.runs += update.get("runs", [])
+        self.usage += update.get("usage", [])
+
+    @property
+    def best(self) -> dict | None:
+        return best_run(self.runs, self.goal)
+
+    def goal_value(self, run: dict) -> str:
+        """The run's value of the goal metric, or its metrics when the goal names none."""
+        parsed = parse_goal(self.goal)
+        if parsed and parsed[0] in run["metrics"]:
+            return f"{parsed[0]}={run['metrics'][parsed[0]]:.6g}"
+        return format_metrics(run["metrics"]) if not parsed else "-"
+
+    def spent(self) -> str:
+        tokens = sum(u["input_tokens"] + u["output_tokens"] for u in self.usage)
+        cost, _ = spend(self.usage, self.model_prices)
+        return f"{tokens:,} tokens" + (f" · ${cost:.4f}" if cost is not None else "")
+
+
+def stage_title(progress: Progress) -> str:
+    run = f"run {progress.stage_run} · " if progress.stage_run else ""
+    model = f" ({progress.stage_model})" if progress.stage_model else ""
+    return f"{run}{progress.stage}{model}"
+
+
+# The live view: one renderable, redrawn a few times a second.
+
+
+def render_live(progress: Progress) -> RenderableType:
+    """The whole live view for `progress` as it is now."""
+    now = time.monotonic()
+    parts: list[RenderableType] = [_header(progress)]
+
+    done = len(progress.runs)
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        Text(f"runs {done}/{progress.max_runs}", style="bold"),
+        ProgressBar(total=max(progress.max_runs, 1), completed=done, width=30),
+        Text(f"elapsed {elapsed(now - progress.started)}", style="dim"),
+        Text(progress.spent(), style="dim"),
+    )
+    parts.append(bar)
+    if progress.stage:
+        parts.append(Spinner("dots", text=Text.assemble((stage_title(progress), "bold cyan"), f"  {elapsed(now - progress.stage_started)}")))
+    if progress.stage == "execute":
+        tail = Text("\n".join(progress.tail) or "(no output yet)", no_wrap=True, overflow="ellipsis", style="dim")
+        parts.append(Panel(tail, title=f"run {progress.stage_run} · output.log (last {TAIL_LINES} lines)", title_align="left", border_style="dim"))
+        parts.append(Text(f"latest metrics: {format_metrics(progress.live_metrics)}"))
+    if progress.runs:
+        parts.append(runs_table(progress))
+    if progress.usage:
+        parts.append(usage_table(progress))
+    return Group(*parts)
+
+
+def _header(progress: Progress) -> Panel:
+    lines = Table.grid(padding=(0, 2))
+    lines.add_row("goal", Text(progress.goal or "(the planner proposes one)"))
+    lines.add_row("models", Text(" · ".join(f"{stage}: {model}" for stage, model in progress.models.items())))
+    lines.add_row("sandbox", Text(progress.sandbox))
+    return Panel(lines, title=Text(f"experiment {progress.experiment}", style="bold"), title_align="left")
+
+
+def runs_table(progress: Progress, limit: int = 12) -> Table:
+    """The latest runs: status, duration, goal metric; ★ marks the best."""
+    best = progress.best
+    table = Table(title=None, box=None, header_style="bold", pad_edge=False)
+    for column in ("run", "status", "duration", "goal metric" if parse_goal(progress.goal) else "metrics"):
+        table.add_column(column)
+    shown = progress.runs[-limit:]
+    if len(progress.runs) > limit:
+        table.add_row("…", f"{len(progress.runs) - limit} earlier runs", "", "")
+        if best is not None and best not in shown:
+            shown = [best, *shown[1:]]  # the best run stays in sight
+    for run in shown:
+        star = " ★" if best is not None and run["number"] == best["number"] else ""
+        style = {"ok": "green", "failed": "red", "timeout": "yellow"}.get(run["status"], "")
+        table.add_row(f"{run['number']}{star}", Text(run["status"], style=style), f"{run['duration_s']:.1f} s", progress.goal_value(run))
+    return table
+
+
+def usage_table(progress: Progress) -> Table:
+    """Tokens and cost per stage, and in total."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("stage", "calls", "input tokens", "output tokens", "cost"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    stages: dict[str, list[dict]] = {}
+    for call in progress.usage:
+        stages.setdefault(call["stage"], []).append(call)
+    for stage, calls in [*stages.items(), ("total", progress.usage)]:
+        cost, _ = spend(calls, progress.model_prices)
+        table.add_row(
+            Text(stage, style="bold" if stage == "total" else ""),
+            str(len(calls)),
+            f"{sum(c['input_tokens'] for c in calls):,}",
+            f"{sum(c['output_tokens'] for c in calls):,}",
+            "unknown" if cost is None else f"${cost:.4f}",
+        )
+    return table
+
+
+# The three views.
+
+
+def event_line(event: dict) -> Text | None:
+    """The one line an event is shown as, or None for events shown otherwise (output) or not at all."""
+    kind = event.get("event")
+    if kind == "stage":
+        run = f"run {event['run']} · " if event.get("run") else ""
+        line = Text(f"▶ {run}{event['stage']}", style="bold cyan")
+        return line.append(f" ({event['model']})", style="dim") if event.get("model") else line
+    if kind == "run_done":
+        colour = "green" if event["status"] == "ok" else "red"
+        line = Text(f"■ run {event['run']} {event['status']}", style=colour)
+        return line.append(f" in {event['duration_s']:.1f} s · metrics: {format_metrics(event['metrics'])}")
+    if kind == "analysis":
+        return Text.assemble((f"✎ run {event['run']}:", "magenta"), f" {event['summary']}")
+    if kind == "syntax_retry":
+        return Text(f"! run {event['run']}: generated code does not compile ({event['error']}); asking once more", style="yellow")
+    if kind == "warning":
+        return Text(f"! {event['message']}", style="yellow")
+    return None
+
+
+class PlainView:
+    """One line per event: stage started or finished, run result, analysis, warnings; the script's output dimmed."""
+
+    def __init__(self, console: Console, progress: Progress, echo_output: bool = True):
+        self.console = console
+        self.progress = progress
+        self.echo_output = echo_output
+
+    def start(self) -> None:
+        p = self.progress
+        models = ", ".join(f"{stage}={model}" for stage, model in p.models.items())
+        goal = f" · goal: {p.goal}" if p.goal else ""
+        self.console.print(Text(f"experiment {p.experiment}{goal} · sandbox: {p.sandbox} · models: {models}"), soft_wrap=True)
+
+    def event(self, event: dict) -> None:
+        self.progress.event(event)
+        if event.get("event") == "output" and self.echo_output:
+            for line in event["lines"]:
+                self.console.print(Text(f"  │ {line}", style="dim"), soft_wrap=True)
+        elif line := event_line(event):
+            self.console.print(line, soft_wrap=True)
+
+    def update(self, node: str, update: dict | None) -> None:
+        self.progress.update(node, update)
+        seconds = time.monotonic() - self.progress.stage_started
+        line = Text(f"  ✓ {node} ({seconds:.1f} s) · {self.progress.spent()}", style="dim")
+        if isinstance(update, dict) and update.get("goal"):
+            line.append(f" · goal: {update['goal']}")
+        self.console.print(line, soft_wrap=True)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        yield
+
+    def stop(self) -> None:
+        pass
+
+
+class QuietView(PlainView):
+    """Nothing until the outcome (warnings aside, which go to stderr)."""
+
+    def __init__(self, console: Console, progress: Progress, warnings: Console):
+        super().__init__(console, progress)
+        self.warnings = warnings
+
+    def start(self) -> None:
+        pass
+
+    def event(self, event: dict) -> None:
+        self.progress.event(event)
+        if event.get("event") == "warning":
+            self.warnings.print(f"! {event['message']}", markup=False, soft_wrap=True)
+
+    def update(self, node: str, update: dict | None) -> None:
+        self.progress.update(node, update)
+
+
+class LiveView:
+    """The live view on a terminal: header, runs progress, the stage with its spinner, the output tail, runs and tokens."""
+
+    def __init__(self, console: Console, progress: Progress):
+        self.console = console
+        self.progress = progress
+        self.live = self._new_live()
+
+    def _new_live(self) -> Live:
+        return Live(console=self.console, get_renderable=lambda: render_live(self.progress), refresh_per_second=4, transient=False)
+
+    def start(self) -> None:
+        self.live.start()
+
+    def event(self, event: dict) -> None:
+        self.progress.event(event)
+        if event.get("event") in ("warning", "analysis", "syntax_retry"):  # kept above the view, as a log
+            self.live.console.print(event_line(event), soft_wrap=True)
+
+    def update(self, node: str, update: dict | None) -> None:
+        self.progress.update(node, update)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop redrawing while the terminal is needed for something else (the review prompt)."""
+        self.live.stop()
+        try:
+            yield
+        finally:
+            self.live = self._new_live()  # a restarted Live would redraw over what was printed meanwhile
+            self.live.start()
+
+    def stop(self) -> None:
+        """Draw the last frame without the spinner and give the terminal back (cursor included)."""
+        if self.live.is_started:
+            self.progress.stage = ""
+            self.live.refresh()
+            self.live.stop()

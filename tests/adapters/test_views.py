@@ -1,0 +1,556 @@
+"""Tests for adapters/views.py: the live view rendered at a fixed width at points of a run; the plain, quiet and live views fed as main.py feeds them."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+from fakes import make_run
+from rich.console import Console
+
+from adapters import views
+from adapters.views import LiveView, PlainView, Progress, QuietView, elapsed, render_live
+from state import RunRecord, Usage
+
+MODELS = {"plan, report": "big-model", "codegen": "coder", "analyze": "small-model"}
+T0 = 1000.0
+"""The fake clock's reading when the experiment starts."""
+SPINNER_FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+class Clock:
+    """Stands in for the `time` module in adapters.views, which reads only time.monotonic()."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(views, "time", clock)
+    return clock
+
+
+@pytest.fixture(autouse=True)
+def xterm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same terminal whatever runs the tests: rich reads TERM (a dumb one gets no redraws) and NO_COLOR as it prints."""
+    monkeypatch.setenv("TERM", "xterm-256color")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+def make_progress(**overrides) -> Progress:
+    # Progress's default_factory holds the real time.monotonic, so the clock readings are given here.
+    fields = {"experiment": "exp", "max_runs": 5, "models": MODELS, "sandbox": "bwrap", "started": T0, "stage_started": T0} | overrides
+    return Progress(**fields)
+
+
+def render(progress: Progress) -> str:
+    """The live view as a 100-column terminal shows it, trailing spaces dropped."""
+    console = Console(file=io.StringIO(), record=True, width=100, force_terminal=True, color_system=None)
+    console.print(render_live(progress))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
+
+
+def cells(text: str, first: str) -> list[str]:
+    """The cells of the table row in `text` whose first cell is `first` (columns are at least two spaces apart)."""
+    for line in text.splitlines():
+        row = re.split(r"\s{2,}", line.strip())
+        if row[0] == first:
+            return row
+    raise AssertionError(f"no row starting with {first!r} in:\n{text}")
+
+
+def run(number: int, status: str = "ok", metrics: dict[str, float] | None = None, duration_s: float = 1.5) -> RunRecord:
+    return {**make_run(number, status, metrics), "duration_s": duration_s}
+
+
+def usage(stage: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None = None) -> Usage:
+    return Usage(stage=stage, model=model, input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost_usd)
+
+
+def stage(name: str, run: int | None = None, model: str | None = None) -> dict:
+    return {"event": "stage", "stage": name, "run": run, "model": model}
+
+
+def output(*lines: str, run: int = 1) -> dict:
+    return {"event": "output", "run": run, "lines": list(lines)}
+
+
+def run_done(number: int, metrics: dict[str, float], status: str = "ok", duration_s: float = 2.0) -> dict:
+    return {"event": "run_done", "run": number, "status": status, "duration_s": duration_s, "metrics": metrics}
+
+
+# --- elapsed ---
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(0, "0:00"), (7.9, "0:07"), (65, "1:05"), (3599, "59:59"), (3600, "1:00:00"), (3725, "1:02:05")])
+def test_elapsed_shows_minutes_and_seconds_and_hours_only_when_needed(seconds, shown):
+    assert elapsed(seconds) == shown
+
+
+# --- the live view, rendered at several points of a run ---
+
+
+def test_at_the_start_the_header_shows_the_experiment_and_the_planner_will_propose_the_goal():
+    text = render(make_progress())
+
+    lines = text.splitlines()
+    assert lines[0].startswith("╭─ experiment exp ─")
+    assert cells(text, "│ goal") == ["│ goal", "(the planner proposes one)", "│"]
+    assert cells(text, "│ models") == ["│ models", "plan, report: big-model · codegen: coder · analyze: small-model", "│"]
+    assert cells(text, "│ sandbox") == ["│ sandbox", "bwrap", "│"]
+    assert cells(text, "runs 0/5") == ["runs 0/5", "elapsed 0:00 0 tokens · $0.0000"]
+    # Nothing has happened yet: no stage, no output panel, no runs, no tokens.
+    assert len(lines) == 6
+    assert not any(frame in text for frame in SPINNER_FRAMES)
+
+
+def test_the_goal_appears_once_initialize_sets_it():
+    progress = make_progress()
+    progress.event(stage("initialize", model="big-model"))
+    progress.update("initialize", {"goal": "val_accuracy >= 0.95", "usage": [usage("initialize", "big-model", 900, 300)]})
+
+    text = render(progress)
+
+    assert cells(text, "│ goal") == ["│ goal", "val_accuracy >= 0.95", "│"]
+    assert "(the planner proposes one)" not in text
+    assert "initialize (big-model)" in text
+
+
+def test_during_execute_the_view_shows_the_last_15_output_lines_and_the_latest_metrics(clock: Clock):
+    progress = make_progress(goal="val_accuracy >= 0.95")
+    clock.now = T0 + 10
+    progress.event(stage("execute", run=1))
+    assert cells(render(progress), "│ (no output yet)") == ["│ (no output yet)", "│"]
+
+    lines = ["config: lr=0.001"] + [f"epoch={i} loss={1 - i / 25:.2f} val_accuracy={0.5 + i / 50:.2f}" for i in range(2, 21)]
+    progress.event(output(*lines[:12]))
+    progress.event(output(*lines[12:]))  # the tail runs across events
+    clock.now = T0 + 75
+    text = render(progress)
+
+    assert "╭─ run 1 · output.log (last 15 lines) ─" in text
+    panel = [line.strip("│ ") for line in text.splitlines() if line.startswith("│ ") and "=" in line and "loss" in line]
+    assert panel == lines[5:]
+    assert "config:" not in text and "epoch=2 " not in text and "epoch=5 " not in text
+    # A metric from a line that scrolled out of the tail still counts; the newest value of each wins.
+    assert "latest metrics: lr=0.001, epoch=20, loss=0.2, val_accuracy=0.9" in text
+    assert re.search(r"^\S run 1 · execute  1:05$", text, re.MULTILINE), text
+    assert "elapsed 1:15" in text
+
+
+def test_a_new_execute_stage_starts_with_an_empty_tail():
+    progress = make_progress()
+    progress.event(stage("execute", run=1))
+    progress.event(output("epoch=1 loss=0.5"))
+    progress.event(stage("analyze", run=1, model="small-model"))
+    assert "output.log" not in render(progress), "the tail is shown only while a script runs"
+
+    progress.event(stage("execute", run=2))
+    text = render(progress)
+
+    assert "run 2 · output.log (last 15 lines)" in text
+    assert "(no output yet)" in text and "epoch=1" not in text
+    assert "latest metrics: none found" in text
+
+
+def test_a_long_output_line_is_cut_not_wrapped():
+    progress = make_progress()
+    progress.event(stage("execute", run=1))
+    progress.event(output("x" * 300, "last line"))
+
+    text = render(progress)
+
+    assert all(len(line) <= 100 for line in text.splitlines())
+    panel = text.split("output.log")[1].split("╰")[0].splitlines()[1:]
+    assert len(panel) == 2
+    assert panel[0].startswith("│ xxx") and panel[0].endswith("x… │")
+
+
+def test_after_runs_the_table_marks_the_run_with_the_highest_value_of_a_greater_than_goal():
+    progress = make_progress(goal="val_accuracy >= 0.95")
+    progress.event(stage("execute", run=3))
+    for record in [
+        run(1, metrics={"val_accuracy": 0.90, "loss": 0.3}, duration_s=12.34),
+        run(2, "failed", duration_s=0.4),
+        run(3, "timeout", metrics={"val_accuracy": 0.93}, duration_s=60),
+    ]:
+        progress.event(run_done(record["number"], record["metrics"], record["status"], record["duration_s"]))
+        progress.update("execute", {"runs": [record]})
+
+    text = render(progress)
+
+    assert text.count("runs 3/5") == 1
+    assert cells(text, "run") == ["run", "status", "duration", "goal metric"]
+    assert cells(text, "1") == ["1", "ok", "12.3 s", "val_accuracy=0.9"]
+    assert cells(text, "2") == ["2", "failed", "0.4 s", "-"]
+    assert cells(text, "3 ★") == ["3 ★", "timeout", "60.0 s", "val_accuracy=0.93"]
+    assert text.count("★") == 1
+
+
+def test_for_a_less_than_goal_the_lowest_value_is_the_best():
+    progress = make_progress(goal="val_loss <= 0.1")
+    progress.update("execute", {"runs": [run(1, metrics={"val_loss": 0.5}), run(2, metrics={"val_loss": 0.2}), run(3, metrics={"val_loss": 0.4})]})
+
+    text = render(progress)
+
+    assert cells(text, "2 ★") == ["2 ★", "ok", "1.5 s", "val_loss=0.2"]
+    assert text.count("★") == 1
+    assert "runs 3/5" in text
+
+
+def test_without_a_numeric_goal_the_table_shows_every_metric_and_no_star():
+    progress = make_progress(goal="find out which optimiser works best")
+    progress.update("execute", {"runs": [run(1, metrics={"accuracy": 0.8, "loss": 0.25}), run(2, "failed")]})
+
+    text = render(progress)
+
+    assert cells(text, "run") == ["run", "status", "duration", "metrics"]
+    assert cells(text, "1") == ["1", "ok", "1.5 s", "accuracy=0.8, loss=0.25"]
+    assert cells(text, "2") == ["2", "failed", "1.5 s", "none found"]
+    assert "★" not in text
+
+
+def test_a_long_experiment_shows_the_latest_12_runs_and_counts_the_earlier_ones():
+    progress = make_progress(goal="accuracy >= 0.99")
+    progress.update("execute", {"max_runs": 30, "runs": [run(n, metrics={"accuracy": 0.9 if n == 25 else 0.5 + n / 100}) for n in range(1, 31)]})
+
+    text = render(progress)
+
+    assert "runs 30/30" in text
+    assert cells(text, "…") == ["…", "18 earlier runs"]
+    shown = [row.split()[0] for row in text.split("goal metric")[1].splitlines()[2:]]
+    assert shown == [str(n) for n in range(19, 31)]
+    assert cells(text, "25 ★") == ["25 ★", "ok", "1.5 s", "accuracy=0.9"]
+    assert text.count("★") == 1
+
+
+def test_usage_without_a_provider_cost_or_model_prices_is_unknown():
+    progress = make_progress()
+    progress.update("initialize", {"usage": [usage("initialize", "big-model", 1000, 200)]})
+    progress.update("codegen", {"usage": [usage("codegen", "coder", 3000, 1500), usage("codegen", "coder", 3500, 1600)]})
+
+    text = render(progress)
+
+    assert cells(text, "stage") == ["stage", "calls", "input tokens", "output tokens", "cost"]
+    assert cells(text, "initialize") == ["initialize", "1", "1,000", "200", "unknown"]
+    assert cells(text, "codegen") == ["codegen", "2", "6,500", "3,100", "unknown"]
+    assert cells(text, "total") == ["total", "3", "7,500", "3,300", "unknown"]
+    assert cells(text, "runs 0/5")[-1] == "elapsed 0:00 10,800 tokens", "no cost is shown when none is known"
+
+
+def test_usage_sums_provider_costs_and_prices_the_rest_with_model_prices():
+    progress = make_progress(model_prices={"coder": [1.0, 2.0]})  # USD per million input, output tokens
+    progress.update("initialize", {"usage": [usage("initialize", "big-model", 1000, 200, cost_usd=0.0123)]})
+    progress.update("analyze", {"usage": [usage("analyze", "small-model", 500, 100, cost_usd=0.0007)]})
+    progress.update("codegen", {"usage": [usage("codegen", "coder", 100_000, 20_000), usage("codegen", "coder", 0, 0, cost_usd=0.5)]})
+
+    text = render(progress)
+
+    assert cells(text, "initialize") == ["initialize", "1", "1,000", "200", "$0.0123"]
+    assert cells(text, "analyze") == ["analyze", "1", "500", "100", "$0.0007"]
+    # 100k input at $1/M + 20k output at $2/M = $0.14, and the provider said $0.50 for the other call.
+    assert cells(text, "codegen") == ["codegen", "2", "100,000", "20,000", "$0.6400"]
+    assert cells(text, "total") == ["total", "4", "101,500", "20,300", "$0.6530"]
+    assert cells(text, "runs 0/5")[-1] == "elapsed 0:00 121,800 tokens · $0.6530"
+
+
+def test_a_resumed_experiment_starts_from_its_saved_state():
+    progress = make_progress()
+    progress.seed({"goal": "accuracy >= 0.9", "max_runs": 8, "runs": [run(1, metrics={"accuracy": 0.7}), run(2, metrics={"accuracy": 0.8})], "usage": []})
+
+    text = render(progress)
+
+    assert cells(text, "│ goal") == ["│ goal", "accuracy >= 0.9", "│"]
+    assert "runs 2/8" in text
+    assert cells(text, "2 ★")[-1] == "accuracy=0.8"
+
+
+def test_markup_in_names_and_goals_is_shown_as_written():
+    progress = make_progress(experiment="exp[bold]", goal="[red]acc >= 0.9", models={"codegen": "org/model[beta]"})
+
+    text = render(progress)
+
+    assert "experiment exp[bold]" in text
+    assert "[red]acc >= 0.9" in text
+    assert "codegen: org/model[beta]" in text
+
+
+# --- the plain view: one line per event ---
+
+
+def plain_console(**kwargs) -> Console:
+    return Console(file=io.StringIO(), width=100, **kwargs)
+
+
+def feed_a_run(view: PlainView, clock: Clock) -> None:
+    """Events and updates as main.py passes them during the first run of an experiment, the clock moving."""
+    view.start()
+    view.event(stage("initialize", model="big-model"))
+    clock.now += 4.25
+    view.update("initialize", {"goal": "accuracy >= 0.9", "usage": [usage("initialize", "big-model", 1000, 200)]})
+    view.event(stage("codegen", run=1, model="coder"))
+    view.event({"event": "syntax_retry", "run": 1, "error": "line 3: invalid syntax"})
+    clock.now += 12
+    view.update("codegen", {"usage": [usage("codegen", "coder", 2000, 800), usage("codegen", "coder", 2500, 900)]})
+    view.event(stage("execute", run=1))
+    view.event({"event": "warning", "message": "no GPU found: train.py runs on the CPU"})
+    view.event(output("epoch=1 loss=0.5", "[done] accuracy=0.9"))
+    clock.now += 2
+    view.event(run_done(1, {"accuracy": 0.9}))
+    view.update("execute", {"runs": [make_run(1, metrics={"accuracy": 0.9})]})
+    view.event(stage("analyze", run=1, model="small-model"))
+    view.event({"event": "analysis", "run": 1, "summary": "A small MLP reached the goal.", "goal_met": True})
+    clock.now += 1
+    view.update("analyze", None)
+
+
+PLAIN_TRANSCRIPT = [
+    "experiment exp · sandbox: bwrap · models: plan, report=big-model, codegen=coder, analyze=small-model",
+    "▶ initialize (big-model)",
+    "  ✓ initialize (4.2 s) · 1,200 tokens · goal: accuracy >= 0.9",
+    "▶ run 1 · codegen (coder)",
+    "! run 1: generated code does not compile (line 3: invalid syntax); asking once more",
+    "  ✓ codegen (12.0 s) · 7,400 tokens",
+    "▶ run 1 · execute",
+    "! no GPU found: train.py runs on the CPU",
+    "  │ epoch=1 loss=0.5",
+    "  │ [done] accuracy=0.9",
+    "■ run 1 ok in 2.0 s · metrics: accuracy=0.9",
+    "  ✓ execute (2.0 s) · 7,400 tokens",
+    "▶ run 1 · analyze (small-model)",
+    "✎ run 1: A small MLP reached the goal.",
+    "  ✓ analyze (1.0 s) · 7,400 tokens",
+]
+
+
+def test_the_plain_view_prints_one_line_per_event_and_no_escape_codes_off_a_terminal(clock: Clock):
+    console = plain_console(force_terminal=False)
+    feed_a_run(PlainView(console, make_progress()), clock)
+
+    written = console.file.getvalue()
+    assert written.splitlines() == PLAIN_TRANSCRIPT
+    assert "\x1b" not in written
+
+
+def test_the_plain_view_says_which_runs_failed_and_what_is_spent():
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(model_prices={"coder": [1.0, 2.0]}))
+
+    view.event(run_done(2, {}, status="timeout", duration_s=3600))
+    view.update("codegen", {"usage": [usage("codegen", "coder", 100_000, 20_000)]})
+
+    assert console.file.getvalue().splitlines() == ["■ run 2 timeout in 3600.0 s · metrics: none found", "  ✓ codegen (0.0 s) · 120,000 tokens · $0.1400"]
+
+
+def test_the_plain_view_can_leave_the_scripts_output_out():
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(), echo_output=False)
+
+    view.event(stage("execute", run=1))
+    view.event(output("epoch=1 loss=0.5"))
+
+    assert console.file.getvalue().splitlines() == ["▶ run 1 · execute"]
+    assert list(view.progress.tail) == ["epoch=1 loss=0.5"], "the progress is kept up to date all the same"
+
+
+SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def colour_codes(written: str) -> list[str]:
+    """The SGR parameters in `written` that set a foreground or background colour."""
+    params = [int(p) for match in SGR.findall(written) for p in match.split(";") if p]
+    return [str(p) for p in params if 30 <= p <= 49 or 90 <= p <= 107]
+
+
+def test_the_plain_view_on_a_terminal_is_coloured_unless_no_color_is_set(monkeypatch: pytest.MonkeyPatch, clock: Clock):
+    coloured = plain_console(force_terminal=True)
+    feed_a_run(PlainView(coloured, make_progress()), clock)
+    assert colour_codes(coloured.file.getvalue()), "the check below would pass for nothing"
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    plain = plain_console(force_terminal=True)
+    feed_a_run(PlainView(plain, make_progress()), clock)
+
+    written = plain.file.getvalue()
+    assert colour_codes(written) == []
+    assert [SGR.sub("", line) for line in written.splitlines()] == PLAIN_TRANSCRIPT
+
+
+# --- the quiet view: nothing but warnings ---
+
+
+def test_the_quiet_view_prints_nothing_but_warnings_which_go_to_their_own_console(clock: Clock):
+    console, warnings = plain_console(force_terminal=False), plain_console(force_terminal=False)
+    view = QuietView(console, make_progress(), warnings)
+
+    feed_a_run(view, clock)
+    view.stop()
+
+    assert console.file.getvalue() == ""
+    assert warnings.file.getvalue() == "! no GPU found: train.py runs on the CPU\n"
+    assert view.progress.goal == "accuracy >= 0.9" and len(view.progress.runs) == 1, "the progress is kept for the outcome"
+
+
+def test_the_quiet_view_shows_markup_in_a_warning_as_written():
+    console, warnings = plain_console(force_terminal=False), plain_console(force_terminal=False)
+
+    QuietView(console, make_progress(), warnings).event({"event": "warning", "message": "[bold]not bold[/bold]"})
+
+    assert warnings.file.getvalue() == "! [bold]not bold[/bold]\n"
+
+
+# --- the live view on a terminal ---
+
+
+CONTROL = re.compile(r"(\x1b\[[0-9;?]*[A-Za-z]|\r|\n)")
+
+
+def screen(written: str) -> list[str]:
+    """What a terminal shows after `written`: enough of one to follow Live's cursor-up and erase-line codes, trailing spaces dropped."""
+    lines, row, col = [""], 0, 0
+    for token in CONTROL.split(written):
+        if token == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\r":
+            col = 0
+        elif token == "\x1b[2K":
+            lines[row] = ""
+        elif match := re.fullmatch(r"\x1b\[(\d*)A", token):
+            row = max(row - int(match.group(1) or 1), 0)
+        elif token and not token.startswith("\x1b"):
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + token + line[col + len(token) :]
+            col += len(token)
+    return [line.rstrip() for line in lines]
+
+
+def live_console(height: int = 40) -> Console:
+    return Console(file=io.StringIO(), width=100, height=height, force_terminal=True, color_system=None)
+
+
+@pytest.fixture
+def live_view():
+    """A LiveView on a 100-column terminal; stopped after the test whatever happens (Live redirects sys.stdout while it runs)."""
+    view = LiveView(live_console(), make_progress(goal="accuracy >= 0.9"))
+    yield view
+    view.live.stop()
+
+
+def test_the_live_view_prints_messages_above_itself_and_leaves_a_last_frame_without_the_spinner(live_view: LiveView):
+    view, console = live_view, live_view.console
+    view.start()
+    view.event(stage("codegen", run=1, model="coder"))
+    view.event({"event": "syntax_retry", "run": 1, "error": "line 3: invalid syntax"})
+    view.update("codegen", {"usage": [usage("codegen", "coder", 2000, 800)]})
+    view.event(stage("execute", run=1))
+    view.event(output("epoch=1 loss=0.5 accuracy=0.93"))
+    view.live.refresh()
+    assert any(line.endswith("run 1 · execute  0:00") for line in screen(console.file.getvalue())), "the frame shows the stage while it runs"
+    view.event({"event": "warning", "message": "disk almost full"})
+    view.event(run_done(1, {"accuracy": 0.93}))
+    view.update("execute", {"runs": [make_run(1, metrics={"accuracy": 0.93})]})
+    view.event(stage("analyze", run=1, model="small-model"))
+    view.event({"event": "analysis", "run": 1, "summary": "It reached the goal.", "goal_met": True})
+
+    view.stop()
+
+    assert not view.live.is_started
+    shown = screen(console.file.getvalue())
+    assert shown[:3] == [
+        "! run 1: generated code does not compile (line 3: invalid syntax); asking once more",
+        "! disk almost full",
+        "✎ run 1: It reached the goal.",
+    ]
+    last_frame = "\n".join(shown[3:]).rstrip("\n")
+    assert last_frame == render(view.progress)
+    assert "runs 1/5" in last_frame and cells(last_frame, "1 ★")[-1] == "accuracy=0.93"
+    assert "run 1 · analyze" not in last_frame and "output.log" not in last_frame
+    assert not any(frame in last_frame for frame in SPINNER_FRAMES)
+    assert console.file.getvalue().endswith("\x1b[?25h"), "the cursor is given back"
+
+
+def test_stopping_the_live_view_twice_or_before_it_starts_is_harmless(live_view: LiveView):
+    live_view.stop()
+    assert live_view.console.file.getvalue() == ""
+
+    live_view.start()
+    live_view.stop()
+    written = live_view.console.file.getvalue()
+    live_view.stop()
+
+    assert live_view.console.file.getvalue() == written
+    assert not live_view.live.is_started
+
+
+def test_the_live_view_stops_redrawing_while_paused_and_starts_again_after(live_view: LiveView):
+    live_view.start()
+    live_view.event(stage("review", run=1))
+
+    with live_view.paused():
+        assert not live_view.live.is_started
+        paused_at = len(live_view.console.file.getvalue())
+        live_view.console.print("Run it? [a]pprove, [r]eject with a reason, [e]dit:", markup=False)
+        assert live_view.console.file.getvalue()[paused_at:] == "Run it? [a]pprove, [r]eject with a reason, [e]dit:\n", "no frame is redrawn around it"
+
+    assert live_view.live.is_started
+    live_view.stop()
+    assert not live_view.live.is_started
+
+
+def test_what_is_printed_while_the_live_view_is_paused_stays_on_screen(live_view: LiveView):
+    console = live_view.console
+    live_view.start()
+    live_view.event(stage("review", run=1))
+    live_view.live.refresh()
+
+    with live_view.paused():
+        console.rule("Review: run 1 · run_1/train.py")
+        console.print("print('hello')", markup=False)
+        console.print("Run it? [a]pprove, [r]eject with a reason, [e]dit: a", markup=False)
+    live_view.stop()
+
+    shown = screen(console.file.getvalue())
+    assert "print('hello')" in shown
+    assert "Run it? [a]pprove, [r]eject with a reason, [e]dit: a" in shown
+
+
+@pytest.mark.parametrize(
+    "feed",
+    [
+        pytest.param(lambda view: view.event({"event": "analysis", "run": 1, "summary": "saved to C:\\out\\"}), id="analysis"),
+        pytest.param(lambda view: view.event({"event": "syntax_retry", "run": 1, "error": "stray \\"}), id="syntax_retry"),
+        pytest.param(lambda view: view.update("initialize", {"goal": "reach 0.9 \\"}), id="goal"),
+    ],
+)
+def test_a_trailing_backslash_is_shown_once(feed):
+    console = plain_console(force_terminal=False)
+
+    feed(PlainView(console, make_progress()))
+
+    assert "\\\\" not in console.file.getvalue()
+
+
+def test_after_a_pause_the_live_view_still_fits_the_terminal():
+    console = live_console(height=12)
+    view = LiveView(console, make_progress())
+    view.live.auto_refresh = False  # every frame below is drawn by an explicit refresh
+    try:
+        view.start()
+        view.event(stage("execute", run=1))
+        view.event(output(*[f"step {i}" for i in range(15)]))
+        with view.paused():
+            pass
+        before = len(console.file.getvalue())
+        view.live.refresh()
+        frame = console.file.getvalue()[before:]
+    finally:
+        view.live.stop()
+
+    assert frame.count("\n") < 12
