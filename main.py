@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dotenv import load_dotenv
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.runtime import Runtime
 from langgraph.types import Command
 from rich.console import Console
 from rich.markup import escape
@@ -27,8 +28,10 @@ from adapters.sandbox import resolve_mode
 from adapters.terminal import ask_review
 from adapters.views import LiveView, PlainView, Progress, QuietView, runs_table
 from graph import build_graph
-from graph.experiment import resume_halted
+from graph.experiment import halt, resume_halted
 from nodes.records import best_run, goal_from_idea, parse_goal, resume_command
+from nodes.report import report
+from nodes.stop_rules import run_limit
 from settings import ENV_SETTINGS, Settings, SettingsError
 
 THREAD_ID = "experiment"
@@ -127,6 +130,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
     with files.runner_lock(), SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
         app = build_graph().compile(checkpointer=checkpointer, name="experiment")
         config = {"configurable": {"thread_id": THREAD_ID}}
+        on_leave.append(lambda: _record_interrupt(app, config, settings))
         stream_input = _start_or_resume(app, config, files, args, settings, resume_hint, console)
         if stream_input is False:
             return EXIT_FINISHED
@@ -173,6 +177,20 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
     if final.get("halted"):
         _halt_message(reason, final.get("stop_detail", ""), resume_hint, errors)
     return EXIT_CODES.get(reason, EXIT_ERROR)
+
+
+def _record_interrupt(app, config: dict, settings: Settings) -> None:
+    """Leaving on Ctrl-C while a step still runs (an LLM call, the review prompt): record the halt and write REPORT.md, as the graph would have."""
+    try:
+        snapshot = app.get_state(config)
+        if not snapshot.next or snapshot.values.get("halted"):
+            return
+        stage = snapshot.next[0]
+        app.update_state(config, halt(snapshot.values, stage, "interrupted", f"stopped by the user during {stage}"), as_node=stage)
+        written = report(app.get_state(config).values, Runtime(context=settings))  # a halt's report: the record, no LLM call
+        app.update_state(config, written, as_node="report")
+    except Exception:  # leaving matters more: a resume goes on from the last finished step all the same
+        pass
 
 
 def _view(args: argparse.Namespace, console: Console, errors: Console, progress: Progress) -> PlainView | LiveView:
@@ -243,13 +261,20 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
             if args.max_runs < runs_done:
                 raise UsageError(f"--max-runs {args.max_runs} is below the {runs_done} runs already done")
             update["max_runs"] = args.max_runs
+        resume_at = halted["stage"] if halted else snapshot.next[0]
+        if resume_at in ("codegen", "review") and update.get("max_runs", values.get("max_runs", 0)) <= runs_done:
+            # Past the check before each run (summarize), under a run limit lowered since: no new run.
+            stop = run_limit(update.get("max_runs", values.get("max_runs", 0)))
+            app.update_state(config, {**update, "stop_reason": stop.reason, "stop_detail": stop.detail, "halted": None}, as_node="analyze")
+            return None
+    if halted and not (halted["stage"] == "report" and update.get("max_runs", 0) > runs_done):
+        if snapshot.next:  # killed while report wrote the record of the halt: that record is not needed now
+            app.update_state(config, None, as_node=snapshot.next[0])
+        return resume_halted(halted, update)  # cut short by an error or Ctrl-C: run that step again
     if snapshot.next:  # stopped between steps (killed, or left during an LLM call): go on from the last finished one
         if update:
             app.update_state(config, update)
         return None
-    if halted and not (halted["stage"] == "report" and update.get("max_runs", 0) > runs_done):
-        resume = resume_halted(halted)  # cut short by an error or Ctrl-C: run that step again
-        return Command(goto=resume.goto, update={**resume.update, **update})
 
     # Finished: only a higher run limit gives it more to do.
     if not args.max_runs or args.max_runs <= runs_done:

@@ -47,13 +47,24 @@ class LLMError(RuntimeError):
     the wait in seconds the server asked for (if it said).
     """
 
-    def __init__(self, message: str, *, kind: LLMFailure, status: int | None = None, retry_after: float | None = None, too_long: bool = False):
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: LLMFailure,
+        status: int | None = None,
+        retry_after: float | None = None,
+        too_long: bool = False,
+        usage: list[Usage] | None = None,
+    ):
         super().__init__(message)
         self.kind: LLMFailure = kind
         self.status = status
         self.retry_after = retry_after
         self.too_long = too_long
         """The prompt did not fit the model's context: one shrink of it may."""
+        self.usage: list[Usage] = list(usage or [])
+        """What the calls that did answer before the failure spent: it counts towards the budgets all the same."""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -180,7 +191,7 @@ def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool 
         return LLMError(f"the LLM server did not answer within {limit}: try later, or raise it", kind="unavailable")
     if isinstance(exc, openai.APIConnectionError):
         return LLMError(f"cannot reach the LLM server at {settings.llm_base_url}: check LLM_BASE_URL, or try later ({detail})", kind="unavailable")
-    if isinstance(exc, ContextOverflowError) or (status in (400, 413, 422) and PROMPT_TOO_LONG.search(detail)):
+    if isinstance(exc, ContextOverflowError) or status == 413 or (status in (400, 422) and PROMPT_TOO_LONG.search(detail)):
         what = f"the prompt is too long for model {model} ({status or 'context overflow'})"
         what += f", even with each message cut to {SHRINK_TO:.0%}" if shrunk else ""
         return LLMError(f"{what}: choose a model with a longer context in {models} ({detail})", kind="fatal", status=status, too_long=True)
@@ -252,7 +263,11 @@ def ask_structured(settings: Settings, model: str, schema: type[Schema], message
     runnable = chat_model(settings, model).with_structured_output(schema, method=settings.structured_output, include_raw=True)
     usages: list[Usage] = []
     for attempt in range(2):
-        result = _invoke(runnable, messages, settings, model)
+        try:
+            result = _invoke(runnable, messages, settings, model)
+        except LLMError as exc:
+            exc.usage = [*usages, *exc.usage]
+            raise
         raw = result.get("raw")
         if isinstance(raw, BaseMessage):
             usages.append(usage_of(raw, stage, model))
@@ -266,6 +281,7 @@ def ask_structured(settings: Settings, model: str, schema: type[Schema], message
         f"{stage}: model {model} twice gave a reply that does not match {schema.__name__}: "
         f"try {_other_structured_output(settings)}, or another model in {variables_naming(settings, model)} ({str(problem)[:200]})",
         kind="reply",
+        usage=usages,
     )
 
 

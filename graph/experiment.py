@@ -37,6 +37,11 @@ def after_analyze(state: ExperimentState) -> Literal["summarize", "report"]:
     return "report" if state.get("stop_reason") else "summarize"
 
 
+def after_summarize(state: ExperimentState) -> Literal["codegen", "report"]:
+    """A new run only when no limit or budget forbids it (and the step was not cut short)."""
+    return "report" if state.get("stop_reason") or state.get("halted") else "codegen"
+
+
 def after_review(state: ExperimentState) -> Literal["codegen", "execute", "report"]:
     """A rejected train.py goes back to codegen with the reviewer's reason."""
     if state.get("halted"):
@@ -77,41 +82,51 @@ def llm_retry_policy(backoff_seconds: float | None = None) -> RetryPolicy:
     )
 
 
-def halt(state: ExperimentState, stage: str, reason: str, message: str) -> dict:
-    """Cut the experiment short: the update recording why and where, after which the edges lead to report."""
+def halt(state: ExperimentState, stage: str, reason: str, message: str, usage: list | None = None) -> dict:
+    """Cut the experiment short: the update recording why and where (and what the failed step spent), after which the edges lead to report."""
     halted = Halt(stage=stage, stop_reason=state.get("stop_reason"), stop_detail=state.get("stop_detail", ""))
-    return {"stop_reason": reason, "stop_detail": message, "halted": halted}
+    return {"stop_reason": reason, "stop_detail": message, "halted": halted, "usage": usage or []}
 
 
-def resume_halted(halted: Halt) -> Command:
-    """The input that re-enters the node an experiment was cut short in, with the stop reason it had before."""
-    return Command(goto=halted["stage"], update={"stop_reason": halted["stop_reason"], "stop_detail": halted["stop_detail"], "halted": None})
+def resume_halted(halted: Halt, update: dict | None = None) -> Command:
+    """The input that re-enters the node an experiment was cut short in; the halt is cleared only once that node succeeds.
+
+    So a runner killed while the node runs again leaves the halt in place, and the next resume re-enters it once more.
+    """
+    return Command(goto=halted["stage"], update=update or None)
 
 
 def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
     """`node`, turned to a halt when the runner is stopping, or when its LLM error is final (fatal, or its last try).
 
-    The report node, cut short itself, then writes the record of its own halt at once: its edge leads to END.
+    The node cut short runs again on resume (see resume_halted): it then sees the state as it was before
+    the halt, and its success clears the halt. The report node, cut short itself, writes the record of its
+    own halt at once: its edge leads to END.
     """
 
     @functools.wraps(node)
     def run(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-        if state.get("halted"):  # report, writing the record of a halt: nothing may cut it short again
+        halted = state.get("halted")
+        if halted and halted["stage"] != stage:  # report, writing the record of a halt: nothing may cut it short again
             return node(state, runtime)
+        resumed = {}
+        if halted:  # entered again on resume
+            resumed = {"halted": None, "stop_reason": halted["stop_reason"], "stop_detail": halted["stop_detail"]}
+            state = {**state, **resumed}
         if cancel_requested():
             stopped = halt(state, stage, "interrupted", f"stopped by the user before {stage}")
         else:
             try:
-                return node(state, runtime)
+                return {**resumed, **node(state, runtime)}
             except RunCancelled as exc:
                 stopped = halt(state, stage, "interrupted", f"stopped by the user: {exc}")
             except LLMError as exc:
                 info = runtime.execution_info
                 if is_retryable(exc) and info is not None and info.node_attempt < attempts:
                     raise  # the retry policy tries the node again
-                stopped = halt(state, stage, "llm_unavailable" if exc.kind == "unavailable" else "fatal", str(exc))
+                stopped = halt(state, stage, "llm_unavailable" if exc.kind == "unavailable" else "fatal", str(exc), exc.usage)
         if stage == "report":
-            return {**stopped, **node({**state, **stopped}, runtime)}
+            return {**stopped, **node({**state, **stopped, "usage": [*state.get("usage", []), *stopped["usage"]]}, runtime)}
         return stopped
 
     return run
@@ -127,8 +142,9 @@ def build_graph() -> StateGraph:
         builder.add_node(name, stops_cleanly(node, name))
 
     builder.add_edge(START, "initialize")
-    for node, next_node in (("initialize", "summarize"), ("summarize", "codegen"), ("codegen", "review"), ("execute", "analyze")):
+    for node, next_node in (("initialize", "summarize"), ("codegen", "review"), ("execute", "analyze")):
         builder.add_conditional_edges(node, unless_halted(next_node), [next_node, "report"])
+    builder.add_conditional_edges("summarize", after_summarize)
     builder.add_conditional_edges("review", after_review)
     builder.add_conditional_edges("analyze", after_analyze)
     builder.add_edge("report", END)

@@ -8,7 +8,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.llm import ask_text
+from adapters.llm import LLMError, ask_text
 from adapters.logs import clip
 from nodes.prompts import BUDGET, CODEGEN_SYNTAX_RETRY, CODEGEN_SYSTEM, CODEGEN_USER
 from nodes.records import experiment_context
@@ -64,7 +64,11 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if error := compile_error(code):
         runtime.stream_writer({"event": "syntax_retry", "run": run, "error": error})
         messages += [AIMessage(reply), HumanMessage(CODEGEN_SYNTAX_RETRY.format(error=error))]
-        reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
+        try:
+            reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
+        except LLMError as exc:
+            exc.usage = [*usages, *exc.usage]  # the first answer was paid for
+            raise
         usages.append(usage)
         code = extract_python(reply)  # still broken: it runs, fails, and the analyst sees why
 

@@ -100,9 +100,25 @@ def decide_stop(runs: list[RunRecord], usage: list[Usage], goal: str, analyst_sa
         return Stop("goal_met", f"run {latest['number']} met the goal {goal!r} by {judged}")
     failures = [failure_signature(r) for r in runs[-settings.max_consecutive_failures :]]
     if len(failures) == settings.max_consecutive_failures and failures[0] is not None and len(set(failures)) == 1:
-        return Stop("stuck", f"the last {len(failures)} runs failed the same way: {latest['error'] or latest['status']}")
+        limit = f"MAX_CONSECUTIVE_FAILURES={settings.max_consecutive_failures}"
+        return Stop("stuck", f"the last {len(failures)} runs failed the same way ({limit}): {latest['error'] or latest['status']}")
     if len(runs) >= max_runs:
-        return Stop("max_runs", f"all {max_runs} runs done")
+        return run_limit(max_runs)
     if settings.patience and runs_without_improvement(runs, goal) >= settings.patience:
-        return Stop("plateau", f"{settings.patience} runs in a row without improving on the best value of the goal metric")
+        return Stop("plateau", f"{settings.patience} runs in a row without improving on the best value of the goal metric (PATIENCE={settings.patience})")
     return budget_stop(runs, usage, settings)
+
+
+def run_limit(max_runs: int) -> Stop:
+    return Stop("max_runs", f"all {max_runs} runs done, the limit set by -r/MAX_RUNS")
+
+
+def before_run(runs: list[RunRecord], usage: list[Usage], max_runs: int, settings: Settings) -> Stop | None:
+    """Why no new run may start now (the run limit, or a budget), or None.
+
+    Checked before every run as well as after: a resume with other limits, or into a step before
+    execute, must not start a run those limits forbid.
+    """
+    if len(runs) >= max_runs:
+        return run_limit(max_runs)
+    return budget_stop(runs, usage, settings) if runs else None

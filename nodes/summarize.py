@@ -1,4 +1,4 @@
-"""Mechanical digest of the runs so far for codegen: the previous run in full, earlier ones a line each."""
+"""Before each run: whether it may start (run limit, budgets), and a mechanical digest of the runs so far for codegen."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from langgraph.runtime import Runtime
 from adapters.logs import clip
 from nodes.prompts import BUDGET
 from nodes.records import best_run, run_line
+from nodes.stop_rules import before_run
 from settings import Settings
 from state import ExperimentState
 
@@ -15,8 +16,10 @@ RECENT_RUNS = 10
 
 
 def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-    """Condense the previous run (and a line for each recent one) into a bounded text."""
+    """Stop if no new run may start; else condense the previous run (and a line for each recent one) into a bounded text."""
     runs = state.get("runs", [])
+    if stop := before_run(runs, state.get("usage", []), state.get("max_runs") or runtime.context.max_runs, runtime.context):
+        return {"stop_reason": stop.reason, "stop_detail": stop.detail}
     runtime.stream_writer({"event": "stage", "stage": "summarize", "run": len(runs) + 1})
     if not runs:
         return {"previous_digest": "No run yet: this is the first one."}

@@ -82,7 +82,7 @@ def test_two_runs_end_to_end(tmp_path: Path):
     tasks = json.loads((exp / "tasks.json").read_text())["tasks"]
     assert tasks == final["tasks"] and [t["title"] for t in tasks] == ["Baseline", "Tune", "Try an MLP"]
     report = (exp / "REPORT.md").read_text()
-    assert "Two runs, accuracy 0.8." in report and "**max_runs** (all 2 runs done) after 2 of 2 runs" in report
+    assert "Two runs, accuracy 0.8." in report and "**max_runs** (all 2 runs done, the limit set by -r/MAX_RUNS) after 2 of 2 runs" in report
 
     stages = [(e["stage"], e.get("run")) for e in custom if e["event"] == "stage"]
     assert stages == [

@@ -110,6 +110,7 @@ def test_malformed_structured_replies_end_fatal_without_node_retries(tmp_path, l
     state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
     assert_halted(state, "fatal", "initialize", "twice gave a reply that does not match ExperimentPlan: try STRUCTURED_OUTPUT=json_schema", tmp_path)
     assert len(server.requests) == 2  # the question and its one repair request
+    assert [u["stage"] for u in state["usage"]] == ["initialize", "initialize"]  # both were paid for: they count towards the budgets
 
 
 # a prompt too long: shrunk once
@@ -216,6 +217,24 @@ def test_a_halted_experiment_resumes_in_the_step_that_failed(tmp_path, llm_serve
     assert state.values["code"] == "print('accuracy=0.9')\n"
     assert state.values["stop_reason"] is None and state.values["halted"] is None
     assert len(server.requests) == 3
+
+
+def test_a_runner_killed_while_the_failed_step_runs_again_keeps_the_halt(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script(PLAN, {"status": 402, "error": "Insufficient credits"}, CODE))
+    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
+    app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_before=["execute"])
+    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
+    config = {"configurable": {"thread_id": "t"}}
+    app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+    halted = app.get_state(config).values["halted"]
+
+    for chunk in app.stream(resume_halted(halted), config, context=settings, stream_mode="custom"):
+        if chunk.get("stage") == "codegen":
+            break  # the runner dies while codegen runs again
+
+    assert app.get_state(config).values["halted"] == halted  # still cut short: the next resume enters codegen once more
+    app.invoke(resume_halted(halted), config, context=settings)
+    assert app.get_state(config).next == ("execute",) and app.get_state(config).values["halted"] is None
 
 
 def test_a_stopping_runner_halts_before_the_next_step(tmp_path, llm_server, monkeypatch):

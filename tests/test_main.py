@@ -35,7 +35,8 @@ def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
     assert "The baseline reached the goal." in report and "**max_runs**" in report and "accuracy=0.85" in report
     assert (experiment / ".runner" / "checkpoints.sqlite").is_file()
     # The stream reached the terminal: each stage, the child's output, the outcome.
-    for text in ("initialize", "codegen", "execute", "analyze", "report", "│ epoch=1", "Stopped: max_runs (all 2 runs done) after 2 runs"):
+    stages = ("initialize", "codegen", "execute", "analyze", "report")
+    for text in (*stages, "│ epoch=1", "Stopped: max_runs (all 2 runs done, the limit set by -r/MAX_RUNS) after 2 runs"):
         assert text in result.stdout
 
     # The second codegen request carried the first run's code and its mechanical summary.
@@ -74,7 +75,7 @@ def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: P
     later = [r for r in server.requests[requests_before:]]
     assert not any("You write train.py" in r["messages"][0]["content"] for r in later)
     assert len(later) == 2
-    assert "Stopped: max_runs (all 2 runs done) after 2 runs" in result.stdout
+    assert "Stopped: max_runs (all 2 runs done, the limit set by -r/MAX_RUNS) after 2 runs" in result.stdout
 
 
 def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, hold: Path):
@@ -285,6 +286,7 @@ def test_ctrl_c_during_an_llm_call_exits_promptly(experiment: Path, llm_server):
     assert runner.returncode == 130, out + err
     assert time.monotonic() - started < 10
     assert "--resume" in err and "Traceback" not in err
+    assert "**interrupted** during codegen" in (experiment / "REPORT.md").read_text()  # recorded, though the call never returned
     slow["on"] = False
     resumed = run_main(["-d", str(experiment), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr

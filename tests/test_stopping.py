@@ -70,6 +70,41 @@ def test_each_budget_stops_before_the_next_run_and_still_reports(args, env, word
     assert "Stopped: budget" in result.stdout
 
 
+def test_a_budget_reached_holds_on_resume_with_more_runs(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url)
+    first = run_main(["-d", str(experiment), "-r", "6", "--max-tokens", "800"], env)
+    assert first.returncode == 0 and "Stopped: budget" in first.stdout
+    runs = sorted(p.name for p in experiment.glob("run_*"))
+
+    again = run_main(["-d", str(experiment), "--resume", "-r", "8", "--max-tokens", "800"], env)
+
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in experiment.glob("run_*")) == runs  # no run started past the budget
+    assert "Stopped: budget" in again.stdout and "**budget**" in (experiment / "REPORT.md").read_text()
+
+
+def test_resume_under_a_lower_run_limit_starts_no_new_run(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    failing = {"on": True}
+
+    def responder(body):
+        if failing["on"] and brain.stages.count("codegen") == 1 and "You write train.py" in body["messages"][0]["content"]:
+            return {"status": 402, "error": "Insufficient credits"}
+        return brain(body)
+
+    env = runner_env(llm_server(responder).base_url)
+    first = run_main(["-d", str(experiment), "-r", "3"], env)
+    assert first.returncode == 1 and "error (fatal)" in first.stderr  # codegen of run 2 was cut short
+    failing["on"] = False
+
+    resumed = run_main(["-d", str(experiment), "--resume", "-r", "1"], env)
+
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Stopped: max_runs" in resumed.stdout and not (experiment / "run_2" / "output.log").exists()
+    assert brain.stages.count("codegen") == 1 and "**max_runs**" in (experiment / "REPORT.md").read_text()
+
+
 def test_a_goal_line_that_does_not_parse_is_bad_input(experiment: Path, llm_server):
     (experiment / "IDEA.md").write_text("# Digits\n\ngoal: as accurate as possible\n")
     result, runs, _, server = _stop(experiment, llm_server, ["-r", "1"], ScriptedBrain())

@@ -12,6 +12,7 @@ import pytest
 from scripted import GOOD_TRAIN, HOLDING_TRAIN, REPO, ScriptedBrain, run_main, runner_env, start_until_run, wait_until
 
 ESCAPE = "\x1b"
+LIMIT = "the limit set by -r/MAX_RUNS"
 SLOW_TRAIN = GOOD_TRAIN + "import time\nfor step in range(6):\n    print(f'step={step} val_accuracy={0.5 + step / 20:.2f}', flush=True)\n    time.sleep(0.3)\n"
 
 
@@ -32,13 +33,13 @@ def test_plain_lines_when_stdout_is_not_a_terminal(experiment: Path, llm_server)
     for stage in ("▶ initialize", "✓ initialize", "▶ run 1 · codegen", "▶ run 1 · execute", "■ run 1 ok", "▶ run 1 · analyze", "▶ report", "✓ report"):
         assert any(line.startswith(stage) or line.strip().startswith(stage) for line in lines), stage
     assert "goal: accuracy >= 0.9" in result.stdout
-    assert lines[-1] == f"Stopped: max_runs (all 1 runs done) after 1 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}"
+    assert lines[-1] == f"Stopped: max_runs (all 1 runs done, {LIMIT}) after 1 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}"
 
 
 def test_quiet_prints_only_the_outcome(experiment: Path, llm_server):
     result = run_main(["-d", str(experiment), "-r", "1", "--quiet"], runner_env(llm_server(ScriptedBrain()).base_url))
     assert result.returncode == 0, result.stderr
-    outcome = f"Stopped: max_runs (all 1 runs done) after 1 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}"
+    outcome = f"Stopped: max_runs (all 1 runs done, {LIMIT}) after 1 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}"
     assert result.stdout.splitlines() == [outcome]
     assert result.stderr == ""
 
@@ -71,7 +72,7 @@ def test_the_live_view_in_a_terminal(experiment: Path, llm_server, tmp_path: Pat
     assert "runs 0/2" in during and "initialize      1" in during  # tokens per stage so far
     last = shown[-1]
     assert re.search(r"1 ★ +ok", last) and "runs 2/2" in last and re.search(r"total +6 ", last)
-    assert f"Stopped: max_runs (all 2 runs done) after 2 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}" in last
+    assert f"Stopped: max_runs (all 2 runs done, {LIMIT}) after 2 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}" in last
     assert drawn.rstrip().endswith("\x1b[?25h") or "\x1b[?25h" in drawn[-400:]  # the cursor is given back
 
 
@@ -110,7 +111,7 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
     done = status(experiment, env)
     assert f"{experiment}: finished" in done.stdout
     assert re.search(r"1 +ok .*accuracy=0\.75", done.stdout) and re.search(r"2 ★ +ok .*accuracy=0\.85", done.stdout)
-    assert "Stopped: max_runs (all 2 runs done) after 2 runs · best: run 2 (accuracy=0.85)" in done.stdout
+    assert f"Stopped: max_runs (all 2 runs done, {LIMIT}) after 2 runs · best: run 2 (accuracy=0.85)" in done.stdout
     assert f"To go on with more runs: `python main.py -d {experiment} --resume --max-runs M` with M above 2" in done.stdout
 
 

@@ -201,6 +201,14 @@ def test_a_prompt_too_long_is_shrunk_once_then_fatal_and_says_so(message):
         assert sent == [["system", "question"], ["system", "ques"]]  # the system prompt is never cut
 
 
+def test_a_bare_413_counts_as_a_prompt_too_long():
+    with FakeLLMServer(lambda body: {"status": 413, "error": "Payload Too Large"}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=2, summarize_model="small/model")
+        with pytest.raises(LLMError, match=r"too long for model small/model \(413\), even with each message cut to 50%") as caught:
+            ask_text(settings, "small/model", MESSAGES, "analyze")
+        assert caught.value.too_long and len(server.requests) == 2
+
+
 def test_a_400_for_an_unknown_model_names_the_variable():  # OpenRouter answers 400, not 404
     with FakeLLMServer(lambda body: {"status": 400, "error": "nobody/nothing is not a valid model ID"}) as server:
         settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, report_model="nobody/nothing")

@@ -1,4 +1,4 @@
-"""summarize: a bounded digest of the runs so far for codegen, without any LLM call."""
+"""summarize: whether another run may start, and a bounded digest of the runs so far for codegen, without any LLM call."""
 
 from __future__ import annotations
 
@@ -10,7 +10,30 @@ from nodes.summarize import RECENT_RUNS, summarize
 
 def digest(state: dict) -> str:
     runtime, _ = make_runtime()
-    return summarize({"experiment_dir": "unused", **state}, runtime)["previous_digest"]
+    return summarize({"experiment_dir": "unused", "max_runs": 1000, **state}, runtime)["previous_digest"]
+
+
+def usage(tokens: int) -> dict:
+    return {"stage": "codegen", "model": "m", "input_tokens": tokens, "output_tokens": 0, "cost_usd": None}
+
+
+def test_no_run_starts_past_the_run_limit():
+    runtime, events = make_runtime()
+    update = summarize({"experiment_dir": "unused", "max_runs": 2, "runs": [make_run(1), make_run(2)]}, runtime)
+    assert update == {"stop_reason": "max_runs", "stop_detail": "all 2 runs done, the limit set by -r/MAX_RUNS"}
+    assert events == []  # no run is announced
+
+
+def test_no_run_starts_when_it_would_pass_a_budget():
+    runtime, _ = make_runtime(max_tokens=1000)
+    update = summarize({"experiment_dir": "unused", "max_runs": 9, "runs": [make_run(1)], "usage": [usage(600)]}, runtime)
+    assert update["stop_reason"] == "budget" and "MAX_TOKENS=1000" in update["stop_detail"]
+
+
+def test_the_first_run_is_not_held_back_by_the_planning_spend():
+    runtime, _ = make_runtime(max_tokens=1000)
+    update = summarize({"experiment_dir": "unused", "max_runs": 9, "runs": [], "usage": [usage(600)]}, runtime)
+    assert "stop_reason" not in update and "No run yet" in update["previous_digest"]
 
 
 def test_first_run_says_there_is_none_yet():
