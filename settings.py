@@ -156,6 +156,12 @@ class Settings:
     file_size_limit_mb: int = _setting("FILE_SIZE_LIMIT_MB", 16384, "Largest file train.py may write, in MB.", _whole_number(1))
     log_max_mb: int = _setting("LOG_MAX_MB", 100, "Size cap of output.log: past it the head and a rolling tail are kept.", _whole_number(1))
     review: bool = _setting("REVIEW", False, "1 pauses before each run to approve, reject or edit train.py (`--review`).", _flag)
+    audit_content: bool = _setting(
+        "AUDIT_CONTENT", True, "0 keeps only the metadata of each LLM call in .runner/llm_calls.jsonl, not the messages and the reply.", _flag
+    )
+    mlflow_tracking_uri: str = _setting(
+        "MLFLOW_TRACKING_URI", "", "Log each run to MLflow there (e.g. sqlite:///mlflow.db; needs the mlflow extra); empty: off (`--mlflow`: a store in .runner/).", _text
+    )
     chat_model: Any = field(default=None, repr=False, metadata={"description": "A ready chat model used for every stage (tests, embedding)."})
 
     @property
