@@ -55,6 +55,7 @@ class ExperimentFiles:
         self.private = self.root / ".runner"
         self.checkpoints = self.private / "checkpoints.sqlite"
         self.lock = self.private / "lock"
+        self.llm_calls = self.private / "llm_calls.jsonl"
 
     @contextmanager
     def runner_lock(self) -> Iterator[None]:

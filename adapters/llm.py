@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import fields
 from typing import Literal, TypeVar
 
@@ -14,6 +15,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
+from adapters.audit import AuditLog
 from adapters.logs import clip
 from settings import Settings, env_name
 from state import Usage
@@ -150,15 +152,31 @@ SHRINK_TO = 0.5
 """A prompt too long for the model is sent once more with each message cut to this share of its length."""
 
 
-def _invoke(runnable, messages: list[BaseMessage], settings: Settings, model: str):
-    """Call the model, shrinking a prompt too long for it once; a failure becomes the LLMError whose kind decides what happens next."""
+def _invoke(runnable, messages: list[BaseMessage], settings: Settings, model: str, stage: str, audit: AuditLog | None):
+    """Call the model, shrinking a prompt too long for it once; a failure becomes the LLMError whose kind decides what happens next.
+
+    Each request goes to the audit log, failed ones included (the openai SDK's own retries are not seen here).
+    """
     for shrunk in (False, True):
+        sent = shrink(messages) if shrunk else messages
+        started, clock = time.time(), time.monotonic()
         try:
-            return runnable.invoke(shrink(messages) if shrunk else messages)
+            result = runnable.invoke(sent)
         except openai.APIError as exc:
             error = classify(exc, settings, model, shrunk=shrunk)
+            if audit:
+                audit.record(
+                    stage=stage, model=model, started=started, latency_s=time.monotonic() - clock, messages=sent, reply=None, usage=None, error=str(error)
+                )
             if not (error.too_long and not shrunk):
                 raise error from exc
+            continue
+        if audit:
+            reply = result.get("raw") if isinstance(result, dict) else result
+            reply = reply if isinstance(reply, BaseMessage) else None
+            usage = usage_of(reply, stage, model) if reply is not None else None
+            audit.record(stage=stage, model=model, started=started, latency_s=time.monotonic() - clock, messages=sent, reply=reply, usage=usage)
+        return result
 
 
 def shrink(messages: list[BaseMessage]) -> list[BaseMessage]:
@@ -245,9 +263,9 @@ def error_message(body: object, fallback: str) -> str:
     return " ".join(str(message or fallback).split())[:300]
 
 
-def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str) -> tuple[str, Usage]:
-    """A plain-text reply and its usage."""
-    reply = _invoke(chat_model(settings, model), messages, settings, model)
+def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str, audit: AuditLog | None = None) -> tuple[str, Usage]:
+    """A plain-text reply and its usage; the request goes to `audit` when given."""
+    reply = _invoke(chat_model(settings, model), messages, settings, model, stage, audit)
     return _text_of(reply), usage_of(reply, stage, model)
 
 
@@ -258,13 +276,15 @@ def _text_of(message: BaseMessage) -> str:
     return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
 
 
-def ask_structured(settings: Settings, model: str, schema: type[Schema], messages: list[BaseMessage], stage: str) -> tuple[Schema, list[Usage]]:
-    """A reply parsed into `schema`; a reply that does not parse gets one repair request, then LLMError."""
+def ask_structured(
+    settings: Settings, model: str, schema: type[Schema], messages: list[BaseMessage], stage: str, audit: AuditLog | None = None
+) -> tuple[Schema, list[Usage]]:
+    """A reply parsed into `schema`; a reply that does not parse gets one repair request, then LLMError. Requests go to `audit` when given."""
     runnable = chat_model(settings, model).with_structured_output(schema, method=settings.structured_output, include_raw=True)
     usages: list[Usage] = []
     for attempt in range(2):
         try:
-            result = _invoke(runnable, messages, settings, model)
+            result = _invoke(runnable, messages, settings, model, stage, audit)
         except LLMError as exc:
             exc.usage = [*usages, *exc.usage]
             raise

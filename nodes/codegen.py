@@ -7,6 +7,7 @@ import re
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.llm import LLMError, ask_text
 from adapters.logs import clip
@@ -55,8 +56,10 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     runtime.stream_writer({"event": "stage", "stage": "codegen", "run": run, "model": settings.code_model})
 
     # 1. Ask for the whole file.
+    files = ExperimentFiles(state["experiment_dir"])
+    audit = AuditLog(files.llm_calls, settings.audit_content)
     messages = [SystemMessage(CODEGEN_SYSTEM.format(run=run)), HumanMessage(codegen_prompt(state, run, state.get("review_feedback", "")))]
-    reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
+    reply, usage = ask_text(settings, settings.code_model, messages, "codegen", audit)
     usages = [usage]
     code = extract_python(reply)
 
@@ -65,7 +68,7 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         runtime.stream_writer({"event": "syntax_retry", "run": run, "error": error})
         messages += [AIMessage(reply), HumanMessage(CODEGEN_SYNTAX_RETRY.format(error=error))]
         try:
-            reply, usage = ask_text(settings, settings.code_model, messages, "codegen")
+            reply, usage = ask_text(settings, settings.code_model, messages, "codegen", audit)
         except LLMError as exc:
             exc.usage = [*usages, *exc.usage]  # the first answer was paid for
             raise
@@ -73,5 +76,5 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         code = extract_python(reply)  # still broken: it runs, fails, and the analyst sees why
 
     # 3. Write it where execute will run it.
-    write_atomic(ExperimentFiles(state["experiment_dir"]).run_dir(run) / "train.py", code)
+    write_atomic(files.run_dir(run) / "train.py", code)
     return {"code": code, "usage": usages}

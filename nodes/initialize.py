@@ -5,6 +5,7 @@ from __future__ import annotations
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip
@@ -22,7 +23,8 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     runtime.stream_writer({"event": "stage", "stage": "initialize", "model": settings.report_model})
 
     messages = [SystemMessage(PLAN_SYSTEM), HumanMessage(PLAN_USER.format(idea=clip(idea, BUDGET["idea"])))]
-    reply, usage = ask_structured(settings, settings.report_model, ExperimentPlan, messages, "initialize")
+    audit = AuditLog(files.llm_calls, settings.audit_content)
+    reply, usage = ask_structured(settings, settings.report_model, ExperimentPlan, messages, "initialize", audit)
 
     # A goal stated in IDEA.md wins; otherwise the planner's proposal, shown in PLAN.md, is the goal.
     stated = goal_from_idea(idea)
