@@ -199,13 +199,19 @@ def test_an_unreachable_server_ends_unavailable(tmp_path, monkeypatch):
 # a halt is resumable: the step cut short runs again
 
 
-def test_a_halted_experiment_resumes_in_the_step_that_failed(tmp_path, llm_server, monkeypatch):
+def halted_in_codegen(tmp_path, llm_server, monkeypatch):
+    """A graph (paused before execute) whose codegen was cut short by a 402 and succeeds when entered again; with its server."""
     server = llm_server(Script(PLAN, {"status": 402, "error": "Insufficient credits"}, CODE))
     monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
     app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_before=["execute"])
     settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
     config = {"configurable": {"thread_id": "t"}}
     app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+    return app, config, settings, server
+
+
+def test_a_halted_experiment_resumes_in_the_step_that_failed(tmp_path, llm_server, monkeypatch):
+    app, config, settings, server = halted_in_codegen(tmp_path, llm_server, monkeypatch)
     halted = app.get_state(config).values
     assert (halted["stop_reason"], halted["halted"]["stage"]) == ("fatal", "codegen")
     assert not app.get_state(config).next  # the graph ended, with its report written
@@ -220,12 +226,7 @@ def test_a_halted_experiment_resumes_in_the_step_that_failed(tmp_path, llm_serve
 
 
 def test_a_runner_killed_while_the_failed_step_runs_again_keeps_the_halt(tmp_path, llm_server, monkeypatch):
-    server = llm_server(Script(PLAN, {"status": 402, "error": "Insufficient credits"}, CODE))
-    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
-    app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_before=["execute"])
-    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
-    config = {"configurable": {"thread_id": "t"}}
-    app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
+    app, config, settings, _ = halted_in_codegen(tmp_path, llm_server, monkeypatch)
     halted = app.get_state(config).values["halted"]
 
     for chunk in app.stream(resume_halted(halted), config, context=settings, stream_mode="custom"):
