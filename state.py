@@ -47,6 +47,15 @@ class RunRecord(TypedDict):
     """Bounded mechanical summary: status, metrics, traceback and the log's tail."""
 
 
+class RunChange(TypedDict):
+    """What one run changed compared with the run before it, in the analyst's words."""
+
+    run: int
+    """N of run_N/."""
+    change: str
+    """One line, e.g. "hidden layer 64 -> 128 units"; empty when the analyst gave none."""
+
+
 class Usage(TypedDict):
     """Tokens spent by one LLM call."""
 
@@ -107,6 +116,8 @@ class ExperimentState(InputState):
     """One KEY_FINDINGS.md section per run, appended."""
     runs: Annotated[list[RunRecord], operator.add]
     """Finished runs, appended by execute."""
+    changes: Annotated[list[RunChange], operator.add]
+    """What each run changed compared with the one before, appended by analyze (REPORT.md's runs table shows it)."""
     usage: Annotated[list[Usage], operator.add]
     """Every LLM call's tokens, appended."""
     previous_digest: NotRequired[str]
@@ -158,6 +169,10 @@ class RunAnalysis(BaseModel):
     """The analyst's reply about one run."""
 
     summary: str = Field(description="What the run did and how it went, one or two sentences.")
+    change: str = Field(
+        default="",
+        description="What this run changed compared with the previous run (for the first run: what it set up), in one short line.",
+    )
     findings: list[str] = Field(default_factory=list, description="Facts this run established, one line each.")
     task_updates: list[TaskUpdate] = Field(default_factory=list)
     new_tasks: list[NewTask] = Field(default_factory=list)

@@ -9,10 +9,10 @@ from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
-from nodes.records import tasks_text
+from nodes.records import CHANGED_LABEL, tasks_text
 from nodes.stop_rules import decide_stop
 from settings import Settings
-from state import ExperimentState, RunAnalysis, RunRecord, Task
+from state import ExperimentState, RunAnalysis, RunChange, RunRecord, Task
 
 
 def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[Task]:
@@ -32,9 +32,17 @@ def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[T
     return result
 
 
+def one_line(text: str) -> str:
+    """`text` with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(text.split())
+
+
 def findings_section(run: RunRecord, analysis: RunAnalysis) -> str:
-    """The KEY_FINDINGS.md section of one run."""
-    lines = [f"## Run {run['number']} ({run['status']})", "", analysis.summary.strip()]
+    """The KEY_FINDINGS.md section of one run: what it changed, how it went, what it established."""
+    lines = [f"## Run {run['number']} ({run['status']})", ""]
+    if change := one_line(analysis.change):
+        lines += [f"{CHANGED_LABEL} {change}", ""]
+    lines.append(analysis.summary.strip())
     if analysis.findings:
         lines += [""] + [f"- {f.strip()}" for f in analysis.findings if f.strip()]
     if analysis.goal_achieved:
@@ -68,6 +76,7 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     return {
         "tasks": tasks,
         "findings": [section],
+        "changes": [RunChange(run=run["number"], change=one_line(analysis.change))],
         "goal_met": goal_met,
         "stop_reason": stop.reason if stop else None,
         "stop_detail": stop.detail if stop else "",

@@ -75,6 +75,8 @@ Reply with the whole corrected train.py in one ```python block."""
 ANALYZE_SYSTEM = """You analyse one run of an automatic machine-learning experiment and keep its records.
 From the run's summary, the code and the current tasks, give:
 - summary: what the run did and how it went, in one or two sentences,
+- change: what this run changed compared with the previous run, in one short line
+  (e.g. "hidden layer 64 -> 128 units, lr 1e-3 -> 3e-4"; for the first run, what it set up),
 - findings: the few facts this run established (numbers included), each one line,
 - task_updates: for existing tasks whose status or notes change (status: todo, in_progress, done or dropped),
 - new_tasks: tasks worth adding, if any,
@@ -96,9 +98,14 @@ ANALYZE_USER = """<goal>
 {run}
 </run>"""
 
-REPORT_SYSTEM = """You write REPORT.md, the final report of an automatic machine-learning experiment, in Markdown:
-the goal, what was tried (by run), the best result with its metrics and run number, what was learned,
-what failed and why, and what to try next. Be factual: use only the numbers given."""
+REPORT_SYSTEM = """You write the narrative of REPORT.md, the final report of an automatic machine-learning experiment.
+The runner puts your text between tables it computes from the run files: the goal and outcome, the best run
+with all its metrics, every run's status, duration, metrics and change, plots, tokens and cost, and how to
+reproduce the best run. Do not repeat those tables, and write no title. Write, in Markdown:
+- one short paragraph: what was tried and how it ended,
+- a section `## Key findings`: what the runs established and what failed and why, a bullet each,
+- a section `## What to try next`: the next experiments worth running, a bullet each, most promising first.
+Be factual: quote only numbers given below, exactly as written; never estimate or round one."""
 
 REPORT_USER = (
     EXPERIMENT_CONTEXT
@@ -106,6 +113,10 @@ REPORT_USER = (
 <runs>
 {runs}
 </runs>
+
+<best_run>
+{best}
+</best_run>
 
 The experiment stopped because: {stop_reason}."""
 )

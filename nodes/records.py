@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import re
 import shlex
+from dataclasses import dataclass
 
 from adapters.logs import clip, format_metrics
 from nodes.prompts import BUDGET
@@ -54,17 +55,51 @@ def goal_from_plan(plan: str) -> str:
     return match.group(2) if match else ""
 
 
-def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
-    """The run with the best value of the goal's metric, if the goal names one that runs report."""
+LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|perplexity|ppl|wer|cer|time|seconds|latency", re.IGNORECASE)
+"""Metric names taken as lower-is-better when no goal says which way is better."""
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The metric the runs are ranked by, and which way is better."""
+
+    metric: str
+    higher_is_better: bool
+    target: float | None
+    """The goal's number when the goal names this metric, else None."""
+    basis: str
+    """Where the metric and its direction come from, in words for the report."""
+
+
+def ranking(runs: list[RunRecord], goal: str) -> Ranking | None:
+    """The goal's metric when runs report it; else the first metric reported, its direction guessed from its name (None without any metric)."""
     parsed = parse_goal(goal)
-    if not parsed:
+    if parsed and any(parsed[0] in run["metrics"] for run in runs):
+        metric, op, target = parsed
+        return Ranking(metric, op in (">=", ">"), target, f"{metric}, the goal's metric ({'higher' if op in ('>=', '>') else 'lower'} is better)")
+    metric = next((name for run in runs for name in run["metrics"]), None)
+    if metric is None:
         return None
-    metric, op, _ = parsed
-    scored = [r for r in runs if metric in r["metrics"]]
+    higher = LOWER_IS_BETTER.search(metric) is None
+    why = "the goal names no metric" if parsed is None else f"no run reported the goal's metric {parsed[0]}"
+    return Ranking(metric, higher, None, f"{metric}, the first metric reported ({why}), {'higher' if higher else 'lower'} taken as better")
+
+
+def best_ranked(runs: list[RunRecord], rank: Ranking | None) -> RunRecord | None:
+    """The run with the best value of the ranking metric (the earliest on a tie)."""
+    if rank is None:
+        return None
+    scored = [r for r in runs if rank.metric in r["metrics"]]
     if not scored:
         return None
-    pick = max if op in (">=", ">") else min
-    return pick(scored, key=lambda r: r["metrics"][metric])
+    pick = max if rank.higher_is_better else min
+    return pick(scored, key=lambda r: r["metrics"][rank.metric])
+
+
+def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
+    """The run with the best value of the goal's metric, if the goal names one that runs report."""
+    rank = ranking(runs, goal)
+    return best_ranked(runs, rank) if rank is not None and rank.target is not None else None
 
 
 def tasks_text(tasks: list[Task], budget: int) -> str:
@@ -78,21 +113,73 @@ def tasks_text(tasks: list[Task], budget: int) -> str:
     return clip("\n".join(lines) or "(no tasks)", budget)
 
 
-def latest_findings(sections: list[str], budget: int) -> str:
-    """The newest KEY_FINDINGS sections that fit in `budget` (a note of the omitted ones included), oldest first."""
+CHANGED_LABEL = "Changed:"
+"""How a KEY_FINDINGS.md section says what its run changed; the condensed lines of the digest read it back."""
+CONDENSED_LINE = 200
+"""Characters at most of an older section's one-line form in the findings digest."""
+MIN_CONDENSED_LINE = 48
+"""Shorter than this, condensed lines say too little: the oldest are dropped instead."""
+
+
+def condensed_section(section: str, width: int) -> str:
+    """One line for an older KEY_FINDINGS section: its heading, what the run changed, and its first finding (else its summary)."""
+    lines = [line.strip() for line in section.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    heading, body = lines[0].lstrip("#").strip(), lines[1:]
+    change = next((line.removeprefix(CHANGED_LABEL).strip() for line in body if line.startswith(CHANGED_LABEL)), "")
+    rest = [line for line in body if not line.startswith(CHANGED_LABEL)]
+    point = next((line[2:].strip() for line in rest if line.startswith("- ")), rest[0] if rest else "")
+    text = f"{heading}: " + " — ".join(part for part in (change, point) if part)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def condensed_block(sections: list[str], room: int) -> str:
+    """The older sections a line each, oldest first, in at most `room` characters; the oldest dropped when even short lines overflow."""
+    count = len(sections)
+    header = f"({count} earlier sections omitted) — a line each, oldest first"
+    width = min(CONDENSED_LINE, max((room - len(header) - 40) // max(count, 1) - 1, MIN_CONDENSED_LINE))
+    lines: list[str] = []
+    used = len(header) + 40  # room for the header's note on dropped sections
+    for section in reversed(sections):
+        line = condensed_section(section, width)
+        if used + len(line) + 1 > room:
+            break
+        lines.append(line)
+        used += len(line) + 1
+    dropped = count - len(lines)
+    if dropped == count:
+        return f"({count} earlier sections omitted)"
+    note = f"; the {dropped} oldest only in KEY_FINDINGS.md" if dropped else ""
+    return "\n".join([f"{header}{note}:", *reversed(lines)])
+
+
+def findings_digest(sections: list[str], budget: int) -> str:
+    """KEY_FINDINGS for a prompt, at most `budget` characters: the newest sections in full, the older ones a line each.
+
+    The condensed lines take at most half the budget, so at run 50 the latest findings keep their detail and
+    the early runs are still named; only when even short lines overflow are the oldest dropped, with a note.
+    """
     if not sections:
         return "(none yet)"
-    room = budget - len(f"({len(sections)} earlier sections omitted)\n\n")
-    kept: list[str] = []
+    whole = "\n\n".join(sections)
+    if len(whole) <= budget:
+        return whole
+    # 1. The newest sections that fit whole in half the budget; none when the newest alone is larger.
+    full: list[str] = []
     for section in reversed(sections):
-        if sum(len(s) + 2 for s in kept) + len(section) > room:
+        if sum(len(s) + 2 for s in full) + len(section) > budget // 2:
             break
-        kept.append(section)
-    if not kept:
-        kept.append(clip(sections[-1], room))
-    omitted = len(sections) - len(kept)
-    head = [f"({omitted} earlier sections omitted)"] if omitted else []
-    return "\n\n".join(head + kept[::-1])
+        full.append(section)
+    full.reverse()
+    older = sections[: len(sections) - max(len(full), 1)]
+    # 2. The older ones condensed, in the room the full ones leave (at most half).
+    full_text = "\n\n".join(full)
+    head = condensed_block(older, min(budget // 2, budget - len(full_text) - 2)) if older else ""
+    # 3. A newest section too large for half the budget is cut to fill what is left.
+    if not full:
+        full_text = clip(sections[-1], budget - len(head) - 2 if head else budget)
+    return clip("\n\n".join(part for part in (head, full_text) if part), budget)
 
 
 def experiment_context(state: ExperimentState) -> dict[str, str]:
@@ -101,7 +188,7 @@ def experiment_context(state: ExperimentState) -> dict[str, str]:
         "idea": clip(state.get("idea", ""), BUDGET["idea"]),
         "plan": clip(state.get("plan", ""), BUDGET["plan"]),
         "tasks": tasks_text(state.get("tasks", []), BUDGET["tasks"]),
-        "findings": latest_findings(state.get("findings", []), BUDGET["findings"]),
+        "findings": findings_digest(state.get("findings", []), BUDGET["findings"]),
     }
 
 
@@ -111,12 +198,46 @@ def run_line(run: RunRecord) -> str:
     )
 
 
-def runs_table(runs: list[RunRecord], goal: str = "") -> str:
-    """Markdown table of every run, the best one marked."""
-    best = best_run(runs, goal)
-    rows = ["| Run | Status | Duration | Metrics |", "|---|---|---|---|"]
+def exact_number(value: float) -> str:
+    """A number as metrics.json gave it: the shortest text that reads back as the same float (0.1, 42, 1e-05)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+
+
+def metrics_text(metrics: dict[str, float]) -> str:
+    """`name=value, ...` with every value exact; `none` without metrics."""
+    return ", ".join(f"{name}={exact_number(value)}" for name, value in metrics.items()) or "none"
+
+
+MAX_METRIC_COLUMNS = 6
+"""Metrics with a column of their own in the runs table; the others share one."""
+CELL_CHARS = 160
+"""Characters kept of a free-text table cell (what changed, the error)."""
+
+
+def cell(text: str, limit: int | None = CELL_CHARS) -> str:
+    """`text` as one Markdown table cell: one line, pipes escaped, cut to `limit` characters (None: whole, for numbers)."""
+    text = " ".join(text.split())
+    text = text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+    return text.replace("|", "\\|")
+
+
+def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
+    """Markdown table of every run, with exact metric values and what each changed; ★ marks the best run."""
+    rank = ranking(runs, goal)
+    best = best_ranked(runs, rank)
+    names = list(dict.fromkeys([*([rank.metric] if rank else []), *(name for run in runs for name in run["metrics"])]))
+    columns, others = names[:MAX_METRIC_COLUMNS], names[MAX_METRIC_COLUMNS:]
+    with_error = any(run["error"] for run in runs)
+    head = ["Run", "Status", "Duration", *columns, *(["Other metrics"] if others else []), *(["Error"] if with_error else []), "What changed"]
+    rows = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         mark = " ★" if best is not None and run["number"] == best["number"] else ""
-        metrics = format_metrics(run["metrics"]).replace("|", "/")
-        rows.append(f"| {run['number']}{mark} | {run['status']} | {run['duration_s']:.1f} s | {metrics} |")
+        values = [exact_number(run["metrics"][name]) if name in run["metrics"] else "—" for name in columns]
+        if others:
+            values.append(cell(metrics_text({k: v for k, v in run["metrics"].items() if k in others}), limit=None))
+        if with_error:
+            values.append(cell(run["error"]))
+        change = cell((changes or {}).get(run["number"], ""))
+        rows.append(f"| {run['number']}{mark} | {run['status']} | {exact_number(run['duration_s'])} s | " + " | ".join([*values, change]) + " |")
     return "\n".join(rows)

@@ -1,6 +1,15 @@
-"""REPORT.md: the LLM's account of the experiment, followed by the mechanical record of every run."""
+"""REPORT.md: goal and outcome, the best run, the LLM's findings, every run, plots, tokens and cost, how to reproduce the best run.
+
+Every table, number and plot is made here from the runs' records, which hold what metrics.json, result.json
+and the logs say; REPORT_MODEL writes only the narrative between them. An experiment cut short gets the same
+record without asking the LLM.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
@@ -8,49 +17,47 @@ from langgraph.runtime import Runtime
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_text
 from adapters.logs import clip
+from adapters.plots import plot_curves, plot_metric_per_run, read_curves
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
-from nodes.records import experiment_context, resume_command, run_line, runs_table
-from nodes.stop_rules import spend
+from nodes.records import Ranking, best_ranked, exact_number, experiment_context, metrics_text, ranking, resume_command, runs_table
+from nodes.stop_rules import goal_reached, spend
 from settings import Settings
-from state import ExperimentState, Halt, Usage
+from state import ExperimentState, Halt, RunRecord, Usage
 
 RUNS_BUDGET = 8_000
-
-
-def usage_table(usage: list[Usage]) -> str:
-    """Tokens (and cost where reported) per stage."""
-    totals: dict[str, list[float]] = {}
-    for u in usage:
-        row = totals.setdefault(u["stage"], [0, 0, 0.0, 0])
-        row[0] += u["input_tokens"]
-        row[1] += u["output_tokens"]
-        row[2] += u["cost_usd"] or 0.0
-        row[3] += u["cost_usd"] is not None
-    lines = ["| Stage | Input tokens | Output tokens | Cost (USD, provider-reported) |", "|---|---|---|---|"]
-    for stage, (inp, out, cost, costed) in totals.items():
-        lines.append(f"| {stage} | {inp:.0f} | {out:.0f} | {f'{cost:.4f}' if costed else 'not reported'} |")
-    return "\n".join(lines)
+"""Characters of the runs' lines in the report prompt."""
+PLOTS_DIR = "report"
+"""The plots' folder in the experiment folder; REPORT.md links them by this relative path."""
+GOAL_PLOT = "goal_metric.png"
+CURVES_PLOT = "best_run_curves.png"
 
 
 def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-    """Write REPORT.md: the LLM's narrative and the record; only the record when the experiment was cut short."""
+    """Write REPORT.md: the record with the LLM's narrative in it; only the record when the experiment was cut short."""
     settings = runtime.context
-    runs = state.get("runs", [])
     reason = state.get("stop_reason") or "max_runs"
     files = ExperimentFiles(state["experiment_dir"])
     if halted := state.get("halted"):
         runtime.stream_writer({"event": "stage", "stage": "report", "model": None, "stop_reason": reason})
-        files.write_report(halt_notice(state, halted) + "\n\n" + record(state, settings, []))
+        files.write_report(report_text(state, settings, [], head=halt_notice(state, halted)))
         return {"report_path": str(files.report)}
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
+    # 1. The narrative: findings and what to try next, from the experiment as it stands and the runs' exact lines.
+    runs, goal, changes = state.get("runs", []), state.get("goal", ""), changes_by_run(state)
+    best = best_ranked(runs, ranking(runs, goal))
     prompt = REPORT_USER.format(
         **experiment_context(state),
-        runs=clip("\n".join(run_line(r) for r in runs), RUNS_BUDGET),
+        runs=clip("\n".join(report_line(run, changes) for run in runs) or "(no run finished)", RUNS_BUDGET),
+        best=report_line(best, changes) if best else "(none: no run reported a metric)",
         stop_reason=reason,
     )
     narrative, usage = ask_text(settings, settings.report_model, [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)], "report")
-    files.write_report(narrative.strip() + "\n\n" + record(state, settings, [usage]))
+
+    # 2. The record around it, computed from the runs.
+    if narrative := narrative_body(narrative):
+        narrative = f"_The account below is written by {settings.report_model}; the tables and plots are computed from the run files._\n\n{narrative}"
+    files.write_report(report_text(state, settings, [usage], head="# Report", narrative=narrative))
     return {"report_path": str(files.report), "stop_reason": reason, "usage": [usage]}
 
 
@@ -73,21 +80,168 @@ def halt_notice(state: ExperimentState, halted: Halt) -> str:
     return "\n".join(lines)
 
 
-def record(state: ExperimentState, settings: Settings, usage: list[Usage]) -> str:
-    """The mechanical part of REPORT.md: why it stopped, what it cost, every run and the tokens per stage."""
+def report_text(state: ExperimentState, settings: Settings, usage: list[Usage], head: str, narrative: str = "") -> str:
+    """The whole of REPORT.md: `head`, then the record with `narrative` after the best run; draws the plots it links."""
+    files = ExperimentFiles(state["experiment_dir"])
+    runs, goal = state.get("runs", []), state.get("goal", "")
+    rank = ranking(runs, goal)
+    best = best_ranked(runs, rank)
+    all_usage = [*state.get("usage", []), *usage]
+    parts = [
+        head,
+        outcome_section(state),
+        best_section(best, rank, goal),
+        narrative,
+        "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(state)) if runs else "No run finished."),
+        plots_section(files, runs, rank, best),
+        usage_section(all_usage, settings.model_prices),
+        reproduce_section(files, best or (runs[-1] if runs else None), is_best=best is not None),
+    ]
+    return "\n\n".join(part.strip() for part in parts if part.strip())
+
+
+def changes_by_run(state: ExperimentState) -> dict[int, str]:
+    """What each run changed, by run number (the latest word on a run wins)."""
+    return {change["run"]: change["change"] for change in state.get("changes", [])}
+
+
+def report_line(run: RunRecord, changes: dict[int, str]) -> str:
+    """One run for the report prompt, every number exactly as the record holds it."""
+    parts = [f"run {run['number']}: {run['status']}", f"{exact_number(run['duration_s'])} s", metrics_text(run["metrics"])]
+    if changes.get(run["number"]):
+        parts.append(f"changed: {changes[run['number']]}")
+    if run["error"]:
+        parts.append(f"error: {run['error']}")
+    return ", ".join(parts)
+
+
+def narrative_body(text: str) -> str:
+    """The model's narrative without a title of its own: the report has one."""
+    lines = text.strip().splitlines()
+    while lines and (lines[0].startswith("# ") or not lines[0].strip()):
+        lines.pop(0)
+    return "\n".join(lines).strip()
+
+
+def outcome_section(state: ExperimentState) -> str:
+    """Why the experiment stopped, after how many runs, against which goal."""
     runs = state.get("runs", [])
     reason = state.get("stop_reason") or "max_runs"
-    cost, cost_source = spend([*state.get("usage", []), *usage], settings.model_prices)
     if halted := state.get("halted"):
         detail = f" during {halted['stage']} (see above)"
     else:
         detail = f" ({state['stop_detail']})" if state.get("stop_detail") else ""
     return "\n\n".join(
         [
-            "## Record",
-            f"Stopped because: **{reason}**{detail} after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal', '(none)')}",
-            f"LLM cost: {'unknown' if cost is None else f'${cost:.4f}'} ({cost_source}).",
-            runs_table(runs, state.get("goal", "")),
-            usage_table([*state.get("usage", []), *usage]),
+            "## Goal and outcome",
+            f"Stopped because: **{reason}**{detail} after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal') or '(none)'}",
         ]
     )
+
+
+def best_section(best: RunRecord | None, rank: Ranking | None, goal: str) -> str:
+    """The best run with every metric it reported, exactly, and whether it meets the goal."""
+    if best is None or rank is None:
+        return "## Best run\n\nNo run reported a metric, so none can be called best."
+    lines = [
+        "## Best run",
+        "",
+        f"**Run {best['number']}** ({best['status']}, {exact_number(best['duration_s'])} s), best by {rank.basis}.",
+        "",
+        f"Metrics: {metrics_text(best['metrics'])}",
+    ]
+    if rank.target is not None:
+        met = goal_reached(goal, best["metrics"])
+        value = f"{rank.metric}={exact_number(best['metrics'][rank.metric])}"
+        lines += ["", f"Goal `{goal}`: {'met' if met else 'not met'} ({value})."]
+    return "\n".join(lines)
+
+
+def plots_section(files: ExperimentFiles, runs: list[RunRecord], rank: Ranking | None, best: RunRecord | None) -> str:
+    """Draw the plots into report/ and link them; a plot that cannot be drawn is said so, never fatal to the report."""
+    folder = files.root / PLOTS_DIR
+    lines, drawn = ["## Plots"], set[str]()
+    if rank is None:
+        lines.append("No run reported a metric: nothing to plot.")
+    else:
+        values = {run["number"]: run["metrics"].get(rank.metric) for run in runs}
+        best_number = best["number"] if best else None
+        failure = try_plot(plot_metric_per_run, values, rank.metric, rank.higher_is_better, folder / GOAL_PLOT, target=rank.target, best=best_number)
+        if not failure:
+            drawn.add(GOAL_PLOT)
+        lines.append(failure or f"![{rank.metric} per run, with the best so far]({PLOTS_DIR}/{GOAL_PLOT})")
+    if best is not None:
+        curves = read_curves(files.run_dir(best["number"]) / "output.log").plottable(first=rank.metric if rank else None)
+        if not curves:
+            lines.append(f"Run {best['number']}'s output.log prints no metric twice or more: no training curves to draw.")
+        else:
+            failure = try_plot(plot_curves, curves, f"Run {best['number']}: metrics in its output.log", folder / CURVES_PLOT)
+            if not failure:
+                drawn.add(CURVES_PLOT)
+            lines.append(failure or f"![Training curves of run {best['number']}]({PLOTS_DIR}/{CURVES_PLOT})")
+    for name in {GOAL_PLOT, CURVES_PLOT} - drawn:  # a plot of an earlier report that no longer applies
+        with contextlib.suppress(OSError):
+            (folder / name).unlink(missing_ok=True)
+    return "\n\n".join(lines)
+
+
+def try_plot(plot: Callable[..., None], *args: Any, **kwargs: Any) -> str | None:
+    """Draw one plot; None when it worked, else the sentence the report says instead."""
+    try:
+        plot(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 — matplotlib missing or failing must not cost the report
+        return f"This plot could not be drawn ({type(exc).__name__}: {exc})."
+    return None
+
+
+def usd(cost: float) -> str:
+    return f"{cost:.4f}" if cost == 0 or cost >= 0.0001 else "<0.0001"
+
+
+def cost_text(calls: list[Usage], prices: dict[str, list[float]]) -> str:
+    """The USD the calls cost, as the provider reported it or MODEL_PRICES gives it; a lower bound when some have no price."""
+    cost, _ = spend(calls, prices)
+    if cost is None:
+        return "unknown"
+    unpriced = sum(1 for call in calls if call["cost_usd"] is None and call["model"] not in prices)
+    return f"at least {usd(cost)} ({unpriced} calls without a price)" if unpriced else usd(cost)
+
+
+def usage_table(usage: list[Usage], prices: dict[str, list[float]] | None = None) -> str:
+    """Calls, tokens and cost per stage and model, and their total."""
+    groups: dict[tuple[str, str], list[Usage]] = {}
+    for call in usage:
+        groups.setdefault((call["stage"], call["model"]), []).append(call)
+    lines = ["| Stage | Model | Calls | Input tokens | Output tokens | Cost (USD) |", "|---|---|---|---|---|---|"]
+    for (stage, model), calls in [*groups.items(), (("**total**", ""), usage)]:
+        inp, out = sum(c["input_tokens"] for c in calls), sum(c["output_tokens"] for c in calls)
+        lines.append(f"| {stage} | {model} | {len(calls)} | {inp} | {out} | {cost_text(calls, prices or {})} |")
+    return "\n".join(lines)
+
+
+def usage_section(usage: list[Usage], prices: dict[str, list[float]]) -> str:
+    _, source = spend(usage, prices)
+    return "\n\n".join(["## Tokens and cost", f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}.", usage_table(usage, prices)])
+
+
+def reproduce_section(files: ExperimentFiles, run: RunRecord | None, is_best: bool) -> str:
+    """Where the run's train.py lies and the command that runs it again, from the experiment folder."""
+    if run is None:
+        return ""
+    folder = f"run_{run['number']}"
+    which = "the best run" if is_best else "the latest run"
+    lines = [f"## Reproduce {which}", ""]
+    if not (files.run_dir(run["number"]) / "train.py").is_file():
+        return "\n".join([*lines, f"Run {run['number']}'s train.py is no longer in {folder}/."])
+    lines += [
+        f"Run {run['number']}'s script is [{folder}/train.py]({folder}/train.py). From the experiment folder:",
+        "",
+        "```bash",
+        f"cd {folder} && DATA_DIR=../data python train.py",
+        "```",
+        "",
+        f"It writes `metrics.json` beside it (run {run['number']} measured: {metrics_text(run['metrics'])}). "
+        "`DATA_DIR` is the dataset cache the runs share (`data/` in the experiment folder); run it with the Python "
+        "environment the runner used, where its libraries are installed.",
+    ]
+    return "\n".join(lines)

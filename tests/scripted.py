@@ -78,6 +78,7 @@ class ScriptedBrain:
             run = int(re.search(r"Run (\d+):", prompt).group(1))
             analysis = {
                 "summary": f"Run {run} trained the baseline.",
+                "change": "set up the baseline" if run == 1 else f"changed the model for run {run}",
                 "findings": [f"run {run} reached its metrics"],
                 "task_updates": [{"id": 1, "status": "done" if run > 1 else "in_progress", "notes": f"worked on in run {run}"}],
                 "new_tasks": [],

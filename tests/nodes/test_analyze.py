@@ -71,6 +71,11 @@ def test_findings_section():
     assert section == "## Run 2 (failed)\n\nCrashed.\n\n- a\n- b\n\nGoal achieved: acc=1"
 
 
+def test_findings_section_says_what_the_run_changed_in_one_line():
+    section = findings_section(make_run(3), analysis(summary="Better.", change=" width 64 ->\n 128 ", findings=["acc 0.9"]))
+    assert section == "## Run 3 (ok)\n\nChanged: width 64 -> 128\n\nBetter.\n\n- acc 0.9"
+
+
 # the node
 
 
@@ -93,6 +98,7 @@ def test_node_updates_files_and_state(tmp_path: Path):
         findings=["accuracy 0.5 with logistic regression"],
         task_updates=[{"id": 1, "status": "done", "notes": "0.5"}, {"id": 42, "status": "done"}],
         new_tasks=[{"title": "Try an MLP"}],
+        change="logistic regression -> MLP",
     )
     model = ScriptedChatModel(responses=[reply])
     runtime, events = make_runtime(model)
@@ -104,9 +110,11 @@ def test_node_updates_files_and_state(tmp_path: Path):
     assert json.loads((tmp_path / "tasks.json").read_text())["tasks"] == update["tasks"]
     findings = (tmp_path / "KEY_FINDINGS.md").read_text()
     assert "An earlier section." in findings
-    assert "## Run 2 (ok)\n\nBaseline worked.\n\n- accuracy 0.5 with logistic regression" in findings
+    section = "## Run 2 (ok)\n\nChanged: logistic regression -> MLP\n\nBaseline worked.\n\n- accuracy 0.5 with logistic regression"
+    assert section in findings
     assert findings.index("## Run 0") < findings.index("## Run 2")
-    assert update["findings"] == ["## Run 2 (ok)\n\nBaseline worked.\n\n- accuracy 0.5 with logistic regression"]
+    assert update["findings"] == [section]
+    assert update["changes"] == [{"run": 2, "change": "logistic regression -> MLP"}]
     assert update["goal_met"] is False
     assert update["stop_reason"] is None
     assert [u["stage"] for u in update["usage"]] == ["analyze"]
@@ -137,6 +145,19 @@ def test_without_a_numeric_goal_the_analyst_decides(tmp_path: Path):
     state = {**state_after_run(make_experiment(tmp_path), runs=1, max_runs=5), "goal": "a convincing qualitative result"}
     update = analyze(state, runtime)
     assert update["goal_met"] is True and update["stop_reason"] == "goal_met"
+
+
+def test_a_reply_without_a_change_records_an_empty_one(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(summary="Ran.")]))
+    update = analyze(state_after_run(make_experiment(tmp_path), runs=1), runtime)
+    assert update["changes"] == [{"run": 1, "change": ""}] and "Changed:" not in update["findings"][0]
+
+
+def test_the_prompt_asks_what_the_run_changed(tmp_path: Path):
+    model = ScriptedChatModel(responses=[analysis_reply()])
+    runtime, _ = make_runtime(model)
+    analyze(state_after_run(make_experiment(tmp_path), runs=1), runtime)
+    assert "change: what this run changed compared with the previous run" in model.prompt()
 
 
 def test_node_stops_at_max_runs(tmp_path: Path):

@@ -1,21 +1,40 @@
-"""report: REPORT.md = the LLM's narrative + the mechanical record, which survives an LLM failure."""
+"""report: REPORT.md = the record computed from the runs (exact numbers, plots, tokens, how to reproduce) around the LLM's narrative."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from fakes import ScriptedChatModel, events_of, make_experiment, make_run, make_runtime, make_task, text_reply
+from PIL import Image
 
 from adapters.llm import LLMError
+from adapters.plots import MAX_POINTS, plot_curves, plot_metric_per_run, read_curves
+from nodes import report as report_module
 from nodes.report import report, usage_table
 from state import Usage
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-def usage(stage: str, inp: int, out: int, cost: float | None = None) -> Usage:
-    return Usage(stage=stage, model="m", input_tokens=inp, output_tokens=out, cost_usd=cost)
+
+def usage(stage: str, inp: int, out: int, cost: float | None = None, model: str = "m") -> Usage:
+    return Usage(stage=stage, model=model, input_tokens=inp, output_tokens=out, cost_usd=cost)
+
+
+def assert_png(path: Path) -> None:
+    """`path` is a PNG image that reads back, of a real size."""
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 100 and image.height > 100
+
+
+def linked_images(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
 
 
 def finished_state(root: str, stop_reason: str | None = "goal_met") -> dict:
@@ -27,37 +46,95 @@ def finished_state(root: str, stop_reason: str | None = "goal_met") -> dict:
         "tasks": [make_task(1, "Baseline", status="done", runs=[1])],
         "findings": ["## Run 1 (ok)\n\nFINDING-ONE"],
         "runs": [
-            make_run(1, metrics={"accuracy": 0.81}),
-            make_run(2, metrics={"accuracy": 0.93}),
+            make_run(1, metrics={"accuracy": 0.81, "loss": 0.5}),
+            make_run(2, metrics={"accuracy": 0.9312345678901234, "loss": 1.5e-07, "train_seconds": 3000.0}),
             make_run(3, status="failed", error="ValueError: boom"),
         ],
+        "changes": [{"run": 1, "change": "baseline logistic regression"}, {"run": 2, "change": "MLP, 128 hidden units"}, {"run": 3, "change": "deeper MLP"}],
         "max_runs": 5,
         "stop_reason": stop_reason,
-        "usage": [usage("initialize", 1000, 200, 0.01), usage("codegen", 3000, 900, 0.02), usage("codegen", 1000, 100, 0.005)],
+        "stop_detail": "run 2 met the goal 'accuracy >= 0.9' by metrics" if stop_reason == "goal_met" else "",
+        "usage": [
+            usage("initialize", 1000, 200, 0.01, model="big"),
+            usage("codegen", 3000, 900, 0.02, model="big"),
+            usage("codegen", 1000, 100, 0.005, model="big"),
+            usage("analyze", 500, 50, 0.001, model="small"),
+        ],
     }
 
 
-def test_report_has_narrative_runs_table_stop_reason_and_usage(tmp_path: Path):
-    model = ScriptedChatModel(responses=[text_reply("# Report\n\nNARRATIVE: the MLP won.", input_tokens=50, output_tokens=10, cost=0.001)])
+def write_run_files(root: Path) -> None:
+    """run_2's train.py and a log with per-epoch lines, as execute leaves them."""
+    run = root / "run_2"
+    run.mkdir(parents=True)
+    (run / "train.py").write_text("print('train')\n")
+    lines = [f"epoch={e} loss={1 / e:.4f} accuracy={0.5 + e / 25:.4f}" for e in range(1, 11)]
+    (run / "output.log").write_text("loading data\n" + "\n".join(lines) + "\nTest accuracy: 0.93\n")
+
+
+def test_report_is_the_record_around_the_narrative(tmp_path: Path):
+    narrative = "# Report\n\nNARRATIVE: the MLP won.\n\n## Key findings\n\n- width helps\n\n## What to try next\n\n- dropout"
+    model = ScriptedChatModel(responses=[text_reply(narrative, input_tokens=50, output_tokens=10, cost=0.001)])
     runtime, events = make_runtime(model)
     root = make_experiment(tmp_path)
+    write_run_files(tmp_path)
 
     update = report(finished_state(root), runtime)
 
     text = (tmp_path / "REPORT.md").read_text()
     assert update["report_path"] == str(tmp_path.resolve() / "REPORT.md")
-    assert text.startswith("# Report\n\nNARRATIVE: the MLP won.")
-    assert "Stopped because: **goal_met** after 3 of 5 runs. Goal: accuracy >= 0.9" in text
-    assert "| 2 ★ | ok |" in text
-    assert "| 1 | ok |" in text and "| 3 | failed |" in text
-    assert "| initialize | 1000 | 200 | 0.0100 |" in text
-    assert "| codegen | 4000 | 1000 | 0.0250 |" in text
-    assert "| report | 50 | 10 | 0.0010 |" in text
+    headings = [line for line in text.splitlines() if line.startswith("#")]
+    assert headings == [
+        "# Report",
+        "## Goal and outcome",
+        "## Best run",
+        "## Key findings",
+        "## What to try next",
+        "## Runs",
+        "## Plots",
+        "## Tokens and cost",
+        "## Reproduce the best run",
+    ]
+    assert "NARRATIVE: the MLP won." in text and f"written by {runtime.context.report_model}" in text
+    assert "Stopped because: **goal_met** (run 2 met the goal 'accuracy >= 0.9' by metrics) after 3 of 5 runs. Goal: accuracy >= 0.9" in text
+    # The best run with every metric exactly as recorded.
+    assert "**Run 2** (ok, 1.5 s), best by accuracy, the goal's metric (higher is better)." in text
+    assert "Metrics: accuracy=0.9312345678901234, loss=1.5e-07, train_seconds=3000" in text
+    assert "Goal `accuracy >= 0.9`: met (accuracy=0.9312345678901234)." in text
+    # Every run: status, duration, metrics, error, what it changed.
+    assert "| Run | Status | Duration | accuracy | loss | train_seconds | Error | What changed |" in text
+    assert "| 1 | ok | 1.5 s | 0.81 | 0.5 | — |  | baseline logistic regression |" in text
+    assert "| 2 ★ | ok | 1.5 s | 0.9312345678901234 | 1.5e-07 | 3000 |  | MLP, 128 hidden units |" in text
+    assert "| 3 | failed | 1.5 s | — | — | — | ValueError: boom | deeper MLP |" in text
+    # Plots that exist, linked relatively.
+    assert linked_images(text) == ["report/goal_metric.png", "report/best_run_curves.png"]
+    for link in linked_images(text):
+        assert_png(tmp_path / link)
+    # Tokens and cost by stage and model, the report's own call included.
+    assert "LLM cost (USD): 0.0370; source: reported by the provider." in text
+    assert "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
+    assert "| codegen | big | 2 | 4000 | 1000 | 0.0250 |" in text
+    assert "| analyze | small | 1 | 500 | 50 | 0.0010 |" in text
+    assert f"| report | {runtime.context.report_model} | 1 | 50 | 10 | 0.0010 |" in text
+    assert "| **total** |  | 5 | 5550 | 1260 | 0.0370 |" in text
+    # How to run the best run again.
+    assert "[run_2/train.py](run_2/train.py)" in text and "cd run_2 && DATA_DIR=../data python train.py" in text
+
     assert update["stop_reason"] == "goal_met"
     assert update["usage"] == [{"stage": "report", "model": runtime.context.report_model, "input_tokens": 50, "output_tokens": 10, "cost_usd": 0.001}]
     prompt = model.prompt()
-    for part in ("IDEA-TEXT", "PLAN-TEXT", "FINDING-ONE", "#1 [done] Baseline", "run 2: ok", "error: ValueError: boom", "stopped because: goal_met"):
-        assert part in prompt
+    for part in (
+        "IDEA-TEXT",
+        "PLAN-TEXT",
+        "FINDING-ONE",
+        "#1 [done] Baseline",
+        "run 2: ok, 1.5 s, accuracy=0.9312345678901234, loss=1.5e-07, train_seconds=3000, changed: MLP, 128 hidden units",
+        "run 3: failed, 1.5 s, none, changed: deeper MLP, error: ValueError: boom",
+        "<best_run>\nrun 2: ok",
+        "stopped because: goal_met",
+        "Do not repeat those tables",
+    ):
+        assert part in prompt, part
     assert events_of(events, "stage") == [{"event": "stage", "stage": "report", "model": runtime.context.report_model, "stop_reason": "goal_met"}]
     assert events_of(events, "warning") == []
 
@@ -78,7 +155,7 @@ def test_an_llm_failure_is_raised_for_the_graph_to_record(tmp_path: Path):
     assert not (tmp_path / "REPORT.md").exists()
 
 
-def test_a_halted_experiment_gets_the_record_without_asking_the_llm(tmp_path: Path):
+def test_a_halted_experiment_gets_the_same_record_without_asking_the_llm(tmp_path: Path):
     model = ScriptedChatModel(responses=[])  # any call would fail: none may happen
     runtime, events = make_runtime(model)
     state = {
@@ -86,6 +163,7 @@ def test_a_halted_experiment_gets_the_record_without_asking_the_llm(tmp_path: Pa
         "stop_detail": "the LLM server rejected the API key (401): check LLM_API_KEY",
         "halted": {"stage": "report", "stop_reason": "goal_met", "stop_detail": "accuracy=0.93 meets accuracy >= 0.9"},
     }
+    write_run_files(tmp_path)
 
     update = report(state, runtime)
 
@@ -96,10 +174,115 @@ def test_a_halted_experiment_gets_the_record_without_asking_the_llm(tmp_path: Pa
     assert "had ended before that: goal_met (accuracy=0.93 meets accuracy >= 0.9)" in text
     assert f"resume with `python main.py -d {tmp_path} --resume`; it goes on with report" in text
     assert "Stopped because: **fatal** during report (see above) after 3 of 5 runs" in text
-    assert "| 2 ★ | ok |" in text and "| initialize | 1000 | 200 | 0.0100 |" in text
+    assert "| 2 ★ | ok | 1.5 s | 0.9312345678901234 |" in text and "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
+    assert "Metrics: accuracy=0.9312345678901234" in text and "cd run_2 && DATA_DIR=../data python train.py" in text
+    assert "written by" not in text
+    assert linked_images(text) == ["report/goal_metric.png", "report/best_run_curves.png"]
+    for link in linked_images(text):
+        assert_png(tmp_path / link)
     assert events_of(events, "stage")[0]["model"] is None
 
 
-def test_usage_table_without_reported_cost():
-    table = usage_table([usage("analyze", 10, 2), usage("analyze", 5, 1)])
-    assert "| analyze | 15 | 3 | not reported |" in table
+def test_a_plot_that_fails_is_said_so_and_the_report_goes_on(tmp_path: Path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(report_module, "plot_metric_per_run", broken)
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
+    root = make_experiment(tmp_path)
+    write_run_files(tmp_path)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "goal_metric.png").write_bytes(b"an old plot")
+
+    report(finished_state(root), runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "This plot could not be drawn (RuntimeError: no backend)." in text
+    assert linked_images(text) == ["report/best_run_curves.png"]
+    assert not (tmp_path / "report" / "goal_metric.png").exists()  # no stale plot beside the report
+
+
+def test_without_any_metric_there_is_no_best_run_and_no_plot(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
+    state = {**finished_state(make_experiment(tmp_path)), "runs": [make_run(1, status="failed", error="OSError: x")], "changes": []}
+    (tmp_path / "run_1").mkdir()
+    (tmp_path / "run_1" / "train.py").write_text("raise OSError('x')\n")
+
+    report(state, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "No run reported a metric, so none can be called best." in text
+    assert "No run reported a metric: nothing to plot." in text and linked_images(text) == []
+    assert "## Reproduce the latest run" in text and "cd run_1 && DATA_DIR=../data python train.py" in text
+
+
+def test_without_a_numeric_goal_the_first_metric_ranks_the_runs(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
+    runs = [make_run(1, metrics={"val_loss": 0.4}), make_run(2, metrics={"val_loss": 0.2}), make_run(3, metrics={"val_loss": 0.3})]
+    state = {**finished_state(make_experiment(tmp_path)), "goal": "a convincing qualitative result", "runs": runs}
+
+    report(state, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**Run 2** (ok, 1.5 s), best by val_loss, the first metric reported (the goal names no metric), lower taken as better." in text
+    assert "| 2 ★ | ok |" in text and "Goal `" not in text
+    assert "Run 2's output.log prints no metric twice or more: no training curves to draw." in text
+    assert_png(tmp_path / "report" / "goal_metric.png")
+
+
+def test_usage_table_without_reported_cost_and_with_model_prices():
+    calls = [usage("analyze", 10, 2), usage("analyze", 5, 1), usage("codegen", 1_000_000, 0, model="priced")]
+    table = usage_table(calls, {"priced": [3.0, 15.0]})
+    assert "| analyze | m | 2 | 15 | 3 | unknown |" in table
+    assert "| codegen | priced | 1 | 1000000 | 0 | 3.0000 |" in table
+    assert "| **total** |  | 3 | 1000015 | 3 | at least 3.0000 (2 calls without a price) |" in table
+
+
+# adapters.plots, as the report draws them
+
+
+def test_metric_per_run_plot_is_a_png(tmp_path: Path):
+    path = tmp_path / "report" / "goal.png"
+    plot_metric_per_run({1: 0.5, 2: None, 3: 0.8, 4: 0.7}, "accuracy", True, path, target=0.9, best=3)
+    assert_png(path)
+    assert [p.name for p in path.parent.iterdir()] == ["goal.png"]  # no temporary file left
+
+
+def test_metric_per_run_plot_of_a_single_run_and_lower_is_better(tmp_path: Path):
+    plot_metric_per_run({1: 0.3}, "loss", False, tmp_path / "one.png", best=1)
+    plot_metric_per_run({1: None}, "loss", False, tmp_path / "none.png")
+    assert_png(tmp_path / "one.png") and assert_png(tmp_path / "none.png")
+
+
+def test_read_curves_uses_the_epoch_and_keeps_curves_of_two_points_or_more(tmp_path: Path):
+    log = tmp_path / "output.log"
+    log.write_text(
+        "lr=0.001 batch_size=64\nepoch=1 loss=0.9 val_accuracy=0.6\nnoise\nepoch=2 loss=0.5 val_accuracy=0.8\nepoch=3 loss=0.4\nTest accuracy: 0.91\n"
+    )
+    curves = read_curves(log).plottable(first="val_accuracy")
+    assert curves == {"val_accuracy": ("epoch", [1.0, 2.0], [0.6, 0.8]), "loss": ("epoch", [1.0, 2.0, 3.0], [0.9, 0.5, 0.4])}
+    plot_curves(curves, "Run 1", tmp_path / "curves.png")
+    assert_png(tmp_path / "curves.png")
+
+
+def test_read_curves_falls_back_to_the_line_order(tmp_path: Path):
+    log = tmp_path / "output.log"
+    log.write_text("loss=0.9\nstep=10 loss=0.5\n" + "".join(f"epoch=1 step={s} acc={s / 100}\n" for s in (1, 2, 1, 2)))
+    curves = read_curves(log).plottable()
+    assert curves["loss"] == ("metric line of the log", [1.0, 2.0], [0.9, 0.5])  # one line names no x
+    assert curves["acc"][0] == "metric line of the log" and curves["acc"][1] == [3.0, 4.0, 5.0, 6.0]  # the step restarts
+
+
+def test_read_curves_thins_a_long_log_and_keeps_its_last_value(tmp_path: Path):
+    log = tmp_path / "output.log"
+    with log.open("w") as f:
+        for step in range(1, 50_001):
+            f.write(f"step={step} loss={1 / step}\n")
+    x_name, xs, ys = read_curves(log).plottable()["loss"]
+    assert x_name == "step" and len(xs) <= MAX_POINTS + 1
+    assert xs[0] == 1 and xs[-1] == 50_000 and ys[-1] == 1 / 50_000
+    assert xs == sorted(xs)
+
+
+def test_read_curves_of_a_missing_log_is_empty(tmp_path: Path):
+    assert read_curves(tmp_path / "nothing.log").plottable() == {}
