@@ -5,6 +5,7 @@ from __future__ import annotations
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip
@@ -62,11 +63,12 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         code=clip(state.get("code", ""), BUDGET["previous_code"]),
         run=run["summary"],
     )
-    analysis, usage = ask_structured(settings, settings.summarize_model, RunAnalysis, [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)], "analyze")
+    files = ExperimentFiles(state["experiment_dir"])
+    messages = [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)]
+    analysis, usage = ask_structured(settings, settings.summarize_model, RunAnalysis, messages, "analyze", AuditLog(files.llm_calls, settings.audit_content))
 
     tasks = apply_analysis(state.get("tasks", []), analysis, run["number"])
     section = findings_section(run, analysis)
-    files = ExperimentFiles(state["experiment_dir"])
     files.write_tasks(tasks)
     files.write_findings([*state.get("findings", []), section])
     goal = state.get("goal", "")

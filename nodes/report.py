@@ -14,6 +14,7 @@ from typing import Any
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
+from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_text
 from adapters.logs import clip
@@ -52,7 +53,8 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         best=report_line(best, changes) if best else "(none: no run reported a metric)",
         stop_reason=reason,
     )
-    narrative, usage = ask_text(settings, settings.report_model, [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)], "report")
+    messages = [SystemMessage(REPORT_SYSTEM), HumanMessage(prompt)]
+    narrative, usage = ask_text(settings, settings.report_model, messages, "report", AuditLog(files.llm_calls, settings.audit_content))
 
     # 2. The record around it, computed from the runs.
     if narrative := narrative_body(narrative):

@@ -13,7 +13,7 @@ from nodes.prompts import BUDGET, CODEGEN_USER
 GOOD = "import json\nprint('epoch=1 loss=0.5')\njson.dump({'accuracy': 0.9}, open('metrics.json', 'w'))"
 BROKEN = "def train(:\n    pass"
 
-# What may legitimately pass the sum of the budgets: latest_findings puts "(N earlier sections
+# What may legitimately pass the sum of the budgets: findings_digest puts "(N earlier sections
 # omitted)" above the sections it keeps, and a feedback part comes wrapped in <feedback> tags.
 # (clip itself never exceeds its budget: its "…[n characters cut]…" marker is taken from it.)
 OMITTED_HEADER = len("(9999 earlier sections omitted)\n\n")
