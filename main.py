@@ -26,6 +26,7 @@ from adapters.preflight import preflight
 from adapters.process import RunCancelled, cancel_running_scripts
 from adapters.sandbox import resolve_mode
 from adapters.terminal import ask_review
+from adapters.tracking import local_store_uri, mlflow_installed
 from adapters.views import LiveView, PlainView, Progress, QuietView, runs_table
 from graph import build_graph
 from graph.experiment import halt, resume_halted
@@ -81,6 +82,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sandbox", choices=("auto", "bwrap", "none"), help="where train.py runs (default: SANDBOX, auto)")
     parser.add_argument("--no-network", action="store_true", help="cut train.py off every network, loopback included")
     parser.add_argument("--review", action="store_true", help="approve, reject or edit each train.py before it runs")
+    parser.add_argument("--mlflow", action="store_true", help="log each run to MLflow: at MLFLOW_TRACKING_URI, else in .runner/mlflow.db")
     parser.add_argument("--plain", action="store_true", help="one line per event, no live view (the default when stdout is not a terminal)")
     parser.add_argument("--quiet", action="store_true", help="print only the final outcome")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -105,8 +107,12 @@ def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
         "max_cost_usd": args.max_cost,
         "max_tokens": args.max_tokens,
         "max_hours": args.max_hours,
+        "mlflow_tracking_uri": (ENV_SETTINGS["MLFLOW_TRACKING_URI"].read(os.environ) or local_store_uri(experiment)) if args.mlflow else None,
     }
     settings = Settings.from_env(**{name: value for name, value in flags.items() if value is not None})
+    if settings.mlflow_tracking_uri and not mlflow_installed():
+        asked = "--mlflow is given" if args.mlflow else "MLFLOW_TRACKING_URI is set"
+        raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
     settings.check()
     resolve_mode(settings.sandbox, no_network=settings.no_network)  # a sandbox that cannot work stops here, before any LLM call
     return settings

@@ -160,7 +160,10 @@ class Settings:
         "AUDIT_CONTENT", True, "0 keeps only the metadata of each LLM call in .runner/llm_calls.jsonl, not the messages and the reply.", _flag
     )
     mlflow_tracking_uri: str = _setting(
-        "MLFLOW_TRACKING_URI", "", "Log each run to MLflow there (e.g. sqlite:///mlflow.db; needs the mlflow extra); empty: off (`--mlflow`: a store in .runner/).", _text
+        "MLFLOW_TRACKING_URI",
+        "",
+        "Log each run to MLflow there (e.g. sqlite:///mlflow.db; needs the mlflow extra); empty: off (`--mlflow`: a store in .runner/).",
+        _text,
     )
     chat_model: Any = field(default=None, repr=False, metadata={"description": "A ready chat model used for every stage (tests, embedding)."})
 

@@ -12,6 +12,7 @@ from adapters.files import ExperimentFiles, write_atomic
 from adapters.logs import render_summary, summarize_log
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
 from adapters.sandbox import child_environment, resolve_mode, sandbox_command, workspace
+from adapters.tracking import TrackingError, log_run
 from settings import Settings
 from state import ExperimentState, RunRecord
 
@@ -98,6 +99,22 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     )
     files.write_result(record)
     runtime.stream_writer({"event": "run_done", "run": number, "status": status, "duration_s": record["duration_s"], "metrics": log.metrics})
+
+    # 5. With tracking on, log it to MLflow too: a tracking failure costs that record only, never the run.
+    if settings.mlflow_tracking_uri:
+        params = {
+            "run_number": number,
+            "code_model": settings.code_model,
+            "summarize_model": settings.summarize_model,
+            "report_model": settings.report_model,
+            "sandbox": mode,
+            "no_network": settings.no_network,
+            "status": status,
+        }
+        try:
+            log_run(settings.mlflow_tracking_uri, files.root, record, params=params, artifacts=[script, log_path], log_path=log_path)
+        except TrackingError as exc:
+            runtime.stream_writer({"event": "warning", "message": str(exc)})
     return {"runs": [record]}
 
 
