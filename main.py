@@ -10,11 +10,13 @@ import sqlite3
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dotenv import load_dotenv
 from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 from rich.console import Console
@@ -95,11 +97,24 @@ def parse_status_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
-    """Settings from the flags, then the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
+def load_settings(experiment: Path, overrides: dict, mlflow: bool = False) -> Settings:
+    """Settings from `overrides` (flags, keyword arguments), then the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
     load_dotenv(experiment / ".env", override=False)
     load_dotenv(Path.cwd() / ".env", override=False)
-    flags = {
+    if mlflow and "mlflow_tracking_uri" not in overrides:
+        overrides = {**overrides, "mlflow_tracking_uri": ENV_SETTINGS["MLFLOW_TRACKING_URI"].read(os.environ) or local_store_uri(experiment)}
+    settings = Settings.from_env(**{name: value for name, value in overrides.items() if value is not None})
+    if settings.mlflow_tracking_uri and not mlflow_installed():
+        asked = "--mlflow is given" if mlflow else "MLFLOW_TRACKING_URI is set"
+        raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
+    settings.check()
+    resolve_mode(settings.sandbox, no_network=settings.no_network)  # a sandbox that cannot work stops here, before any LLM call
+    return settings
+
+
+def flag_settings(args: argparse.Namespace) -> dict:
+    """The settings the command line's flags set (None: not given)."""
+    return {
         "sandbox": args.sandbox,
         "no_network": args.no_network or None,
         "review": args.review or None,
@@ -107,38 +122,105 @@ def load_settings(experiment: Path, args: argparse.Namespace) -> Settings:
         "max_cost_usd": args.max_cost,
         "max_tokens": args.max_tokens,
         "max_hours": args.max_hours,
-        "mlflow_tracking_uri": (ENV_SETTINGS["MLFLOW_TRACKING_URI"].read(os.environ) or local_store_uri(experiment)) if args.mlflow else None,
     }
-    settings = Settings.from_env(**{name: value for name, value in flags.items() if value is not None})
-    if settings.mlflow_tracking_uri and not mlflow_installed():
-        asked = "--mlflow is given" if args.mlflow else "MLFLOW_TRACKING_URI is set"
-        raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
-    settings.check()
-    resolve_mode(settings.sandbox, no_network=settings.no_network)  # a sandbox that cannot work stops here, before any LLM call
-    return settings
+
+
+def prepare(experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False) -> tuple[ExperimentFiles, Settings]:
+    """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise)."""
+    files = ExperimentFiles(experiment_dir)
+    if not files.root.is_dir():
+        raise UsageError(f"experiment directory {experiment_dir} does not exist")
+    settings = load_settings(files.root, overrides, mlflow)
+    if not resume:
+        idea = files.read_idea()  # ExperimentInputError when missing or empty
+        try:
+            goal_from_idea(idea)
+        except ValueError as exc:  # a goal line that does not parse
+            raise UsageError(f"{files.idea}: {exc}") from None
+    elif not files.checkpoints.is_file():
+        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
+    return files, settings
+
+
+@contextmanager
+def opened(files: ExperimentFiles) -> Iterator[tuple[CompiledStateGraph, dict]]:
+    """The experiment graph on the folder's own checkpoint database, held under the runner lock."""
+    with files.runner_lock(), SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
+        yield build_graph().compile(checkpointer=checkpointer, name="experiment"), {"configurable": {"thread_id": THREAD_ID}}
+
+
+def drive(app: CompiledStateGraph, config: dict, stream_input, settings: Settings, *, on_event, on_update, answer) -> dict:
+    """Stream the graph to its end: custom events to `on_event`, node updates to `on_update`, each interrupt to `answer`; the final state."""
+    while True:
+        for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
+            if mode == "custom":
+                on_event(chunk)
+            else:
+                for node, update in chunk.items():
+                    if node != "__interrupt__":
+                        on_update(node, update)
+        snapshot = app.get_state(config)
+        if not snapshot.interrupts:
+            return snapshot.values
+        stream_input = Command(resume=answer(snapshot.interrupts[0].value))
+
+
+def run_experiment(
+    experiment_dir: str | Path,
+    max_runs: int | None = None,
+    *,
+    resume: bool = False,
+    on_event: Callable[[dict], None] | None = None,
+    on_review: Callable[[dict], dict] | None = None,
+    **settings,
+) -> dict:
+    """What `python main.py` does, without the terminal: start (or with resume=True, continue) an experiment; its final state.
+
+    `settings` are Settings fields (e.g. code_model="...", max_cost_usd=2.0, sandbox="none") over the
+    environment and .env files. `on_event` receives the progress events the nodes emit. With review on
+    (review=True), `on_review(request)` answers each pause: {"action": "approve"}, {"action": "reject", "reason": ...} or
+    {"action": "edit", "code": ...}. Bad input raises UsageError, a key or model the provider rejects
+    LLMError; an experiment cut short returns with stop_reason fatal, llm_unavailable or interrupted.
+    """
+    files, chosen = prepare(str(experiment_dir), resume, settings)
+    if chosen.review and on_review is None:
+        raise UsageError("review is on: pass on_review=, a function that answers each pause")
+    with opened(files) as (app, config):
+        stream_input = start_or_resume(app, config, files, resume, max_runs, chosen)
+        if stream_input is False:
+            return app.get_state(config).values
+        for warning in preflight(chosen):
+            (on_event or _ignore)({"event": "warning", "message": warning})
+        return drive(
+            app,
+            config,
+            stream_input,
+            chosen,
+            on_event=on_event or _ignore,
+            on_update=lambda node, update: None,
+            answer=lambda request: on_review(request) if chosen.review and on_review else {"action": "approve"},
+        )
+
+
+def _ignore(event: dict) -> None:
+    pass
 
 
 def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: list[Callable[[], None]]) -> int:
     """Start or resume the experiment and stream it to the terminal; returns the exit code."""
-    files = ExperimentFiles(args.experiment_dir)
-    if not files.root.is_dir():
-        raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
-    settings = load_settings(files.root, args)
-    if not args.resume:
-        try:  # fails early, before any LLM call, on a missing or empty IDEA.md or a goal line that does not parse
-            goal_from_idea(files.read_idea())
-        except ValueError as exc:
-            raise UsageError(f"{files.idea}: {exc}") from None
-    elif not files.checkpoints.is_file():
-        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
-
+    files, settings = prepare(args.experiment_dir, args.resume, flag_settings(args), args.mlflow)
     resume_hint = resume_command(args.experiment_dir)
-    with files.runner_lock(), SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
-        app = build_graph().compile(checkpointer=checkpointer, name="experiment")
-        config = {"configurable": {"thread_id": THREAD_ID}}
+    with opened(files) as (app, config):
         on_leave.append(lambda: _record_interrupt(app, config, settings))
-        stream_input = _start_or_resume(app, config, files, args, settings, resume_hint, console)
-        if stream_input is False:
+        stream_input = start_or_resume(app, config, files, args.resume, args.max_runs, settings)
+        if stream_input is False:  # finished: only a higher run limit gives it more to do
+            values = app.get_state(config).values
+            runs_done = len(values.get("runs", []))
+            console.print(
+                f"Experiment already finished ({values.get('stop_reason')}, {runs_done} runs); report: {values.get('report_path')}. "
+                f"To go on: `{resume_hint} --max-runs M` with M above {runs_done}.",
+                soft_wrap=True,
+            )
             return EXIT_FINISHED
 
         try:  # the key and every model are checked before anything is spent
@@ -160,24 +242,16 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
         view = _view(args, console, errors, progress)
         on_leave.append(view.stop)
         view.start()
+
+        def answer(request: dict) -> dict:
+            with view.paused():
+                return _answer(request, settings, console)
+
         try:
-            while True:
-                for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
-                    if mode == "custom":
-                        view.event(chunk)
-                    else:
-                        for node, update in chunk.items():
-                            if node != "__interrupt__":
-                                view.update(node, update)
-                snapshot = app.get_state(config)
-                if not snapshot.interrupts:
-                    break
-                with view.paused():
-                    stream_input = Command(resume=_answer(snapshot.interrupts[0].value, settings, console))
+            final = drive(app, config, stream_input, settings, on_event=view.event, on_update=view.update, answer=answer)
         finally:
             view.stop()
 
-    final = snapshot.values
     reason = final.get("stop_reason") or "max_runs"
     console.print(escape(outcome(final)), soft_wrap=True)
     if final.get("halted"):
@@ -245,14 +319,15 @@ def _answer(request: dict, settings: Settings, console: Console) -> dict:
         raise UsageError("review needs an answer on standard input; run it in a terminal, or resume without --review") from None
 
 
-def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settings, resume_hint: str, console: Console):
-    """The graph input for this invocation: a fresh input, None to resume, or False when there is nothing to do."""
+def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFiles, resume: bool, max_runs: int | None, settings: Settings):
+    """The graph input for this invocation: a fresh input, None or a Command to resume, or False when it is finished and nothing more is asked."""
+    resume_hint = resume_command(str(files.root))
     snapshot = app.get_state(config)
     has_state = bool(snapshot.values)
-    if not args.resume:
+    if not resume:
         if has_state or files.existing_runs():
             raise UsageError(f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh in a new directory")
-        return {"experiment_dir": str(files.root), "max_runs": args.max_runs or settings.max_runs}
+        return {"experiment_dir": str(files.root), "max_runs": max_runs or settings.max_runs}
 
     if not has_state:
         raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
@@ -263,10 +338,10 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
     runs_done = len(values.get("runs", []))
     halted = values.get("halted")
     if snapshot.next or halted:
-        if args.max_runs:
-            if args.max_runs < runs_done:
-                raise UsageError(f"--max-runs {args.max_runs} is below the {runs_done} runs already done")
-            update["max_runs"] = args.max_runs
+        if max_runs:
+            if max_runs < runs_done:
+                raise UsageError(f"--max-runs {max_runs} is below the {runs_done} runs already done")
+            update["max_runs"] = max_runs
         resume_at = halted["stage"] if halted else snapshot.next[0]
         if resume_at in ("codegen", "review") and update.get("max_runs", values.get("max_runs", 0)) <= runs_done:
             # Past the check before each run (summarize), under a run limit lowered since: no new run.
@@ -283,14 +358,9 @@ def _start_or_resume(app, config, files: ExperimentFiles, args, settings: Settin
         return None
 
     # Finished: only a higher run limit gives it more to do.
-    if not args.max_runs or args.max_runs <= runs_done:
-        console.print(
-            f"Experiment already finished ({values.get('stop_reason')}, {runs_done} runs); report: {values.get('report_path')}. "
-            f"To go on: `{resume_hint} --max-runs M` with M above {runs_done}.",
-            soft_wrap=True,
-        )
+    if not max_runs or max_runs <= runs_done:
         return False
-    app.update_state(config, {**update, "max_runs": args.max_runs, "stop_reason": None, "stop_detail": "", "halted": None}, as_node="analyze")
+    app.update_state(config, {**update, "max_runs": max_runs, "stop_reason": None, "stop_detail": "", "halted": None}, as_node="analyze")
     return None
 
 

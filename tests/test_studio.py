@@ -38,7 +38,8 @@ def dev_server(llm_server, tmp_path: Path):
     log = tmp_path / "langgraph-dev.log"
     cli = Path(sys.executable).with_name("langgraph")
     with open(log, "w") as out:
-        proc = subprocess.Popen([str(cli), "dev", "--no-reload", "--no-browser", "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        command = [str(cli), "dev", "--no-reload", "--no-browser", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while "Application started" not in log.read_text() and time.monotonic() < deadline:

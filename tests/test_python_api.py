@@ -1,0 +1,92 @@
+"""run_experiment: what main.py does, from a notebook or another program, without the terminal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from scripted import ScriptedBrain
+
+from adapters.files import ExperimentInputError
+from main import UsageError, run_experiment
+from settings import SettingsError
+
+
+def llm(server) -> dict:
+    return {"llm_base_url": server.base_url, "llm_api_key": "test-key", "llm_max_retries": 0, "llm_retry_backoff_seconds": 0}
+
+
+def test_run_then_continue_an_experiment(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    server = llm_server(brain)
+    events: list[dict] = []
+
+    final = run_experiment(experiment, max_runs=2, on_event=events.append, **llm(server))
+
+    assert final["stop_reason"] == "max_runs" and [r["number"] for r in final["runs"]] == [1, 2]
+    assert final["report_path"] == str(experiment / "REPORT.md") and (experiment / "REPORT.md").is_file()
+    assert (experiment / ".runner" / "checkpoints.sqlite").is_file()  # the same checkpoint main.py keeps
+    assert [e["run"] for e in events if e["event"] == "run_done"] == [1, 2]
+    assert [e["stage"] for e in events if e["event"] == "stage"][0] == "initialize"
+
+    with pytest.raises(UsageError, match="already holds an experiment"):
+        run_experiment(experiment, max_runs=2, **llm(server))
+
+    more = run_experiment(experiment, max_runs=3, resume=True, **llm(server))
+    assert [r["number"] for r in more["runs"]] == [1, 2, 3] and brain.stages.count("initialize") == 1
+    assert run_experiment(experiment, resume=True, **llm(server))["runs"] == more["runs"]  # finished: nothing more to do
+
+
+def test_review_is_answered_by_a_function(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    server = llm_server(brain)
+    asked: list[dict] = []
+
+    def review(request: dict) -> dict:
+        asked.append(request)
+        return {"action": "reject", "reason": "use a fixed seed"} if len(asked) == 1 else {"action": "approve"}
+
+    final = run_experiment(experiment, max_runs=1, review=True, on_review=review, **llm(server))
+
+    assert final["stop_reason"] == "max_runs" and len(final["runs"]) == 1
+    assert [request["run"] for request in asked] == [1, 1] and brain.stages.count("codegen") == 2
+    codegen_prompts = [r["messages"][1]["content"] for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
+    assert "use a fixed seed" in codegen_prompts[1]
+
+
+def test_review_without_an_answerer_is_bad_input(experiment: Path, monkeypatch):
+    monkeypatch.setenv("REVIEW", "1")
+    with pytest.raises(UsageError, match="pass on_review="):
+        run_experiment(experiment, max_runs=1, llm_base_url="http://127.0.0.1:1/v1")
+    assert not (experiment / ".runner" / "checkpoints.sqlite").exists()
+
+
+def test_an_experiment_cut_short_returns_its_halt_and_resumes(experiment: Path, llm_server):
+    brain = ScriptedBrain()
+    failing = {"on": True}
+
+    def responder(body):
+        if failing["on"] and "You write train.py" in body["messages"][0]["content"]:
+            return {"status": 402, "error": "Insufficient credits"}
+        return brain(body)
+
+    server = llm_server(responder)
+    halted = run_experiment(experiment, max_runs=1, **llm(server))
+    assert halted["stop_reason"] == "fatal" and "credits" in halted["stop_detail"] and halted["halted"]["stage"] == "codegen"
+
+    failing["on"] = False
+    final = run_experiment(experiment, resume=True, **llm(server))
+    assert final["stop_reason"] == "max_runs" and len(final["runs"]) == 1 and not final.get("halted")
+
+
+def test_bad_input_raises_before_anything_is_spent(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    monkeypatch.delenv("LLM_API_KEY", raising=False)
+    with pytest.raises(UsageError, match="does not exist"):
+        run_experiment(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SettingsError, match="OPENROUTER_API_KEY is not set"):
+        run_experiment(tmp_path / "empty")
+    with pytest.raises(ExperimentInputError, match="IDEA.md not found"):
+        run_experiment(tmp_path / "empty", llm_base_url="http://127.0.0.1:1/v1")
+    assert list((tmp_path / "empty").iterdir()) == []
