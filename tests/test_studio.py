@@ -60,11 +60,20 @@ def test_studio_serves_and_runs_the_experiment_graph(dev_server, experiment: Pat
     assert "code_model" in schemas["context_schema"]["properties"]
 
     thread = dev_server.threads.create()
-    result = dev_server.runs.wait(thread["thread_id"], assistant["assistant_id"], input={"experiment_dir": str(experiment), "max_runs": 1})
+    parts = list(
+        dev_server.runs.stream(thread["thread_id"], assistant["assistant_id"], input={"experiment_dir": str(experiment), "max_runs": 1}, stream_mode="custom")
+    )
 
-    assert result["stop_reason"] == "max_runs"
+    events = [part.data for part in parts if part.event == "custom"]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["initialize", "summarize", "codegen", "execute", "analyze", "report"]
+    assert [e["status"] for e in events if e["event"] == "run_done"] == ["ok"]
+    assert any(e["event"] == "output" for e in events)
+    state = dev_server.threads.get_state(thread["thread_id"])
+    result = state["values"]
+    assert state["next"] == [] and result["stop_reason"] == "max_runs" and len(result["runs"]) == 1
     assert result["report_path"] == str(experiment / "REPORT.md")
     assert (experiment / "run_1" / "output.log").is_file() and (experiment / "REPORT.md").is_file()
+    assert len((experiment / ".runner" / "llm_calls.jsonl").read_text().splitlines()) == 4  # the audit trail works under Studio too
 
 
 def test_studio_shows_the_review_interrupt_and_resumes_it_over_the_sdk(dev_server, experiment: Path):
