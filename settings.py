@@ -19,6 +19,10 @@ class SettingsError(ValueError):
     """A setting has a value the runner cannot use; the message names the setting."""
 
 
+class UsageError(Exception):
+    """Bad arguments or input: shown as one line, exit code 2."""
+
+
 def _whole_number(minimum: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:

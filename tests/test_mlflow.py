@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from scripted import GOOD_TRAIN, ScriptedBrain, run_main, runner_env
 
-import main
+import runner
+from settings import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")  # inside mlflow's SQL store
 
@@ -91,17 +92,17 @@ def test_tracking_without_mlflow_installed_is_refused_before_anything_starts(exp
     monkeypatch.setitem(sys.modules, "mlflow", None)  # what find_spec reports for a package that is not installed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
 
-    with pytest.raises(main.UsageError, match=r"^MLFLOW_TRACKING_URI is set but mlflow is not installed: pip install -e '\.\[mlflow\]'$"):
-        main.load_settings(experiment, {})
+    with pytest.raises(UsageError, match=r"^MLFLOW_TRACKING_URI is set but mlflow is not installed: pip install -e '\.\[mlflow\]'$"):
+        runner.load_settings(experiment, {})
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    with pytest.raises(main.UsageError, match="--mlflow is given but mlflow is not installed"):
-        main.load_settings(experiment, {}, mlflow=True)
+    with pytest.raises(UsageError, match="--mlflow is given but mlflow is not installed"):
+        runner.load_settings(experiment, {}, mlflow=True)
 
 
 def test_the_mlflow_flag_uses_the_tracking_uri_when_one_is_set(experiment: Path, monkeypatch, needs_mlflow):
     monkeypatch.setenv("LLM_BASE_URL", "http://127.0.0.1:1/v1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main.load_settings(experiment, {}).mlflow_tracking_uri == ""
-    assert main.load_settings(experiment, {}, mlflow=True).mlflow_tracking_uri == f"sqlite:///{experiment.resolve()}/.runner/mlflow.db"
+    assert runner.load_settings(experiment, {}).mlflow_tracking_uri == ""
+    assert runner.load_settings(experiment, {}, mlflow=True).mlflow_tracking_uri == f"sqlite:///{experiment.resolve()}/.runner/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert main.load_settings(experiment, {}, mlflow=True).mlflow_tracking_uri == "http://mlflow.example:5000"
+    assert runner.load_settings(experiment, {}, mlflow=True).mlflow_tracking_uri == "http://mlflow.example:5000"

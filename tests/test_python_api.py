@@ -8,8 +8,8 @@ import pytest
 from scripted import ScriptedBrain
 
 from adapters.files import ExperimentInputError
-from main import UsageError, run_experiment
-from settings import SettingsError
+from runner import run_experiment
+from settings import SettingsError, UsageError
 
 
 def llm(server) -> dict:

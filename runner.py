@@ -1,0 +1,214 @@
+"""The runner: one experiment folder, driven to its end through the graph, on the folder's own checkpoint and under its lock.
+
+main.py puts a terminal around it; `run_experiment` is the same without one, for scripts and notebooks.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from dotenv import load_dotenv
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Command, StateSnapshot
+
+from adapters.files import ExperimentFiles
+from adapters.preflight import preflight
+from adapters.sandbox import resolve_mode
+from adapters.tracking import local_store_uri, mlflow_installed
+from graph import build_graph
+from graph.experiment import halt, resume_halted
+from nodes.records import best_run, goal_from_idea, parse_goal, resume_command
+from nodes.report import report
+from nodes.stop_rules import run_limit
+from settings import ENV_SETTINGS, Settings, UsageError
+
+THREAD_ID = "experiment"
+"""One experiment folder, one checkpoint database, one thread."""
+
+
+def load_settings(experiment: Path, overrides: dict, mlflow: bool = False) -> Settings:
+    """Settings from `overrides` (flags, keyword arguments), then the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
+    load_dotenv(experiment / ".env", override=False)
+    load_dotenv(Path.cwd() / ".env", override=False)
+    if mlflow and "mlflow_tracking_uri" not in overrides:
+        overrides = {**overrides, "mlflow_tracking_uri": ENV_SETTINGS["MLFLOW_TRACKING_URI"].read(os.environ) or local_store_uri(experiment)}
+    settings = Settings.from_env(**{name: value for name, value in overrides.items() if value is not None})
+    if settings.mlflow_tracking_uri and not mlflow_installed():
+        asked = "--mlflow is given" if mlflow else "MLFLOW_TRACKING_URI is set"
+        raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
+    settings.check()
+    resolve_mode(settings.sandbox, no_network=settings.no_network)  # a sandbox that cannot work stops here, before any LLM call
+    return settings
+
+
+def prepare(experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False) -> tuple[ExperimentFiles, Settings]:
+    """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise)."""
+    files = ExperimentFiles(experiment_dir)
+    if not files.root.is_dir():
+        raise UsageError(f"experiment directory {experiment_dir} does not exist")
+    settings = load_settings(files.root, overrides, mlflow)
+    if not resume:
+        idea = files.read_idea()  # ExperimentInputError when missing or empty
+        try:
+            goal_from_idea(idea)
+        except ValueError as exc:  # a goal line that does not parse
+            raise UsageError(f"{files.idea}: {exc}") from None
+    elif not files.checkpoints.is_file():
+        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
+    return files, settings
+
+
+@contextmanager
+def opened(files: ExperimentFiles) -> Iterator[tuple[CompiledStateGraph, dict]]:
+    """The experiment graph on the folder's own checkpoint database, held under the runner lock."""
+    with files.runner_lock(), SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
+        yield build_graph().compile(checkpointer=checkpointer, name="experiment"), {"configurable": {"thread_id": THREAD_ID}}
+
+
+def drive(app: CompiledStateGraph, config: dict, stream_input, settings: Settings, *, on_event, on_update, answer) -> dict:
+    """Stream the graph to its end: custom events to `on_event`, node updates to `on_update`, each interrupt to `answer`; the final state."""
+    while True:
+        for mode, chunk in app.stream(stream_input, config, context=settings, stream_mode=["updates", "custom"], durability="sync"):
+            if mode == "custom":
+                on_event(chunk)
+            else:
+                for node, update in chunk.items():
+                    if node != "__interrupt__":
+                        on_update(node, update)
+        snapshot = app.get_state(config)
+        if not snapshot.interrupts:
+            return snapshot.values
+        stream_input = Command(resume=answer(snapshot.interrupts[0].value))
+
+
+def run_experiment(
+    experiment_dir: str | Path,
+    max_runs: int | None = None,
+    *,
+    resume: bool = False,
+    on_event: Callable[[dict], None] | None = None,
+    on_review: Callable[[dict], dict] | None = None,
+    **settings,
+) -> dict:
+    """What `python main.py` does, without the terminal: start (or with resume=True, continue) an experiment; its final state.
+
+    `settings` are Settings fields (e.g. code_model="...", max_cost_usd=2.0, sandbox="none") over the
+    environment and .env files. `on_event` receives the progress events the nodes emit. With review on
+    (review=True), `on_review(request)` answers each pause: {"action": "approve"}, {"action": "reject", "reason": ...} or
+    {"action": "edit", "code": ...}. Bad input raises UsageError, a key or model the provider rejects
+    LLMError; an experiment cut short returns with stop_reason fatal, llm_unavailable or interrupted.
+    """
+    files, chosen = prepare(str(experiment_dir), resume, settings)
+    if chosen.review and on_review is None:
+        raise UsageError("review is on: pass on_review=, a function that answers each pause")
+    with opened(files) as (app, config):
+        stream_input = start_or_resume(app, config, files, resume, max_runs, chosen)
+        if stream_input is False:
+            return app.get_state(config).values
+        for warning in preflight(chosen):
+            (on_event or _ignore)({"event": "warning", "message": warning})
+        return drive(
+            app,
+            config,
+            stream_input,
+            chosen,
+            on_event=on_event or _ignore,
+            on_update=lambda node, update: None,
+            answer=lambda request: on_review(request) if chosen.review and on_review else {"action": "approve"},
+        )
+
+
+def _ignore(event: dict) -> None:
+    pass
+
+
+def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFiles, resume: bool, max_runs: int | None, settings: Settings):
+    """The graph input for this invocation: a fresh input, None or a Command to resume, or False when it is finished and nothing more is asked."""
+    resume_hint = resume_command(str(files.root))
+    snapshot = app.get_state(config)
+    has_state = bool(snapshot.values)
+    if not resume:
+        if has_state or files.existing_runs():
+            raise UsageError(f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh in a new directory")
+        return {"experiment_dir": str(files.root), "max_runs": max_runs or settings.max_runs}
+
+    if not has_state:
+        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
+    values = snapshot.values
+    update: dict = {}
+    if values.get("experiment_dir") != str(files.root):  # the folder was moved or renamed
+        update["experiment_dir"] = str(files.root)
+    runs_done = len(values.get("runs", []))
+    halted = values.get("halted")
+    if snapshot.next or halted:
+        if max_runs:
+            if max_runs < runs_done:
+                raise UsageError(f"--max-runs {max_runs} is below the {runs_done} runs already done")
+            update["max_runs"] = max_runs
+        resume_at = halted["stage"] if halted else snapshot.next[0]
+        if resume_at in ("codegen", "review") and update.get("max_runs", values.get("max_runs", 0)) <= runs_done:
+            # Past the check before each run (summarize), under a run limit lowered since: no new run.
+            stop = run_limit(update.get("max_runs", values.get("max_runs", 0)))
+            app.update_state(config, {**update, "stop_reason": stop.reason, "stop_detail": stop.detail, "halted": None}, as_node="analyze")
+            return None
+    if halted and not (halted["stage"] == "report" and update.get("max_runs", 0) > runs_done):
+        if snapshot.next:  # killed while report wrote the record of the halt: that record is not needed now
+            app.update_state(config, None, as_node=snapshot.next[0])
+        return resume_halted(halted, update)  # cut short by an error or Ctrl-C: run that step again
+    if snapshot.next:  # stopped between steps (killed, or left during an LLM call): go on from the last finished one
+        if update:
+            app.update_state(config, update)
+        return None
+
+    # Finished: only a higher run limit gives it more to do.
+    if not max_runs or max_runs <= runs_done:
+        return False
+    app.update_state(config, {**update, "max_runs": max_runs, "stop_reason": None, "stop_detail": "", "halted": None}, as_node="analyze")
+    return None
+
+
+def record_interrupt(app, config: dict, settings: Settings) -> None:
+    """Leaving on Ctrl-C while a step still runs (an LLM call, the review prompt): record the halt and write REPORT.md, as the graph would have."""
+    try:
+        snapshot = app.get_state(config)
+        if not snapshot.next or snapshot.values.get("halted"):
+            return
+        stage = snapshot.next[0]
+        app.update_state(config, halt(snapshot.values, stage, "interrupted", f"stopped by the user during {stage}"), as_node=stage)
+        written = report(app.get_state(config).values, Runtime(context=settings))  # a halt's report: the record, no LLM call
+        app.update_state(config, written, as_node="report")
+    except Exception:  # leaving matters more: a resume goes on from the last finished step all the same
+        pass
+
+
+def outcome(values: dict) -> str:
+    """The last word of every run: why it stopped, the best run and its goal metric, and where the report is."""
+    reason = values.get("stop_reason") or "max_runs"
+    runs = values.get("runs", [])
+    if halted := values.get("halted"):
+        why = f"{reason} during {halted['stage']}"
+    else:
+        why = f"{reason} ({values['stop_detail']})" if values.get("stop_detail") else reason
+    parts = [f"Stopped: {why} after {len(runs)} runs"]
+    best = best_run(runs, values.get("goal", ""))
+    if best is not None:
+        metric = parse_goal(values["goal"])[0]
+        parts.append(f"best: run {best['number']} ({metric}={best['metrics'][metric]:.6g})")
+    if values.get("report_path"):
+        parts.append(f"report: {values['report_path']}" + (" (unfinished)" if halted else ""))
+    return " · ".join(parts)
+
+
+def read_state(files: ExperimentFiles) -> StateSnapshot:
+    """The experiment's latest checkpoint, opened read-only: a runner at work is not disturbed."""
+    connection = sqlite3.connect(f"file:{files.checkpoints}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+    try:
+        return build_graph().compile(checkpointer=SqliteSaver(connection)).get_state({"configurable": {"thread_id": THREAD_ID}})
+    finally:
+        connection.close()
