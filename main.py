@@ -26,6 +26,8 @@ EXIT_CODES = {
 }
 INTERRUPT_GRACE_S = 3.0
 """After Ctrl-C, how long a step still in flight (an LLM call) may take before the runner leaves anyway."""
+LEAVE_CLEANUP_S = 2.0
+"""How long recording the halt and giving the terminal back may take as the runner leaves."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
     from nodes.records import resume_command
     from runner import drive, opened, outcome, prepare, record_interrupt, start_or_resume
 
-    files, settings = prepare(args.experiment_dir, args.resume, flag_settings(args), args.mlflow)
+    files, settings = prepare(args.experiment_dir, args.resume, flag_settings(args), args.mlflow, export=True)
     resume_hint = resume_command(args.experiment_dir)
     with opened(files) as (app, config):
         on_leave.append(lambda: record_interrupt(app, config, settings))
@@ -181,7 +183,7 @@ def status(args: argparse.Namespace, console: Console) -> int:
     from adapters.files import ExperimentFiles
     from adapters.views import Progress, runs_table
     from nodes.records import resume_command
-    from runner import outcome, read_state
+    from runner import outcome, read_state, settings_env, unfinished
     from settings import Settings
 
     files = ExperimentFiles(args.experiment_dir)
@@ -189,21 +191,26 @@ def status(args: argparse.Namespace, console: Console) -> int:
         raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
     hint = resume_command(args.experiment_dir)
     runner = files.runner()
+    settings = Settings.from_env(settings_env(files.root))
     if not files.checkpoints.is_file():
         console.print(f"{files.root}: not started yet; start it with `python main.py -d {shlex.quote(args.experiment_dir)}`", soft_wrap=True)
         return EXIT_FINISHED
     snapshot = read_state(files)
     values = snapshot.values
+    if not values:  # the first start stopped before its first step (its preflight check failed)
+        console.print(f"{files.root}: not started yet; start it with `python main.py -d {shlex.quote(args.experiment_dir)}`", soft_wrap=True)
+        return EXIT_FINISHED
     runs = values.get("runs", [])
-    progress = Progress(experiment=str(files.root), max_runs=values.get("max_runs", 0), models={}, sandbox="", model_prices=Settings.from_env().model_prices)
+    progress = Progress(experiment=str(files.root), max_runs=values.get("max_runs", 0), models={}, sandbox="", model_prices=settings.model_prices)
     progress.seed(values)
+    pending = unfinished(snapshot)
 
     if runner:
         state = f"running (process {runner['pid']}, since {runner['started']})"
     elif snapshot.interrupts:
         state = "waiting for review of the next train.py"
-    elif snapshot.next:
-        state = f"stopped between steps (next: {', '.join(snapshot.next)})"
+    elif pending:
+        state = f"stopped between steps (next: {', '.join(pending)})"
     else:
         state = "finished" if not values.get("halted") else "cut short"
     console.print(f"[bold]{escape(str(files.root))}[/]: {state}", soft_wrap=True)
@@ -211,11 +218,11 @@ def status(args: argparse.Namespace, console: Console) -> int:
     if runs:
         console.print(runs_table(progress))
     console.print(f"LLM use: {progress.spent()}", soft_wrap=True)
-    if values.get("stop_reason") and not snapshot.next:
+    if values.get("stop_reason") and not pending:
         console.print(escape(outcome(values)), soft_wrap=True)
-    if not runner and (snapshot.next or snapshot.interrupts or values.get("halted")):
+    if not runner and (pending or snapshot.interrupts or values.get("halted")):
         console.print(f"To go on: `{hint}`", soft_wrap=True)
-    elif not runner and not snapshot.next:
+    elif not runner:
         console.print(f"To go on with more runs: `{hint} --max-runs M` with M above {len(runs)}", soft_wrap=True)
     return EXIT_FINISHED
 
@@ -298,9 +305,15 @@ def _stop_on_signals(hint: str, errors: Console, on_leave: list[Callable[[], Non
 
     state = {"stopping": False}
 
-    def leave() -> None:
+    def cleanups() -> None:
         for cleanup in on_leave:
             cleanup()
+
+    def leave() -> None:
+        # In a thread, with a deadline: the main thread may hold a lock a cleanup needs (the checkpointer's, mid-read).
+        helper = threading.Thread(target=cleanups, daemon=True)
+        helper.start()
+        helper.join(timeout=LEAVE_CLEANUP_S)
         _interrupted_message(hint, errors)
         sys.stdout.flush()
         os._exit(EXIT_INTERRUPTED)

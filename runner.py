@@ -6,12 +6,14 @@ main.py puts a terminal around it; `run_experiment` is the same without one, for
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
@@ -19,12 +21,14 @@ from langgraph.types import Command, StateSnapshot
 
 from adapters.files import ExperimentFiles
 from adapters.preflight import preflight
+from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts
 from adapters.sandbox import resolve_mode
 from adapters.tracking import local_store_uri, mlflow_installed
 from graph import build_graph
 from graph.experiment import halt, resume_halted
 from nodes.records import best_run, goal_from_idea, parse_goal, resume_command
 from nodes.report import report
+from nodes.review import ReviewError, parse_decision
 from nodes.stop_rules import run_limit
 from settings import ENV_SETTINGS, Settings, UsageError
 
@@ -32,13 +36,28 @@ THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
 
 
-def load_settings(experiment: Path, overrides: dict, mlflow: bool = False) -> Settings:
-    """Settings from `overrides` (flags, keyword arguments), then the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
-    load_dotenv(experiment / ".env", override=False)
-    load_dotenv(Path.cwd() / ".env", override=False)
+def settings_env(experiment: Path) -> dict[str, str]:
+    """The variables settings are read from: the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
+    found: dict[str, str] = {}
+    for dotenv in (Path.cwd() / ".env", experiment / ".env"):  # later ones win within this loop
+        found.update({name: value for name, value in dotenv_values(dotenv).items() if value is not None})
+    return {**found, **os.environ}
+
+
+def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, export: bool = False) -> Settings:
+    """Settings from `overrides` (flags, keyword arguments) over settings_env().
+
+    With `export` (the command line), the .env files' variables also go into this process's environment,
+    where the MLflow client and train.py's SANDBOX_ENV names find them; a Python caller's environment is
+    left as it was, so one experiment's .env never leaks into the next.
+    """
+    env = settings_env(experiment)
+    if export:
+        for name, value in env.items():
+            os.environ.setdefault(name, value)
     if mlflow and "mlflow_tracking_uri" not in overrides:
-        overrides = {**overrides, "mlflow_tracking_uri": ENV_SETTINGS["MLFLOW_TRACKING_URI"].read(os.environ) or local_store_uri(experiment)}
-    settings = Settings.from_env(**{name: value for name, value in overrides.items() if value is not None})
+        overrides = {**overrides, "mlflow_tracking_uri": ENV_SETTINGS["MLFLOW_TRACKING_URI"].read(env) or local_store_uri(experiment)}
+    settings = Settings.from_env(env, **{name: value for name, value in overrides.items() if value is not None})
     if settings.mlflow_tracking_uri and not mlflow_installed():
         asked = "--mlflow is given" if mlflow else "MLFLOW_TRACKING_URI is set"
         raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
@@ -47,12 +66,12 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False) -> Se
     return settings
 
 
-def prepare(experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False) -> tuple[ExperimentFiles, Settings]:
+def prepare(experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False, export: bool = False) -> tuple[ExperimentFiles, Settings]:
     """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise)."""
     files = ExperimentFiles(experiment_dir)
     if not files.root.is_dir():
         raise UsageError(f"experiment directory {experiment_dir} does not exist")
-    settings = load_settings(files.root, overrides, mlflow)
+    settings = load_settings(files.root, overrides, mlflow, export)
     if not resume:
         idea = files.read_idea()  # ExperimentInputError when missing or empty
         try:
@@ -107,21 +126,46 @@ def run_experiment(
     files, chosen = prepare(str(experiment_dir), resume, settings)
     if chosen.review and on_review is None:
         raise UsageError("review is on: pass on_review=, a function that answers each pause")
+
+    def answer(request: dict) -> dict:
+        if not (chosen.review and on_review):
+            return {"action": "approve"}
+        decision = on_review(request)
+        try:
+            return parse_decision(decision)  # a bad answer is refused here, before it is saved and replayed on every resume
+        except ReviewError as exc:
+            raise UsageError(f"on_review answered {decision!r}: {exc}") from None
+
     with opened(files) as (app, config):
         stream_input = start_or_resume(app, config, files, resume, max_runs, chosen)
         if stream_input is False:
             return app.get_state(config).values
         for warning in preflight(chosen):
             (on_event or _ignore)({"event": "warning", "message": warning})
-        return drive(
-            app,
-            config,
-            stream_input,
-            chosen,
-            on_event=on_event or _ignore,
-            on_update=lambda node, update: None,
-            answer=lambda request: on_review(request) if chosen.review and on_review else {"action": "approve"},
-        )
+        with _stopped_by_ctrl_c():
+            return drive(app, config, stream_input, chosen, on_event=on_event or _ignore, on_update=lambda node, update: None, answer=answer)
+
+
+@contextmanager
+def _stopped_by_ctrl_c() -> Iterator[None]:
+    """While the graph runs: the first Ctrl-C (SIGINT, a notebook's interrupt) kills the running train.py and ends the
+    experiment as interrupted, resumable; a second one raises KeyboardInterrupt at once. Only the main thread gets signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame) -> None:
+        if cancel_requested():
+            raise KeyboardInterrupt
+        cancel_running_scripts()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        allow_new_runs()
 
 
 def _ignore(event: dict) -> None:
@@ -146,22 +190,23 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
         update["experiment_dir"] = str(files.root)
     runs_done = len(values.get("runs", []))
     halted = values.get("halted")
-    if snapshot.next or halted:
+    pending = unfinished(snapshot)
+    if pending or halted:
         if max_runs:
             if max_runs < runs_done:
                 raise UsageError(f"--max-runs {max_runs} is below the {runs_done} runs already done")
             update["max_runs"] = max_runs
-        resume_at = halted["stage"] if halted else snapshot.next[0]
+        resume_at = halted["stage"] if halted else pending[0]
         if resume_at in ("codegen", "review") and update.get("max_runs", values.get("max_runs", 0)) <= runs_done:
             # Past the check before each run (summarize), under a run limit lowered since: no new run.
             stop = run_limit(update.get("max_runs", values.get("max_runs", 0)))
             app.update_state(config, {**update, "stop_reason": stop.reason, "stop_detail": stop.detail, "halted": None}, as_node="analyze")
             return None
     if halted and not (halted["stage"] == "report" and update.get("max_runs", 0) > runs_done):
-        if snapshot.next:  # killed while report wrote the record of the halt: that record is not needed now
-            app.update_state(config, None, as_node=snapshot.next[0])
+        if pending:  # killed while report wrote the record of the halt: that record is not needed now
+            app.update_state(config, None, as_node=pending[0])
         return resume_halted(halted, update)  # cut short by an error or Ctrl-C: run that step again
-    if snapshot.next:  # stopped between steps (killed, or left during an LLM call): go on from the last finished one
+    if pending:  # stopped between steps (killed, or left during an LLM call): go on from the last finished one
         if update:
             app.update_state(config, update)
         return None
@@ -173,13 +218,20 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
     return None
 
 
+def unfinished(snapshot: StateSnapshot) -> list[str]:
+    """The steps the graph has yet to run, or to finish recording: a step whose output is saved but not yet checkpointed
+    is among the snapshot's tasks, not in its `next`. Empty when the graph has ended."""
+    return [task.name for task in snapshot.tasks]
+
+
 def record_interrupt(app, config: dict, settings: Settings) -> None:
     """Leaving on Ctrl-C while a step still runs (an LLM call, the review prompt): record the halt and write REPORT.md, as the graph would have."""
     try:
         snapshot = app.get_state(config)
-        if not snapshot.next or snapshot.values.get("halted"):
+        running = [task.name for task in snapshot.tasks if task.result is None]
+        if not running or snapshot.values.get("halted"):
             return
-        stage = snapshot.next[0]
+        stage = running[0]
         app.update_state(config, halt(snapshot.values, stage, "interrupted", f"stopped by the user during {stage}"), as_node=stage)
         written = report(app.get_state(config).values, Runtime(context=settings))  # a halt's report: the record, no LLM call
         app.update_state(config, written, as_node="report")

@@ -22,6 +22,10 @@ class ExperimentInputError(ValueError):
     """The experiment folder or IDEA.md cannot be used; the message says what to fix."""
 
 
+LOCK_TRIES = 10
+"""Tries, 50 ms apart, to take the runner lock before another runner is taken to hold it."""
+
+
 class ExperimentBusy(ExperimentInputError):
     """Another runner is working on this experiment."""
 
@@ -65,9 +69,14 @@ class ExperimentFiles:
         """
         self.private.mkdir(exist_ok=True)
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for attempt in range(LOCK_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt < LOCK_TRIES - 1:  # `status` holds a shared lock for an instant to look: wait that out
+                    time.sleep(0.05)
+        else:
             holder = self.runner()
             os.close(fd)
             who = f"process {holder['pid']}, since {holder['started']}" if holder else "another process"

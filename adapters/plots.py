@@ -6,9 +6,11 @@ pyplot state, nothing that needs a display.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +116,19 @@ def read_curves(log_path: Path) -> Curves:
     return curves
 
 
+def _literal_text(plot: Callable) -> Callable:
+    """Draw `plot` with its labels taken as written: a metric named like `$x$` is not TeX to matplotlib here."""
+
+    @functools.wraps(plot)
+    def drawn(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return drawn
+
+
 def _figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -134,6 +149,7 @@ def _save(figure, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@_literal_text
 def plot_metric_per_run(
     values: dict[int, float | None], metric: str, higher_is_better: bool, path: Path, *, target: float | None = None, best: int | None = None
 ) -> None:
@@ -165,6 +181,7 @@ def plot_metric_per_run(
     _save(figure, path)
 
 
+@_literal_text
 def plot_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: str, path: Path) -> None:
     """One panel per curve (name -> (x label, xs, ys)), as read_curves gives them."""
     columns = 1 if len(curves) == 1 else 2

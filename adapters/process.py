@@ -55,6 +55,11 @@ def cancel_requested() -> bool:
     return _cancelled.is_set()
 
 
+def allow_new_runs() -> None:
+    """Undo cancel_running_scripts() once the runner that asked for it has stopped (a Python caller may start another)."""
+    _cancelled.clear()
+
+
 def cancel_running_scripts() -> None:
     """Kill every running script's process group; run_script then kills the rest of its tree and raises RunCancelled, and no new one starts."""
     _cancelled.set()

@@ -5,6 +5,7 @@ mlflow is imported only when a run is logged, so the runner starts as fast witho
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -18,13 +19,17 @@ from state import RunRecord
 RUN_NUMBER_TAG = "runner.run_number"
 """Tag holding N of run_N/: how a run executed again after a resume finds the MLflow run it replaces."""
 EXPERIMENT_DIR_TAG = "runner.experiment_dir"
-"""Tag holding the experiment folder: two folders of the same name share an MLflow experiment, never each other's runs."""
+"""Tag holding the experiment folder, on its MLflow experiment and on each of its runs."""
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 """Tracking URIs of a database without a server: MLflow's default artifact root there is ./mlruns of whatever the cwd is."""
 MAX_HISTORY_POINTS = 5000
 """Metric values of output.log logged as history per run; a chattier log is thinned evenly to fit."""
 MAX_BATCH = 1000
 """Metrics MLflow accepts in one log_batch call."""
+MAX_NAME_CHARS = 250
+"""MLflow's longest metric name."""
+MAX_PARAM_CHARS = 6000
+"""MLflow's longest parameter value."""
 
 
 class TrackingError(RuntimeError):
@@ -72,14 +77,18 @@ def log_run(
         last_step: dict[str, int] = {}
         for name, _, step in history:
             last_step[name] = max(step, last_step.get(name, 0))
-        points = [entities.Metric(name, value, end_ms - 1, step) for name, value, step in history]
-        points += [entities.Metric(name, value, end_ms, last_step.get(name, 0)) for name, value in record["metrics"].items()]
-        client.log_batch(run_id, params=[entities.Param(name, str(value)) for name, value in params.items()])
-        for start in range(0, len(points), MAX_BATCH):
-            client.log_batch(run_id, metrics=points[start : start + MAX_BATCH])
-        for path in artifacts:
-            if path.is_file():
-                client.log_artifact(run_id, str(path))
+        points = [entities.Metric(metric_name(name), value, end_ms - 1, step) for name, value, step in history]
+        points += [entities.Metric(metric_name(name), value, end_ms, last_step.get(name, 0)) for name, value in record["metrics"].items()]
+        try:
+            client.log_batch(run_id, params=[entities.Param(name, str(value)[:MAX_PARAM_CHARS]) for name, value in params.items()])
+            for start in range(0, len(points), MAX_BATCH):
+                client.log_batch(run_id, metrics=points[start : start + MAX_BATCH])
+            for path in artifacts:
+                if path.is_file():
+                    client.log_artifact(run_id, str(path))
+        except Exception:
+            client.set_terminated(run_id, status="FAILED", end_time=end_ms)  # not left RUNNING for ever; still raised below
+            raise
         client.set_terminated(run_id, status="FINISHED" if record["status"] == "ok" else "FAILED", end_time=end_ms)
 
         for old in earlier:  # only once the new one is complete: a failure above leaves the old record in place
@@ -91,6 +100,11 @@ def log_run(
         else:
             reason = str(exc) if isinstance(exc, TrackingError) else _without_password(_reason(exc))
         raise TrackingError(f"run {record['number']} was not logged to MLflow at {_without_password(tracking_uri)}: {reason}") from exc
+
+
+def metric_name(name: str) -> str:
+    """`name` as MLflow accepts it: letters, digits and `_-. /` only (others become `_`), at most 250 characters."""
+    return re.sub(r"[^\w\-. /]", "_", name, flags=re.ASCII)[:MAX_NAME_CHARS] or "_"
 
 
 def metric_history(log_path: Path, names: set[str]) -> list[tuple[str, float, int]]:
@@ -140,14 +154,21 @@ def _client(tracking_uri: str):
 
 
 def _experiment_id(client, root: Path, tracking_uri: str) -> str:
-    """The id of the MLflow experiment named after the folder, created on first use."""
+    """The id of the MLflow experiment named after the folder, created on first use.
+
+    A folder of the same name elsewhere, tracked at the same URI, gets the name with its path's hash appended:
+    its runs and artifacts never land in the other folder's experiment.
+    """
     name = root.name
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.tags.get(EXPERIMENT_DIR_TAG, str(root)) != str(root):
+        name = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
+        experiment = client.get_experiment_by_name(name)
     if experiment is None:
         scheme = tracking_uri.partition(":")[0].partition("+")[0]  # postgresql+psycopg2://… → postgresql
         location = (root / ".runner" / "mlflow-artifacts").as_uri() if scheme in DATABASE_SCHEMES else None  # a server has its own
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_DIR_TAG: str(root)})
         except Exception:
             experiment = client.get_experiment_by_name(name)  # another runner created it meanwhile
             if experiment is None:

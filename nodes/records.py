@@ -55,8 +55,10 @@ def goal_from_plan(plan: str) -> str:
     return match.group(2) if match else ""
 
 
-LOWER_IS_BETTER = re.compile(r"loss|err|mse|mae|perplexity|ppl|wer|cer|time|seconds|latency", re.IGNORECASE)
-"""Metric names taken as lower-is-better when no goal says which way is better."""
+LOWER_IS_BETTER = re.compile(r"(?:^|[_./-])(?:loss|err|error|mse|rmse|mae|perplexity|ppl|wer|cer|time|seconds|secs|latency)(?:$|[_./-])", re.IGNORECASE)
+"""Metric names taken as lower-is-better when no goal says which way is better: whole words (val_loss, time_s), not parts (answer_f1)."""
+COUNTERS = {"epoch", "epochs", "step", "steps", "global_step", "iter", "iteration", "batch"}
+"""Names that count progress rather than measure it: never ranked by."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def ranking(runs: list[RunRecord], goal: str) -> Ranking | None:
     if parsed and any(parsed[0] in run["metrics"] for run in runs):
         metric, op, target = parsed
         return Ranking(metric, op in (">=", ">"), target, f"{metric}, the goal's metric ({'higher' if op in ('>=', '>') else 'lower'} is better)")
-    metric = next((name for run in runs for name in run["metrics"]), None)
+    metric = next((name for run in runs for name in run["metrics"] if name.lower() not in COUNTERS), None)
     if metric is None:
         return None
     higher = LOWER_IS_BETTER.search(metric) is None

@@ -192,7 +192,8 @@ def try_plot(plot: Callable[..., None], *args: Any, **kwargs: Any) -> str | None
     try:
         plot(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 — matplotlib missing or failing must not cost the report
-        return f"This plot could not be drawn ({type(exc).__name__}: {exc})."
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        return f"This plot could not be drawn ({reason})."
     return None
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from scripted import ScriptedBrain
+from scripted import HOLDING_TRAIN, ScriptedBrain, wait_until
 
 from adapters.files import ExperimentInputError
 from runner import run_experiment
@@ -90,3 +94,54 @@ def test_bad_input_raises_before_anything_is_spent(tmp_path: Path, monkeypatch):
     with pytest.raises(ExperimentInputError, match="IDEA.md not found"):
         run_experiment(tmp_path / "empty", llm_base_url="http://127.0.0.1:1/v1")
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_ctrl_c_stops_the_running_script_and_returns_an_interrupted_experiment(experiment: Path, llm_server, hold: Path, monkeypatch):
+    monkeypatch.setenv("HOLD_FILE", str(hold))  # train.py waits while it exists; SANDBOX_ENV passes the name on
+    server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN]))
+    log = experiment / "run_1" / "output.log"
+
+    def press_ctrl_c_once_run_1_holds():
+        wait_until(lambda: log.exists() and "starting" in log.read_text())
+        os.kill(os.getpid(), signal.SIGINT)  # what a notebook's interrupt button sends
+
+    presser = threading.Thread(target=press_ctrl_c_once_run_1_holds)
+    presser.start()
+    started = time.monotonic()
+    stopped = run_experiment(experiment, max_runs=1, sandbox_env=("HOLD_FILE",), **llm(server))
+    presser.join()
+
+    assert time.monotonic() - started < 30 and hold.exists()  # the script was killed, not waited for
+    assert stopped["stop_reason"] == "interrupted" and stopped["halted"]["stage"] == "execute"
+    assert "**interrupted** during execute" in (experiment / "REPORT.md").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
+
+    hold.unlink()
+    final = run_experiment(experiment, resume=True, sandbox_env=("HOLD_FILE",), **llm(server))  # not cancelled at once
+    assert final["stop_reason"] == "max_runs" and final["runs"][0]["metrics"] == {"accuracy": 0.75}
+
+
+def test_a_bad_review_answer_is_refused_before_it_is_saved(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    with pytest.raises(UsageError, match="a rejection needs a reason"):
+        run_experiment(experiment, max_runs=1, review=True, on_review=lambda request: {"action": "reject"}, **llm(server))
+
+    final = run_experiment(experiment, resume=True, review=True, on_review=lambda request: {"action": "approve"}, **llm(server))
+    assert final["stop_reason"] == "max_runs" and len(final["runs"]) == 1
+
+
+def test_one_experiments_env_file_does_not_leak_into_the_next(tmp_path: Path, llm_server, monkeypatch):
+    monkeypatch.delenv("CODE_MODEL", raising=False)
+    server = llm_server(ScriptedBrain())
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "IDEA.md").write_text("# Digits\n\ngoal: accuracy >= 0.9\n")
+    (first / ".env").write_text("CODE_MODEL=first/coder\n")
+
+    run_experiment(first, max_runs=1, **llm(server))
+    run_experiment(second, max_runs=1, **llm(server))
+
+    models = [r["model"] for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
+    assert models == ["first/coder", "anthropic/claude-sonnet-4.6"]
+    assert "CODE_MODEL" not in os.environ

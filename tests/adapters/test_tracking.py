@@ -91,15 +91,31 @@ def test_a_run_logged_again_replaces_the_earlier_one(store: str, tmp_path: Path)
     assert runs["1"].info.run_id == again and runs["1"].data.metrics == {"accuracy": 0.7}
 
 
-def test_folders_of_the_same_name_share_the_experiment_but_not_their_runs(store: str, tmp_path: Path):
+def test_a_folder_of_the_same_name_elsewhere_gets_its_own_experiment_and_artifacts(store: str, tmp_path: Path):
     first, script, _ = run_folder(tmp_path / "a", "digits-twice")
     second, other_script, _ = run_folder(tmp_path / "b", "digits-twice")
     log_run(store, first, make_run(1, metrics={"accuracy": 0.5}), params=PARAMS, artifacts=[script])
 
-    log_run(store, second, make_run(1, metrics={"accuracy": 0.9}), params=PARAMS, artifacts=[other_script])
+    second_id = log_run(store, second, make_run(1, metrics={"accuracy": 0.9}), params=PARAMS, artifacts=[other_script])
 
-    runs = mlflow_runs(store, "digits-twice")
-    assert sorted(run.data.tags["runner.experiment_dir"] for run in runs) == [str(first), str(second)]
+    [mine] = mlflow_runs(store, "digits-twice")
+    assert mine.data.tags["runner.experiment_dir"] == str(first)
+    client = client_for(store)
+    other = client.get_experiment(client.get_run(second_id).info.experiment_id)
+    assert other.name.startswith("digits-twice-") and other.tags["runner.experiment_dir"] == str(second)
+    assert client.get_run(second_id).info.artifact_uri.startswith((second / ".runner" / "mlflow-artifacts").as_uri())
+
+
+def test_metric_names_mlflow_refuses_are_made_acceptable(store: str, tmp_path: Path):
+    root, script, _ = run_folder(tmp_path, "digits-names")
+    odd = {"top@1 (%)": 0.9, "x" * 300: 1.0, "val/accuracy": 0.8}
+
+    log_run(store, root, make_run(1, metrics=odd), params={**PARAMS, "note": "n" * 10_000}, artifacts=[script])
+
+    [run] = mlflow_runs(store, "digits-names")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics == {"top_1 ___": 0.9, "x" * 250: 1.0, "val/accuracy": 0.8}
+    assert len(run.data.params["note"]) == 6000
 
 
 def test_telemetry_is_off_unless_the_user_says_otherwise(store: str, tmp_path: Path, monkeypatch):

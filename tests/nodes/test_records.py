@@ -224,3 +224,19 @@ def test_goal_from_idea():
     for bad in ("goal: as good as possible", "goal: accuracy == 0.9", "goal: accuracy >= 0.9 on the test set"):
         with pytest.raises(ValueError, match="goal: <metric> <op> <number>"):
             goal_from_idea(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "higher"),
+    [("val_loss", False), ("test_error", False), ("train_time", False), ("latency_ms", False), ("answer_f1", True), ("sentiment_accuracy", True)],
+)
+def test_without_a_goal_the_direction_is_guessed_from_whole_words(name: str, higher: bool):
+    runs = [make_run(1, metrics={name: 0.5}), make_run(2, metrics={name: 0.7})]
+    rank = ranking(runs, "")
+    assert rank.metric == name and rank.higher_is_better is higher
+    assert best_ranked(runs, rank)["number"] == (2 if higher else 1)
+
+
+def test_progress_counters_are_never_the_ranking_metric():
+    runs = [make_run(1, metrics={"epoch": 9, "accuracy": 0.9}), make_run(2, metrics={"epoch": 20, "accuracy": 0.6})]
+    assert ranking(runs, "").metric == "accuracy" and best_ranked(runs, ranking(runs, "")) == runs[0]
