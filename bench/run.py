@@ -1,0 +1,177 @@
+"""Benchmarks of the runner's own cost: loop overhead, prompt size, state size, output handling and start-up, each against its bound.
+
+Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,state,output,startup]`.
+Everything runs against a local zero-latency OpenAI-compatible server (tests/fake_llm.py) and generated
+scripts. It prints a table and writes the same figures to bench/results.json; the exit code is 1 when a
+bound is broken. Bounds are on ratios and sizes, never on absolute times, except `--help` (< 0.5 s).
+--quick (30 runs, a 200 MB flood) takes well under 2 minutes on a 2-core machine; the full mode (100 runs,
+a 1 GB flood) takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, also when imported from a test
+
+import growth  # noqa: E402
+import loop_overhead  # noqa: E402
+import output_handling  # noqa: E402
+import prompt_size  # noqa: E402
+import startup  # noqa: E402
+import state_size  # noqa: E402
+from figures import Figure  # noqa: E402
+from workload import REPO, FakeLLMServer, RealisticBrain  # noqa: E402
+
+BENCHMARKS = ("loop", "prompt", "state", "output", "startup")
+MODES = {
+    "full": {"runs": 100, "flood_mb": 1024, "help_repeats": 10, "resume_repeats": 3},
+    "quick": {"runs": 30, "flood_mb": 200, "help_repeats": 5, "resume_repeats": 2},
+}
+SPLIT_AT = 10
+"""The early measurement: state and codegen prompt after this run (half the runs when there are fewer than twice as many)."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="30 runs and a 200 MB flood instead of 100 runs and 1 GB (CI)")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    parser.add_argument("--runs", type=int, help="runs of the growing experiment (default: 100, --quick 30)")
+    parser.add_argument("--flood-mb", type=int, help="MiB the flooding train.py prints (default: 1024, --quick 200)")
+    parser.add_argument("--sandbox", choices=("none", "auto", "bwrap"), default="none", help="SANDBOX for every run (default none: the runner's cost alone)")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results.json", help="where to write the figures (default bench/results.json)"
+    )
+    parser.add_argument("--workdir", type=Path, help="keep the experiments here for inspection (default: a temporary folder, removed)")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    if unknown := set(args.only) - set(BENCHMARKS):
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}")
+    mode = MODES["quick" if args.quick else "full"]
+    args.runs = args.runs or mode["runs"]
+    args.flood_mb = args.flood_mb or mode["flood_mb"]
+    if args.runs < 2:
+        parser.error("--runs must be at least 2")
+    return args
+
+
+def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure], dict]:
+    """Every chosen benchmark's figures, and the details behind them."""
+    mode = MODES["quick" if args.quick else "full"]
+    figures: list[Figure] = []
+    details: dict = {}
+    split_at = SPLIT_AT if args.runs >= 2 * SPLIT_AT else args.runs // 2
+    flood_label = f"{args.flood_mb / 1024:g} GiB" if args.flood_mb >= 1024 else f"{args.flood_mb} MiB"
+
+    with FakeLLMServer(RealisticBrain()) as server:
+        if {"loop", "prompt", "state", "startup"} & set(args.only):
+            _say(f"growing experiment: {args.runs} runs (measured after run {split_at} and run {args.runs})")
+            grown = growth.run_growth(workdir / "growth", server, args.runs, split_at, args.sandbox)
+            details["growth_seconds"] = round(grown.seconds, 1)
+
+            if "loop" in args.only:
+                _say(f"floor: `python -c pass` x{args.runs}")
+                found, details["loop"] = loop_overhead.figures(grown.events, args.runs, loop_overhead.python_start_floor(args.runs))
+                figures += found
+            if "prompt" in args.only:
+                at_runs = tuple(sorted({run for run in (1, split_at, 50, args.runs) if run <= args.runs}))
+                found, details["prompt"] = prompt_size.figures(grown.folder, args.runs, at_runs, early_run=split_at)
+                figures += found
+            if "state" in args.only:
+                figures += state_size.figures(grown.state[split_at], grown.state[args.runs])
+                details["state"] = {f"run_{run}": measured for run, measured in grown.state.items()}
+
+        if {"output", "prompt"} & set(args.only):
+            _say(f"output flood: {flood_label} printed under `python main.py`, and redirected to a file")
+            measured = output_handling.run_flood(workdir / "flood", args.flood_mb * 2**20, args.sandbox)
+            details["output"] = measured
+            if "output" in args.only:
+                figures += output_handling.figures(measured, flood_label)
+            if "prompt" in args.only:
+                found, details.setdefault("prompt", {})["after_flood"] = prompt_size.flood_figures(workdir / "flood", flood_label)
+                figures += found
+
+        if "startup" in args.only:
+            _say("start-up: --help, its imports, and resume")
+            help_s, imports = startup.help_seconds(mode["help_repeats"]), startup.help_imports()
+            resume_s = [startup.resume_seconds(grown.folder, server, args.runs + 1, args.sandbox) for _ in range(mode["resume_repeats"])]
+            figures += startup.figures(help_s, imports, resume_s, args.runs)
+            details["startup"] = {"help_s": [round(s, 3) for s in help_s], "help_imports_ms": imports, "resume_s": [round(s, 3) for s in resume_s]}
+    return figures, details
+
+
+def machine() -> dict:
+    """Where the figures were measured."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "uncommitted_changes": dirty,
+    }
+
+
+def print_table(figures: list[Figure], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("Benchmark", "Figure", "Value", "Bound", "Result"):
+        table.add_column(column, overflow="fold")
+    for figure in figures:
+        result = "" if figure.passed is None else "[green]PASS[/]" if figure.passed else "[bold red]FAIL[/]"
+        table.add_row(figure.benchmark, figure.name, figure.display(), figure.bound, result)
+    Console(width=max(160, Console().width)).print(table)
+
+
+def _say(message: str) -> None:
+    print(f"… {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        figures, details = run_benchmarks(args, args.workdir.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+            figures, details = run_benchmarks(args, Path(folder))
+    seconds = time.perf_counter() - started
+    passed = all(figure.passed is not False for figure in figures)
+    mode = "quick" if args.quick else "full"
+    results = {
+        "mode": mode,
+        "passed": passed,
+        "seconds": round(seconds, 1),
+        "machine": machine(),
+        "settings": {"runs": args.runs, "flood_mib": args.flood_mb, "sandbox": args.sandbox, "benchmarks": args.only},
+        "figures": [figure.as_dict() for figure in figures],
+        "details": details,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    failed = [f"{f.benchmark}: {f.name}" for f in figures if f.passed is False]
+    print_table(figures, f"Runner benchmarks ({mode}: {args.runs} runs, {args.flood_mb} MiB flood, sandbox {args.sandbox}) in {seconds:.0f} s")
+    print(f"{'FAILED: ' + '; '.join(failed) if failed else 'All bounds hold.'} Figures in {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
