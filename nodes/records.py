@@ -104,15 +104,27 @@ def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
     return best_ranked(runs, rank) if rank is not None and rank.target is not None else None
 
 
+RECENT_CLOSED = 3
+"""Finished (done or dropped) tasks listed by name in prompts, the latest ones; earlier ones are only counted."""
+
+
 def tasks_text(tasks: list[Task], budget: int) -> str:
-    """One line a task, open ones first."""
-    order = {"in_progress": 0, "todo": 1, "done": 2, "dropped": 3}
-    lines = []
-    for task in sorted(tasks, key=lambda t: (order.get(t["status"], 4), t["id"])):
-        runs = f" (runs {', '.join(map(str, task['runs']))})" if task["runs"] else ""
-        notes = f" — {task['notes']}" if task["notes"] else ""
-        lines.append(f"#{task['id']} [{task['status']}] {task['title']}{notes}{runs}")
+    """One line a task: open ones first, then the latest finished ones; older finished tasks are counted, not listed,
+    so the text stops growing with the experiment once the open tasks are few."""
+    order = {"in_progress": 0, "todo": 1}
+    open_tasks = sorted((t for t in tasks if t["status"] in order), key=lambda t: (order[t["status"]], t["id"]))
+    closed = [t for t in tasks if t["status"] not in order]
+    recent = sorted(closed, key=lambda t: (max(t["runs"], default=0), t["id"]))[-RECENT_CLOSED:]
+    lines = [task_line(t) for t in open_tasks] + [task_line(t) for t in sorted(recent, key=lambda t: t["id"])]
+    if earlier := len(closed) - len(recent):
+        lines.append(f"(and {earlier} earlier finished tasks, done or dropped: see tasks.json)")
     return clip("\n".join(lines) or "(no tasks)", budget)
+
+
+def task_line(task: Task) -> str:
+    runs = f" (runs {', '.join(map(str, task['runs']))})" if task["runs"] else ""
+    notes = f" — {task['notes']}" if task["notes"] else ""
+    return f"#{task['id']} [{task['status']}] {task['title']}{notes}{runs}"
 
 
 CHANGED_LABEL = "Changed:"

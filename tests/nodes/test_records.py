@@ -86,6 +86,19 @@ def test_tasks_text_lists_open_tasks_first():
     ]
 
 
+def test_only_the_latest_finished_tasks_are_listed():
+    tasks = [make_task(i, f"finished {i}", status="done" if i % 2 else "dropped", runs=[i]) for i in range(1, 41)]
+    tasks.append(make_task(41, "still open"))
+    lines = tasks_text(tasks, 10_000).splitlines()
+    assert lines == [
+        "#41 [todo] still open",
+        "#38 [dropped] finished 38 (runs 38)",
+        "#39 [done] finished 39 (runs 39)",
+        "#40 [dropped] finished 40 (runs 40)",
+        "(and 37 earlier finished tasks, done or dropped: see tasks.json)",
+    ]
+
+
 def test_tasks_text_within_budget():
     tasks = [make_task(i, "t" * 100, notes="n" * 100) for i in range(1, 201)]
     text = tasks_text(tasks, 4_000)
