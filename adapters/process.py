@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import resource
@@ -19,7 +21,8 @@ from typing import NamedTuple
 
 from adapters.capped_log import CappedLog
 
-READ_BYTES = 64 * 1024
+READ_BYTES = 1024 * 1024
+"""The most of the script's output read (and written to output.log) at once; also the pipe's size, where the kernel allows."""
 ECHO_LINE_CHARS = 1000
 ECHO_BUFFER_LINES = 200
 """Lines held between two flushes to the terminal; older ones are counted, not kept."""
@@ -136,6 +139,8 @@ def run_script(
         )
         with _running_lock:
             _running.add(proc.pid)
+        with contextlib.suppress(OSError):  # a bigger pipe: fewer, larger reads while the script floods its output
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_BYTES)
         tree = _ProcessTree.of_child(proc.pid)
         record = _PidRecord(pid_file, tree, Path(cwd).resolve())
         pump = _LogPump(proc.stdout, log)
@@ -497,21 +502,35 @@ class _LogPump(threading.Thread):
         self.skipped = 0
 
     def run(self) -> None:
-        partial = b""
-        while chunk := self.pipe.readline(READ_BYTES):
+        partial = b""  # the start of a line not ended yet (only its first ECHO_LINE_CHARS matter)
+        while chunk := self.pipe.read1(READ_BYTES):  # whatever is there, up to READ_BYTES: one write per chunk, not per line
             with self.lock:
                 if self.log is not None:
                     self.log.write(chunk)
                     self.log.flush()
-            if not chunk.endswith(b"\n") and self.pipe.peek(1):
-                partial = partial or chunk[:ECHO_LINE_CHARS]
-                continue  # the line goes on: only its first piece is echoed
-            line = (partial or chunk).decode("utf-8", "replace").rstrip("\r\n")[:ECHO_LINE_CHARS]
-            partial = b""
-            with self.lock:
-                if len(self.pending) == self.pending.maxlen:
-                    self.skipped += 1
-                self.pending.append(line)
+            ended = chunk.count(b"\n")
+            if not ended:
+                partial = (partial + chunk[: ECHO_LINE_CHARS - len(partial)]) if len(partial) < ECHO_LINE_CHARS else partial
+                continue
+            # Only the last lines can be shown: find where they start instead of splitting the whole chunk.
+            keep = min(ended, ECHO_BUFFER_LINES)
+            last = chunk.rfind(b"\n")
+            start = last
+            for _ in range(keep):
+                start = chunk.rfind(b"\n", 0, start)
+            lines = chunk[start + 1 : last].split(b"\n")
+            if keep == ended:  # the first of them began in an earlier chunk
+                lines[0] = partial + lines[0]
+            partial = chunk[last + 1 : last + 1 + ECHO_LINE_CHARS]
+            shown = [line[:ECHO_LINE_CHARS].decode("utf-8", "replace").rstrip("\r") for line in lines]
+            self._show(shown, never_held=ended - keep)
+        if partial:  # the last line had no newline
+            self._show([partial.decode("utf-8", "replace").rstrip("\r")])
+
+    def _show(self, lines: list[str], never_held: int = 0) -> None:
+        with self.lock:
+            self.skipped += max(len(self.pending) + len(lines) - ECHO_BUFFER_LINES, 0) + never_held
+            self.pending.extend(lines)
 
     def detach(self) -> None:
         """Write nothing more to the log, which is about to be closed."""
