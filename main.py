@@ -49,7 +49,11 @@ def _like(variable: str, flag: str):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = _Parser(prog="main.py", description="Run an ML experiment described in IDEA.md, run after run, until done.")
+    parser = _Parser(
+        prog="main.py",
+        description="Run an ML experiment described in IDEA.md, run after run, until done.",
+        epilog="Also: `python main.py status [-d DIR]` shows where an experiment stands, without disturbing a runner at work.",
+    )
     parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
     parser.add_argument("-r", "--max-runs", type=_like("MAX_RUNS", "--max-runs"), help="number of runs (default: MAX_RUNS, 10)")
     parser.add_argument("--resume", action="store_true", help="continue this experiment from its last finished step")
