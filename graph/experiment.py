@@ -28,9 +28,6 @@ from nodes.summarize import summarize
 from settings import ENV_SETTINGS, Settings
 from state import ExperimentState, Halt, InputState, OutputState
 
-HALT_REASONS = ("fatal", "llm_unavailable", "interrupted")
-"""Stop reasons that cut an experiment short; each is resumable once its cause is gone."""
-
 
 def after_analyze(state: ExperimentState) -> Literal["summarize", "report"]:
     """Loop for another run until analyze has recorded why to stop (or the step was cut short)."""
