@@ -43,8 +43,6 @@ class RunRecord(TypedDict):
     """Final metrics: metrics.json if the script wrote one, else the last values in the log."""
     error: str
     """Last line of the traceback, or empty."""
-    summary: str
-    """Bounded mechanical summary: status, metrics, traceback and the log's tail."""
 
 
 class RunChange(TypedDict):
@@ -120,6 +118,9 @@ class ExperimentState(InputState):
     """What each run changed compared with the one before, appended by analyze (REPORT.md's runs table shows it)."""
     usage: Annotated[list[Usage], operator.add]
     """Every LLM call's tokens, appended."""
+    last_summary: NotRequired[str]
+    """The latest run's bounded mechanical summary (status, metrics, traceback, the log's tail), as analyze and the
+    next codegen read it. Only the latest: every checkpoint holds the whole state, so per-run records stay small."""
     previous_digest: NotRequired[str]
     """Bounded text about earlier runs that codegen reads, made by summarize."""
     code: NotRequired[str]

@@ -47,12 +47,19 @@ def local_store_uri(experiment_dir: Path) -> str:
 
 
 def log_run(
-    tracking_uri: str, experiment_dir: Path, record: RunRecord, *, params: dict[str, object], artifacts: list[Path], log_path: Path | None = None
+    tracking_uri: str,
+    experiment_dir: Path,
+    record: RunRecord,
+    *,
+    params: dict[str, object],
+    artifacts: list[Path],
+    log_path: Path | None = None,
+    description: str = "",
 ) -> str:
     """Log one finished run as an MLflow run and return its id; an earlier MLflow run of the same run (executed again after a resume) is replaced.
 
     Metrics: the run's final metrics, and their history as printed in `log_path`. Tags: the run's number, folder, status,
-    exit code and error; its summary as the description. Raises TrackingError when MLflow cannot be reached or refuses.
+    exit code and error; `description` (the run's summary) as its note. Raises TrackingError when MLflow cannot be reached or refuses.
     """
     root = Path(experiment_dir).resolve()
     try:
@@ -64,7 +71,7 @@ def log_run(
             if run.data.tags.get(EXPERIMENT_DIR_TAG) == str(root)
         ]
         end_ms = int(time.time() * 1000)
-        tags = {RUN_NUMBER_TAG: str(record["number"]), EXPERIMENT_DIR_TAG: str(root), "status": record["status"], "mlflow.note.content": record["summary"]}
+        tags = {RUN_NUMBER_TAG: str(record["number"]), EXPERIMENT_DIR_TAG: str(root), "status": record["status"], "mlflow.note.content": description}
         if record["exit_code"] is not None:
             tags["exit_code"] = str(record["exit_code"])
         if record["error"]:

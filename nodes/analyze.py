@@ -61,7 +61,7 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         goal=state.get("goal", ""),
         tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
         code=clip(state.get("code", ""), BUDGET["previous_code"]),
-        run=run["summary"],
+        run=state.get("last_summary", ""),
     )
     files = ExperimentFiles(state["experiment_dir"])
     messages = [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)]

@@ -95,8 +95,8 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         duration_s=round(result.duration_s, 3),
         metrics=log.metrics,
         error=log.error,
-        summary=render_summary(number, status, result.exit_code, result.duration_s, log),
     )
+    summary = render_summary(number, status, result.exit_code, result.duration_s, log)
     files.write_result(record)
     runtime.stream_writer({"event": "run_done", "run": number, "status": status, "duration_s": record["duration_s"], "metrics": log.metrics})
 
@@ -112,10 +112,10 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             "status": status,
         }
         try:
-            log_run(settings.mlflow_tracking_uri, files.root, record, params=params, artifacts=[script, log_path], log_path=log_path)
+            log_run(settings.mlflow_tracking_uri, files.root, record, params=params, artifacts=[script, log_path], log_path=log_path, description=summary)
         except TrackingError as exc:
             runtime.stream_writer({"event": "warning", "message": str(exc)})
-    return {"runs": [record]}
+    return {"runs": [record], "last_summary": summary}
 
 
 def _stop_reason(result: ProcessResult, settings: Settings) -> str:

@@ -23,8 +23,7 @@ def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     runtime.stream_writer({"event": "stage", "stage": "summarize", "run": len(runs) + 1})
     if not runs:
         return {"previous_digest": "No run yet: this is the first one."}
-    previous = runs[-1]
-    parts = [previous["summary"]]
+    parts = [state.get("last_summary", "")]
     earlier = runs[-RECENT_RUNS - 1 : -1]
     if earlier:
         parts.append("Earlier runs:\n" + "\n".join(run_line(r) for r in earlier))

@@ -98,7 +98,7 @@ def make_experiment(root: Path, idea: str = "Classify iris flowers; reach accura
     return str(root)
 
 
-def make_run(number: int, status: str = "ok", metrics: dict[str, float] | None = None, summary: str = "", error: str = "") -> RunRecord:
+def make_run(number: int, status: str = "ok", metrics: dict[str, float] | None = None, error: str = "") -> RunRecord:
     """A finished run's record."""
     return RunRecord(
         number=number,
@@ -107,7 +107,6 @@ def make_run(number: int, status: str = "ok", metrics: dict[str, float] | None =
         duration_s=1.5,
         metrics=metrics or {},
         error=error,
-        summary=summary or f"Run {number}: {status}.",
     )
 
 

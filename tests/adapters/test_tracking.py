@@ -47,9 +47,9 @@ def mlflow_runs(store: str, name: str) -> list:
 
 def test_a_run_is_logged_with_its_metrics_params_tags_and_artifacts(store: str, tmp_path: Path):
     root, script, log = run_folder(tmp_path, "digits-logged")
-    record = make_run(1, metrics={"accuracy": 0.85, "loss": 0.33}, summary="Run 1: ok (exit 0)")
+    record = make_run(1, metrics={"accuracy": 0.85, "loss": 0.33})
 
-    run_id = log_run(store, root, record, params=PARAMS, artifacts=[script, log], log_path=log)
+    run_id = log_run(store, root, record, params=PARAMS, artifacts=[script, log], log_path=log, description="Run 1: ok (exit 0)")
 
     [run] = mlflow_runs(store, "digits-logged")
     assert run.info.run_id == run_id and run.info.run_name == "run_1" and run.info.status == "FINISHED"

@@ -135,7 +135,8 @@ def huge_state(runs: int) -> dict:
         "code": "CODE " + big,
         "tasks": [make_task(i, title=f"task {i} " + "t" * 200, notes="n" * 300, runs=list(range(1, runs + 1))) for i in range(1, 201)],
         "findings": [f"## Run {n}\n\n" + "f" * 20_000 for n in range(1, runs + 1)],
-        "runs": [make_run(n, summary="s" * 50_000) for n in range(1, runs + 1)],
+        "runs": [make_run(n, error="e" * 50_000) for n in range(1, runs + 1)],
+        "last_summary": "s" * 50_000,
         "previous_digest": "DIGEST " + big,
     }
 

@@ -78,15 +78,16 @@ def test_successful_run(tmp_path: Path):
     update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK), "runs": []}, runtime)
 
     [record] = update["runs"]
+    summary = update["last_summary"]
     assert record["number"] == 1
     assert record["status"] == "ok"
     assert record["exit_code"] == 0
     assert record["error"] == ""
     assert record["metrics"] == {"accuracy": 0.93}  # metrics.json wins over the log's loss=0.5
     assert record["duration_s"] >= 0
-    assert "Run 1: ok (exit 0)" in record["summary"]
-    assert "Metrics (metrics.json): accuracy=0.93" in record["summary"]
-    assert "epoch=1 loss=0.5" in record["summary"]
+    assert "Run 1: ok (exit 0)" in summary and "summary" not in record  # the record stays small: the summary is kept once, for the latest run
+    assert "Metrics (metrics.json): accuracy=0.93" in summary
+    assert "epoch=1 loss=0.5" in summary
     assert (tmp_path / "run_1" / "output.log").read_text() == "epoch=1 loss=0.5\n"
     assert not (tmp_path / ".runner" / "child.json").exists()
 
@@ -113,13 +114,14 @@ def test_run_number_follows_the_runs_so_far(tmp_path: Path):
 
 def test_crashing_script(tmp_path: Path):
     runtime, _ = make_runtime()
-    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_CRASH), "runs": []}, runtime)["runs"]
+    update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_CRASH), "runs": []}, runtime)
+    [record] = update["runs"]
 
     assert record["status"] == "failed"
     assert record["exit_code"] == 1
     assert record["error"] == "ValueError: the data is missing"
     assert record["metrics"] == {"epoch": 1.0, "loss": 0.7}  # no metrics.json: the log's last values
-    assert "Traceback" in record["summary"]
+    assert "Traceback" in update["last_summary"]
 
 
 def test_timeout(tmp_path: Path):
@@ -188,8 +190,8 @@ def test_child_gets_no_api_keys(tmp_path: Path, monkeypatch):
 
 def test_data_dir_is_created_and_given_to_the_script(tmp_path: Path):
     runtime, _ = make_runtime()
-    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_USE_DATA_DIR), "runs": []}, runtime)["runs"]
-    assert record["status"] == "ok", record["summary"]
+    update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_USE_DATA_DIR), "runs": []}, runtime)
+    assert update["runs"][0]["status"] == "ok", update["last_summary"]
     assert f"data_dir={tmp_path / 'data'}" in (tmp_path / "run_1" / "output.log").read_text()
     assert (tmp_path / "data" / "dataset.csv").read_text() == "x,y\n"
 
@@ -197,11 +199,12 @@ def test_data_dir_is_created_and_given_to_the_script(tmp_path: Path):
 @pytest.mark.parametrize("mode", sorted({MODE, "none"}))
 def test_memory_limit_stops_the_run_cleanly(mode, tmp_path: Path):
     runtime, events = make_runtime(memory_limit_mb=200, sandbox=mode)
-    [record] = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_HOG_MEMORY), "runs": []}, runtime)["runs"]
+    update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_HOG_MEMORY), "runs": []}, runtime)
+    [record] = update["runs"]
     assert record["status"] == "failed"
     assert record["exit_code"] is None
     assert record["error"] == "stopped: memory limit (MEMORY_LIMIT_MB=200) exceeded"
-    assert "Error: stopped: memory limit" in record["summary"]
+    assert "Error: stopped: memory limit" in update["last_summary"]
     assert "unharmed" not in (tmp_path / "run_1" / "output.log").read_text()
     assert events_of(events, "run_done")[0]["status"] == "failed"
 

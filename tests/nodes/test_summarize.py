@@ -49,14 +49,13 @@ def test_state_without_runs_key_counts_as_first_run():
 
 def test_includes_previous_summary_earlier_lines_and_best_run():
     runs = [
-        make_run(1, metrics={"accuracy": 0.95}, summary="SUMMARY-ONE"),
-        make_run(2, status="failed", error="ValueError: boom", summary="SUMMARY-TWO"),
-        make_run(3, metrics={"accuracy": 0.8}, summary="SUMMARY-THREE full text"),
+        make_run(1, metrics={"accuracy": 0.95}),
+        make_run(2, status="failed", error="ValueError: boom"),
+        make_run(3, metrics={"accuracy": 0.8}),
     ]
-    text = digest({"runs": runs, "goal": "accuracy >= 0.9"})
+    text = digest({"runs": runs, "goal": "accuracy >= 0.9", "last_summary": "SUMMARY-THREE full text"})
 
-    assert text.startswith("SUMMARY-THREE full text")
-    assert "SUMMARY-ONE" not in text and "SUMMARY-TWO" not in text  # earlier runs: one line each, not their summaries
+    assert text.startswith("SUMMARY-THREE full text")  # the latest run's summary; earlier runs: one line each
     assert "Earlier runs:" in text
     assert "run 1: ok" in text and "accuracy=0.95" in text
     assert "run 2: failed" in text and "error: ValueError: boom" in text
@@ -75,7 +74,7 @@ def test_no_best_line_when_goal_names_no_reported_metric():
 
 
 def test_single_run_has_no_earlier_runs_section():
-    text = digest({"runs": [make_run(1, summary="ONLY")], "goal": ""})
+    text = digest({"runs": [make_run(1)], "goal": "", "last_summary": "ONLY"})
     assert text == "ONLY"
 
 
@@ -88,7 +87,7 @@ def test_lists_only_the_recent_earlier_runs():
 
 def test_digest_is_bounded_with_many_huge_runs():
     huge = "x" * 50_000
-    runs = [make_run(n, metrics={"accuracy": n / 100}, summary=f"run {n} summary {huge}", error="E" * 5_000) for n in range(1, 101)]
-    text = digest({"runs": runs, "goal": "accuracy >= 0.99"})
+    runs = [make_run(n, metrics={"accuracy": n / 100}, error="E" * 5_000) for n in range(1, 101)]
+    text = digest({"runs": runs, "goal": "accuracy >= 0.99", "last_summary": f"run 100 summary {huge}"})
     assert len(text) <= BUDGET["previous_run"]
     assert text.startswith("run 100 summary")
