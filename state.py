@@ -55,7 +55,7 @@ class RunChange(TypedDict):
 
 
 class Usage(TypedDict):
-    """Tokens spent by one LLM call."""
+    """Tokens spent by one LLM call, or (in the state) by all the calls of one stage and model."""
 
     stage: str
     """Node that made the call."""
@@ -65,6 +65,26 @@ class Usage(TypedDict):
     output_tokens: int
     cost_usd: float | None
     """Cost reported by the provider (OpenRouter does), else None."""
+    calls: NotRequired[int]
+    """How many calls this counts; 1 when absent."""
+
+
+def add_usage(existing: list[Usage], new: list[Usage]) -> list[Usage]:
+    """The state's usage: summed per stage, model and whether the provider reported the cost, so it stays
+    a few entries however many calls there were (every checkpoint holds the whole state; the audit log
+    has each call)."""
+    totals: dict[tuple[str, str, bool], Usage] = {}
+    for call in [*existing, *new]:
+        key = (call["stage"], call["model"], call["cost_usd"] is not None)
+        if (total := totals.get(key)) is None:
+            totals[key] = Usage(**{**call, "calls": call.get("calls", 1)})
+            continue
+        total["input_tokens"] += call["input_tokens"]
+        total["output_tokens"] += call["output_tokens"]
+        total["calls"] += call.get("calls", 1)
+        if call["cost_usd"] is not None:
+            total["cost_usd"] = (total["cost_usd"] or 0.0) + call["cost_usd"]
+    return list(totals.values())
 
 
 class Halt(TypedDict):
@@ -116,8 +136,8 @@ class ExperimentState(InputState):
     """Finished runs, appended by execute."""
     changes: Annotated[list[RunChange], operator.add]
     """What each run changed compared with the one before, appended by analyze (REPORT.md's runs table shows it)."""
-    usage: Annotated[list[Usage], operator.add]
-    """Every LLM call's tokens, appended."""
+    usage: Annotated[list[Usage], add_usage]
+    """LLM tokens and cost so far, summed per stage and model (see add_usage)."""
     last_summary: NotRequired[str]
     """The latest run's bounded mechanical summary (status, metrics, traceback, the log's tail), as analyze and the
     next codegen read it. Only the latest: every checkpoint holds the whole state, so per-run records stay small."""

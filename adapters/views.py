@@ -175,7 +175,7 @@ def usage_table(progress: Progress) -> Table:
         cost, _ = spend(calls, progress.model_prices)
         table.add_row(
             Text(stage, style="bold" if stage == "total" else ""),
-            str(len(calls)),
+            str(sum(c.get("calls", 1) for c in calls)),
             f"{sum(c['input_tokens'] for c in calls):,}",
             f"{sum(c['output_tokens'] for c in calls):,}",
             "unknown" if cost is None else f"${cost:.4f}",

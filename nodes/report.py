@@ -218,7 +218,8 @@ def usage_table(usage: list[Usage], prices: dict[str, list[float]] | None = None
     lines = ["| Stage | Model | Calls | Input tokens | Output tokens | Cost (USD) |", "|---|---|---|---|---|---|"]
     for (stage, model), calls in [*groups.items(), (("**total**", ""), usage)]:
         inp, out = sum(c["input_tokens"] for c in calls), sum(c["output_tokens"] for c in calls)
-        lines.append(f"| {stage} | {model} | {len(calls)} | {inp} | {out} | {cost_text(calls, prices or {})} |")
+        count = sum(c.get("calls", 1) for c in calls)
+        lines.append(f"| {stage} | {model} | {count} | {inp} | {out} | {cost_text(calls, prices or {})} |")
     return "\n".join(lines)
 
 

@@ -59,15 +59,16 @@ def spend(usage: list[Usage], prices: dict[str, list[float]]) -> tuple[float | N
     """USD spent and where the figure comes from; None when neither the provider nor MODEL_PRICES tell."""
     total, reported, priced, unknown = 0.0, 0, 0, 0
     for call in usage:
+        calls = call.get("calls", 1)
         if call["cost_usd"] is not None:
             total += call["cost_usd"]
-            reported += 1
+            reported += calls
         elif call["model"] in prices:
             per_input, per_output = prices[call["model"]]
             total += (call["input_tokens"] * per_input + call["output_tokens"] * per_output) / 1e6
-            priced += 1
+            priced += calls
         else:
-            unknown += 1
+            unknown += calls
     if reported + priced == 0:
         return (0.0 if not usage else None), "no LLM call yet" if not usage else "not reported by the provider, and no MODEL_PRICES"
     source = "reported by the provider" if not priced else "MODEL_PRICES" if not reported else "provider reports and MODEL_PRICES"

@@ -110,7 +110,7 @@ def test_malformed_structured_replies_end_fatal_without_node_retries(tmp_path, l
     state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=2)
     assert_halted(state, "fatal", "initialize", "twice gave a reply that does not match ExperimentPlan: try STRUCTURED_OUTPUT=json_schema", tmp_path)
     assert len(server.requests) == 2  # the question and its one repair request
-    assert [u["stage"] for u in state["usage"]] == ["initialize", "initialize"]  # both were paid for: they count towards the budgets
+    assert [(u["stage"], u["calls"]) for u in state["usage"]] == [("initialize", 2)]  # both were paid for: they count towards the budgets
 
 
 # a prompt too long: shrunk once

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fakes import make_run, make_settings
 
 from nodes.stop_rules import budget_stop, decide_stop, failure_signature, goal_reached, runs_without_improvement, spend
+from state import Usage, add_usage
 
 
 def usage(tokens_in: int = 1000, tokens_out: int = 100, cost: float | None = None, model: str = "m") -> dict:
@@ -65,3 +66,20 @@ def test_budget_stops_before_a_run_that_would_pass_it():
     assert budget_stop(runs, calls, make_settings(max_cost_usd=0.7)) is None
     long_runs = [{**make_run(n), "duration_s": 1800.0} for n in (1, 2)]
     assert budget_stop(long_runs, [], make_settings(max_hours=1.4)).reason == "budget"
+
+
+def test_the_states_usage_is_summed_per_stage_model_and_cost_source():
+    calls = [
+        Usage(stage="codegen", model="m", input_tokens=10, output_tokens=2, cost_usd=0.5),
+        Usage(stage="codegen", model="m", input_tokens=20, output_tokens=3, cost_usd=0.25),
+        Usage(stage="codegen", model="m", input_tokens=5, output_tokens=1, cost_usd=None),
+        Usage(stage="analyze", model="m", input_tokens=7, output_tokens=1, cost_usd=None),
+    ]
+    total = add_usage(add_usage([], calls[:2]), calls[2:])
+    assert total == [
+        {"stage": "codegen", "model": "m", "input_tokens": 30, "output_tokens": 5, "cost_usd": 0.75, "calls": 2},
+        {"stage": "codegen", "model": "m", "input_tokens": 5, "output_tokens": 1, "cost_usd": None, "calls": 1},
+        {"stage": "analyze", "model": "m", "input_tokens": 7, "output_tokens": 1, "cost_usd": None, "calls": 1},
+    ]
+    assert spend(total, {}) == spend(calls, {}) == (0.75, "reported by the provider (2 calls without a price)")
+    assert add_usage(total, []) == total  # summing again changes nothing
