@@ -45,15 +45,6 @@ class RunRecord(TypedDict):
     """Last line of the traceback, or empty."""
 
 
-class RunChange(TypedDict):
-    """What one run changed compared with the run before it, in the analyst's words."""
-
-    run: int
-    """N of run_N/."""
-    change: str
-    """One line, e.g. "hidden layer 64 -> 128 units"; empty when the analyst gave none."""
-
-
 class Usage(TypedDict):
     """Tokens spent by one LLM call, or (in the state) by all the calls of one stage and model."""
 
@@ -130,12 +121,11 @@ class ExperimentState(InputState):
     """The goal the planner read from the idea, in one line."""
     tasks: NotRequired[list[Task]]
     """The task list, replaced whole at each update (as tasks.json is)."""
-    findings: Annotated[list[str], operator.add]
-    """One KEY_FINDINGS.md section per run, appended."""
+    findings_digest: NotRequired[str]
+    """KEY_FINDINGS.md as prompts read it, within its budget (see nodes.records.findings_digest); made by analyze.
+    The sections themselves live in the file only: every checkpoint holds the whole state."""
     runs: Annotated[list[RunRecord], operator.add]
     """Finished runs, appended by execute."""
-    changes: Annotated[list[RunChange], operator.add]
-    """What each run changed compared with the one before, appended by analyze (REPORT.md's runs table shows it)."""
     usage: Annotated[list[Usage], add_usage]
     """LLM tokens and cost so far, summed per stage and model (see add_usage)."""
     last_summary: NotRequired[str]

@@ -22,6 +22,8 @@ class ExperimentInputError(ValueError):
     """The experiment folder or IDEA.md cannot be used; the message says what to fix."""
 
 
+RUN_SECTION = re.compile(r"^## Run \d+\b", re.MULTILINE)
+"""The heading each run's section of KEY_FINDINGS.md starts with."""
 LOCK_TRIES = 10
 """Tries, 50 ms apart, to take the runner lock before another runner is taken to hold it."""
 
@@ -139,6 +141,16 @@ class ExperimentFiles:
 
     def read_tasks(self) -> list[Task]:
         return json.loads(self.tasks.read_text(encoding="utf-8"))["tasks"]
+
+    def read_findings(self) -> list[str]:
+        """KEY_FINDINGS.md's run sections (each from its `## Run N` heading), in order; none when the file is missing."""
+        try:
+            text = self.findings.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return []
+        starts = [match.start() for match in RUN_SECTION.finditer(text)]
+        ends = [*starts[1:], len(text)] if starts else []
+        return [text[start:end].strip() for start, end in zip(starts, ends, strict=True)]
 
     def write_findings(self, sections: list[str]) -> None:
         """Rewrite KEY_FINDINGS.md from every section, so the file always equals the state."""

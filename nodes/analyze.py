@@ -10,10 +10,10 @@ from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
-from nodes.records import CHANGED_LABEL, tasks_text
+from nodes.records import CHANGED_LABEL, findings_digest, tasks_text
 from nodes.stop_rules import decide_stop
 from settings import Settings
-from state import ExperimentState, RunAnalysis, RunChange, RunRecord, Task
+from state import ExperimentState, RunAnalysis, RunRecord, Task
 
 
 def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[Task]:
@@ -70,15 +70,16 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     tasks = apply_analysis(state.get("tasks", []), analysis, run["number"])
     section = findings_section(run, analysis)
     files.write_tasks(tasks)
-    files.write_findings([*state.get("findings", []), section])
+    sections = [s for s in files.read_findings() if not s.startswith(f"## Run {run['number']} ")]  # analysed again: replaced
+    sections.append(section)
+    files.write_findings(sections)
     goal = state.get("goal", "")
     stop = decide_stop(state["runs"], [*state.get("usage", []), *usage], goal, analysis.goal_achieved, state["max_runs"], settings)
     goal_met = stop is not None and stop.reason == "goal_met"
     runtime.stream_writer({"event": "analysis", "run": run["number"], "summary": analysis.summary, "goal_met": goal_met})
     return {
         "tasks": tasks,
-        "findings": [section],
-        "changes": [RunChange(run=run["number"], change=one_line(analysis.change))],
+        "findings_digest": findings_digest(sections, BUDGET["findings"]),
         "goal_met": goal_met,
         "stop_reason": stop.reason if stop else None,
         "stop_detail": stop.detail if stop else "",

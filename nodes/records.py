@@ -135,13 +135,28 @@ MIN_CONDENSED_LINE = 48
 """Shorter than this, condensed lines say too little: the oldest are dropped instead."""
 
 
+def section_change(section: str) -> str:
+    """What the run of a KEY_FINDINGS.md section changed (its `Changed:` line), or empty."""
+    lines = (line.strip() for line in section.splitlines())
+    return next((line.removeprefix(CHANGED_LABEL).strip() for line in lines if line.startswith(CHANGED_LABEL)), "")
+
+
+def changes_by_run(sections: list[str]) -> dict[int, str]:
+    """What each run changed, by run number, from KEY_FINDINGS.md's sections (the file keeps them; the state does not)."""
+    found = {}
+    for section in sections:
+        if (heading := re.match(r"## Run (\d+)\b", section)) and (change := section_change(section)):
+            found[int(heading.group(1))] = change
+    return found
+
+
 def condensed_section(section: str, width: int) -> str:
     """One line for an older KEY_FINDINGS section: its heading, what the run changed, and its first finding (else its summary)."""
     lines = [line.strip() for line in section.strip().splitlines() if line.strip()]
     if not lines:
         return ""
     heading, body = lines[0].lstrip("#").strip(), lines[1:]
-    change = next((line.removeprefix(CHANGED_LABEL).strip() for line in body if line.startswith(CHANGED_LABEL)), "")
+    change = section_change(section)
     rest = [line for line in body if not line.startswith(CHANGED_LABEL)]
     point = next((line[2:].strip() for line in rest if line.startswith("- ")), rest[0] if rest else "")
     text = f"{heading}: " + " — ".join(part for part in (change, point) if part)
@@ -202,7 +217,7 @@ def experiment_context(state: ExperimentState) -> dict[str, str]:
         "idea": clip(state.get("idea", ""), BUDGET["idea"]),
         "plan": clip(state.get("plan", ""), BUDGET["plan"]),
         "tasks": tasks_text(state.get("tasks", []), BUDGET["tasks"]),
-        "findings": findings_digest(state.get("findings", []), BUDGET["findings"]),
+        "findings": clip(state.get("findings_digest") or findings_digest([], BUDGET["findings"]), BUDGET["findings"]),
     }
 
 

@@ -20,7 +20,17 @@ from adapters.llm import ask_text
 from adapters.logs import clip
 from adapters.plots import plot_curves, plot_metric_per_run, read_curves
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
-from nodes.records import Ranking, best_ranked, exact_number, experiment_context, metrics_text, ranking, resume_command, runs_table
+from nodes.records import (
+    Ranking,
+    best_ranked,
+    changes_by_run,
+    exact_number,
+    experiment_context,
+    metrics_text,
+    ranking,
+    resume_command,
+    runs_table,
+)
 from nodes.stop_rules import goal_reached, spend
 from settings import Settings
 from state import ExperimentState, Halt, RunRecord, Usage
@@ -45,7 +55,7 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
     # 1. The narrative: findings and what to try next, from the experiment as it stands and the runs' exact lines.
-    runs, goal, changes = state.get("runs", []), state.get("goal", ""), changes_by_run(state)
+    runs, goal, changes = state.get("runs", []), state.get("goal", ""), changes_by_run(files.read_findings())
     best = best_ranked(runs, ranking(runs, goal))
     prompt = REPORT_USER.format(
         **experiment_context(state),
@@ -94,17 +104,12 @@ def report_text(state: ExperimentState, settings: Settings, usage: list[Usage], 
         outcome_section(state),
         best_section(best, rank, goal),
         narrative,
-        "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(state)) if runs else "No run finished."),
+        "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
         plots_section(files, runs, rank, best),
         usage_section(all_usage, settings.model_prices),
         reproduce_section(files, best or (runs[-1] if runs else None), is_best=best is not None),
     ]
     return "\n\n".join(part.strip() for part in parts if part.strip())
-
-
-def changes_by_run(state: ExperimentState) -> dict[int, str]:
-    """What each run changed, by run number (the latest word on a run wins)."""
-    return {change["run"]: change["change"] for change in state.get("changes", [])}
 
 
 def report_line(run: RunRecord, changes: dict[int, str]) -> str:

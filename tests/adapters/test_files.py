@@ -149,3 +149,13 @@ def test_findings_are_rewritten_from_every_section(experiment_files):
     assert experiment_files.findings.read_text() == "# Key findings\n\n_No runs analysed yet._\n"
     experiment_files.write_findings(["## Run 1\nloss fell\n", "\n## Run 2\nacc rose"])
     assert experiment_files.findings.read_text() == "# Key findings\n\n## Run 1\nloss fell\n\n## Run 2\nacc rose\n"
+
+
+def test_key_findings_are_read_back_section_by_section(tmp_path):
+    folder = ExperimentFiles(tmp_path)
+    assert folder.read_findings() == []
+    folder.write_findings([])
+    assert folder.read_findings() == []
+    sections = ["## Run 1 (ok)\n\nChanged: x\n\nIt ran.\n\n- a finding", "## Run 2 (failed)\n\nIt crashed."]
+    folder.write_findings(sections)
+    assert folder.read_findings() == sections

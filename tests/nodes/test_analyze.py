@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fakes import ScriptedChatModel, analysis_reply, events_of, make_experiment, make_run, make_runtime, make_task
 
+from adapters.files import ExperimentFiles
 from nodes.analyze import analyze, apply_analysis, findings_section
 from state import NewTask, RunAnalysis, TaskUpdate
 
@@ -84,7 +85,6 @@ def state_after_run(root: str, runs: int = 1, max_runs: int = 5) -> dict:
         "experiment_dir": root,
         "goal": "accuracy >= 0.9",
         "tasks": [make_task(1, "Baseline"), make_task(2, "Tune")],
-        "findings": ["## Run 0 (ok)\n\nAn earlier section."] if runs > 1 else [],
         "runs": [make_run(n, metrics={"accuracy": 0.5}) for n in range(1, runs + 1)],
         "last_summary": f"RUN-{runs}-SUMMARY",
         "code": "CODE-OF-THE-RUN",
@@ -104,6 +104,7 @@ def test_node_updates_files_and_state(tmp_path: Path):
     model = ScriptedChatModel(responses=[reply])
     runtime, events = make_runtime(model)
     root = make_experiment(tmp_path)
+    ExperimentFiles(root).write_findings(["## Run 0 (ok)\n\nAn earlier section.", "## Run 2 (ok)\n\nFrom an analysis cut short."])
 
     update = analyze(state_after_run(root, runs=2), runtime)
 
@@ -114,8 +115,9 @@ def test_node_updates_files_and_state(tmp_path: Path):
     section = "## Run 2 (ok)\n\nChanged: logistic regression -> MLP\n\nBaseline worked.\n\n- accuracy 0.5 with logistic regression"
     assert section in findings
     assert findings.index("## Run 0") < findings.index("## Run 2")
-    assert update["findings"] == [section]
-    assert update["changes"] == [{"run": 2, "change": "logistic regression -> MLP"}]
+    assert "From an analysis cut short" not in findings  # run 2 analysed again: its section replaced, not doubled
+    assert update["findings_digest"] == f"## Run 0 (ok)\n\nAn earlier section.\n\n{section}"  # what prompts read; the file keeps all
+    assert "changes" not in update  # what the run changed lives in KEY_FINDINGS.md, where the report reads it
     assert update["goal_met"] is False
     assert update["stop_reason"] is None
     assert [u["stage"] for u in update["usage"]] == ["analyze"]
@@ -151,7 +153,7 @@ def test_without_a_numeric_goal_the_analyst_decides(tmp_path: Path):
 def test_a_reply_without_a_change_records_an_empty_one(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(summary="Ran.")]))
     update = analyze(state_after_run(make_experiment(tmp_path), runs=1), runtime)
-    assert update["changes"] == [{"run": 1, "change": ""}] and "Changed:" not in update["findings"][0]
+    assert "Changed:" not in update["findings_digest"] and "Changed:" not in (tmp_path / "KEY_FINDINGS.md").read_text()
 
 
 def test_the_prompt_asks_what_the_run_changed(tmp_path: Path):

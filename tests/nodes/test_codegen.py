@@ -9,6 +9,7 @@ from langchain_core.messages import AIMessage
 
 from nodes.codegen import codegen, codegen_prompt, compile_error, extract_python
 from nodes.prompts import BUDGET, CODEGEN_USER
+from nodes.records import findings_digest
 
 GOOD = "import json\nprint('epoch=1 loss=0.5')\njson.dump({'accuracy': 0.9}, open('metrics.json', 'w'))"
 BROKEN = "def train(:\n    pass"
@@ -134,7 +135,7 @@ def huge_state(runs: int) -> dict:
         "plan": "PLAN " + big,
         "code": "CODE " + big,
         "tasks": [make_task(i, title=f"task {i} " + "t" * 200, notes="n" * 300, runs=list(range(1, runs + 1))) for i in range(1, 201)],
-        "findings": [f"## Run {n}\n\n" + "f" * 20_000 for n in range(1, runs + 1)],
+        "findings_digest": findings_digest([f"## Run {n}\n\n" + "f" * 20_000 for n in range(1, runs + 1)], BUDGET["findings"]),
         "runs": [make_run(n, error="e" * 50_000) for n in range(1, runs + 1)],
         "last_summary": "s" * 50_000,
         "previous_digest": "DIGEST " + big,

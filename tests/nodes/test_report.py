@@ -11,6 +11,7 @@ import pytest
 from fakes import ScriptedChatModel, events_of, make_experiment, make_run, make_runtime, make_task, text_reply
 from PIL import Image
 
+from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
 from adapters.plots import MAX_POINTS, plot_curves, plot_metric_per_run, read_curves
 from nodes import report as report_module
@@ -38,19 +39,20 @@ def linked_images(text: str) -> list[str]:
 
 
 def finished_state(root: str, stop_reason: str | None = "goal_met") -> dict:
+    changes = ("baseline logistic regression", "MLP, 128 hidden units", "deeper MLP")  # KEY_FINDINGS.md holds what each run changed
+    ExperimentFiles(root).write_findings([f"## Run {n} (ok)\n\nChanged: {change}\n\nIt ran." for n, change in enumerate(changes, start=1)])
     return {
         "experiment_dir": root,
         "idea": "IDEA-TEXT",
         "plan": "PLAN-TEXT",
         "goal": "accuracy >= 0.9",
         "tasks": [make_task(1, "Baseline", status="done", runs=[1])],
-        "findings": ["## Run 1 (ok)\n\nFINDING-ONE"],
+        "findings_digest": "## Run 1 (ok)\n\nFINDING-ONE",
         "runs": [
             make_run(1, metrics={"accuracy": 0.81, "loss": 0.5}),
             make_run(2, metrics={"accuracy": 0.9312345678901234, "loss": 1.5e-07, "train_seconds": 3000.0}),
             make_run(3, status="failed", error="ValueError: boom"),
         ],
-        "changes": [{"run": 1, "change": "baseline logistic regression"}, {"run": 2, "change": "MLP, 128 hidden units"}, {"run": 3, "change": "deeper MLP"}],
         "max_runs": 5,
         "stop_reason": stop_reason,
         "stop_detail": "run 2 met the goal 'accuracy >= 0.9' by metrics" if stop_reason == "goal_met" else "",
@@ -204,7 +206,8 @@ def test_a_plot_that_fails_is_said_so_and_the_report_goes_on(tmp_path: Path, mon
 
 def test_without_any_metric_there_is_no_best_run_and_no_plot(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
-    state = {**finished_state(make_experiment(tmp_path)), "runs": [make_run(1, status="failed", error="OSError: x")], "changes": []}
+    state = {**finished_state(make_experiment(tmp_path)), "runs": [make_run(1, status="failed", error="OSError: x")]}
+    ExperimentFiles(tmp_path).write_findings([])
     (tmp_path / "run_1").mkdir()
     (tmp_path / "run_1" / "train.py").write_text("raise OSError('x')\n")
 
