@@ -14,6 +14,7 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from adapters.logs import one_line
 from settings import ENV_SETTINGS, SettingsError, UsageError
 
 # LangGraph, the LLM client and the runner itself are imported once the arguments are read: `--help` stays instant.
@@ -167,7 +168,7 @@ def _halt_message(reason: str, detail: str, hint: str, errors: Console) -> None:
         _interrupted_message(hint, errors)
         return
     when = "later" if reason == "llm_unavailable" else "after fixing it"
-    errors.print(_one_line(f"error ({reason}): {detail}. Every finished step is saved: {when}, resume with `{hint}`."), markup=False, soft_wrap=True)
+    errors.print(one_line(f"error ({reason}): {detail}. Every finished step is saved: {when}, resume with `{hint}`."), markup=False, soft_wrap=True)
 
 
 def _answer(request: dict, settings, console: Console) -> dict:
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         _stop_on_signals(_resume_hint(args), errors, on_leave)
         return run(args, console, errors, on_leave)
     except (UsageError, SettingsError) as exc:
-        errors.print(_one_line(f"error: {exc}"), markup=False, soft_wrap=True)
+        errors.print(one_line(f"error: {exc}"), markup=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         _interrupted_message(_resume_hint(args), errors)
@@ -267,7 +268,7 @@ def _failed(exc: Exception, args: argparse.Namespace | None, errors: Console) ->
     from adapters.process import RunCancelled
 
     if isinstance(exc, ExperimentInputError):
-        errors.print(_one_line(f"error: {exc}"), markup=False, soft_wrap=True)
+        errors.print(one_line(f"error: {exc}"), markup=False, soft_wrap=True)
         return EXIT_USAGE
     if isinstance(exc, RunCancelled):
         _interrupted_message(_resume_hint(args), errors)
@@ -281,15 +282,11 @@ def _failed(exc: Exception, args: argparse.Namespace | None, errors: Console) ->
             hint = f" Nothing was spent: {when}, run the same command again."
         else:
             hint = f" Every finished step is saved: {when}, resume with `{_resume_hint(args)}`." if args else ""
-        errors.print(_one_line(f"error ({reason}): {exc}.{hint}"), markup=False, soft_wrap=True)
+        errors.print(one_line(f"error ({reason}): {exc}.{hint}"), markup=False, soft_wrap=True)
         return EXIT_ERROR
     hint = f" State is saved: after fixing it, resume with `{_resume_hint(args)}`." if args else ""
-    errors.print(_one_line(f"error: {type(exc).__name__}: {exc}.{hint}"), markup=False, soft_wrap=True)
+    errors.print(one_line(f"error: {type(exc).__name__}: {exc}.{hint}"), markup=False, soft_wrap=True)
     return EXIT_ERROR
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _interrupted_message(hint: str, errors: Console) -> None:

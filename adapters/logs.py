@@ -133,6 +133,12 @@ def summarize_log(log_path: Path, metrics_path: Path | None = None, *, tail_line
     return summary
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """`text` with its line breaks and runs of spaces folded into single spaces, cut to `limit` characters with "…" (None: whole)."""
+    text = " ".join(text.split())
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 def clip(text: str, budget: int) -> str:
     """`text` cut to at most `budget` characters, keeping its head and tail."""
     if len(text) <= budget:

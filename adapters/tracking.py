@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from adapters.logs import MAX_LINE_BYTES, parse_metrics
+from adapters.logs import MAX_LINE_BYTES, one_line, parse_metrics
 from state import RunRecord
 
 RUN_NUMBER_TAG = "runner.run_number"
@@ -194,14 +194,9 @@ def _reason(exc: BaseException) -> str:
             break
         root = inner
     text = f"{type(exc).__name__}: {exc}"
-    return _one_line(text, 400) if root is exc else f"{_one_line(text, 250)} ({_one_line(f'{type(root).__name__}: {root}', 150)})"
+    return one_line(text, 400) if root is exc else f"{one_line(text, 250)} ({one_line(f'{type(root).__name__}: {root}', 150)})"
 
 
 def _without_password(text: str) -> str:
     """`text` without the user and password a URL in it may carry (https://user:pass@host, postgresql://user:pass@host/db)."""
     return re.sub(r"//[^/@\s]*@", "//", text)
-
-
-def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

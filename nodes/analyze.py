@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
-from adapters.logs import clip
+from adapters.logs import clip, one_line
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
 from nodes.records import CHANGED_LABEL, findings_digest, tasks_text
 from nodes.stop_rules import decide_stop
@@ -31,11 +31,6 @@ def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[T
     for offset, new in enumerate(analysis.new_tasks):
         result.append(Task(id=next_id + offset, title=new.title.strip(), status="todo", notes=new.notes.strip(), runs=[]))
     return result
-
-
-def one_line(text: str) -> str:
-    """`text` with its line breaks and runs of spaces folded into single spaces."""
-    return " ".join(text.split())
 
 
 def findings_section(run: RunRecord, analysis: RunAnalysis) -> str:

@@ -7,7 +7,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
-from adapters.logs import clip, format_metrics
+from adapters.logs import clip, format_metrics, one_line
 from nodes.prompts import BUDGET
 from state import ExperimentState, RunRecord, Task
 
@@ -246,9 +246,7 @@ CELL_CHARS = 160
 
 def cell(text: str, limit: int | None = CELL_CHARS) -> str:
     """`text` as one Markdown table cell: one line, pipes escaped, cut to `limit` characters (None: whole, for numbers)."""
-    text = " ".join(text.split())
-    text = text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
-    return text.replace("|", "\\|")
+    return one_line(text, limit).replace("|", "\\|")
 
 
 def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
