@@ -359,6 +359,22 @@ def test_the_plain_view_can_leave_the_scripts_output_out():
     assert list(view.progress.tail) == ["epoch=1 loss=0.5"], "the progress is kept up to date all the same"
 
 
+def test_the_plain_view_shows_the_scripts_output_as_a_terminal_would_leave_it_without_control_characters():
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress())
+
+    view.event(output("\x1b[31mred\x1b[0m text\x07", " 10%|#   |\r 50%|#####|\r100%|##########|", "a\tb\x00c\x9bd"))
+
+    assert console.file.getvalue().splitlines() == ["  │ [31mred[0m text", "  │ 100%|##########|", "  │ a\tbcd"]
+
+
+def test_the_plain_view_dims_the_scripts_output_on_a_terminal():
+    console = plain_console(force_terminal=True)
+    PlainView(console, make_progress()).event(output("epoch=1"))
+
+    assert console.file.getvalue() == "\x1b[2m  │ epoch=1\x1b[0m\n"
+
+
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
 
 
