@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +38,8 @@ MODES = {
     "full": {"runs": 100, "flood_mb": 1024, "help_repeats": 10, "resume_repeats": 3},
     "quick": {"runs": 30, "flood_mb": 1024, "help_repeats": 5, "resume_repeats": 2},
 }
+Measured = tuple[list[Figure], dict]
+"""A benchmark's figures and the details behind them."""
 SPLIT_AT = 10
 """The early measurement: state and codegen prompt after this run (half the runs when there are fewer than twice as many)."""
 
@@ -79,8 +82,15 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
             details["growth_seconds"] = round(grown.seconds, 1)
 
             if "loop" in args.only:
-                _say(f"floor: `python -c pass` x{args.runs}")
-                found, details["loop"] = loop_overhead.figures(grown.events, args.runs, loop_overhead.python_start_floor(args.runs))
+
+                def loop(events: list) -> Measured:
+                    _say(f"floor: `python -c pass` x{args.runs}")
+                    return loop_overhead.figures(events, args.runs, loop_overhead.python_start_floor(args.runs))
+
+                def loop_again() -> Measured:
+                    return loop(growth.run_growth(workdir / "growth-again", server, args.runs, split_at, args.sandbox).events)
+
+                found, details["loop"] = measured_twice(lambda: loop(grown.events), loop_again, "loop overhead")
                 figures += found
             if "prompt" in args.only:
                 at_runs = tuple(sorted({run for run in (1, split_at, 50, args.runs) if run <= args.runs}))
@@ -92,10 +102,16 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
 
         if {"output", "prompt"} & set(args.only):
             _say(f"output flood: {flood_label} printed under `python main.py`, and redirected to a file")
-            measured = output_handling.run_flood(workdir / "flood", args.flood_mb * 2**20, args.sandbox)
-            details["output"] = measured
+
+            def flood(folder: str) -> Measured:
+                measured = output_handling.run_flood(workdir / folder, args.flood_mb * 2**20, args.sandbox)
+                return output_handling.figures(measured, flood_label), measured
+
+            first = flood("flood")
+            details["output"] = first[1]
             if "output" in args.only:
-                figures += output_handling.figures(measured, flood_label)
+                found, details["output"] = measured_twice(lambda: first, lambda: flood("flood-again"), "output handling")
+                figures += found
             if "prompt" in args.only:
                 found, details.setdefault("prompt", {})["after_flood"] = prompt_size.flood_figures(workdir / "flood", flood_label)
                 figures += found
@@ -107,6 +123,24 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
             figures += startup.figures(help_s, imports, resume_s, args.runs)
             details["startup"] = {"help_s": [round(s, 3) for s in help_s], "help_imports_ms": imports, "resume_s": [round(s, 3) for s in resume_s]}
     return figures, details
+
+
+def measured_twice(first: Callable[[], Measured], again: Callable[[], Measured], benchmark: str) -> Measured:
+    """A timing's figures, measured once more when one breaks its bound; the second try's count, the first's are kept beside them.
+
+    A burst of load from elsewhere on the machine can break a bound on a ratio of times once; a cost of the
+    runner's own breaks it on both tries.
+    """
+    found, details = first()
+    broken = {figure.name: figure.display() for figure in found if figure.passed is False}
+    if not broken:
+        return found, details
+    _say(f"{benchmark}: {'; '.join(f'{name} {shown}' for name, shown in broken.items())} breaks its bound; measuring once more")
+    found_again, details_again = again()
+    for figure in found_again:
+        if figure.name in broken:
+            figure.shown = f"{figure.display()} (first try {broken[figure.name]})"
+    return found_again, {**details_again, "first_try": {"figures": [figure.as_dict() for figure in found], "details": details}}
 
 
 def machine() -> dict:
