@@ -33,6 +33,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 def as_shown(line: str) -> str:
     """What a terminal would leave of a line of output: the text after its last carriage return, no control characters."""
+    line = line.rstrip("\r")
     return CONTROL_CHARS.sub("", line[line.rfind("\r") + 1 :])
 
 
@@ -81,8 +82,8 @@ class Progress:
                 self.live_metrics = {}
         elif kind == "output":
             for line in event["lines"]:
-                self.tail.append(line)
                 self.live_metrics.update(parse_metrics(line))
+            self.tail.extend(as_shown(line) for line in event["lines"][-TAIL_LINES:])
 
     def update(self, node: str, update: dict | None) -> None:
         if not isinstance(update, dict):

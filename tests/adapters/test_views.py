@@ -144,6 +144,14 @@ def test_during_execute_the_view_shows_the_last_15_output_lines_and_the_latest_m
     assert "elapsed 1:15" in text
 
 
+def test_the_tail_shows_a_progress_bar_redrawn_with_carriage_returns_as_a_terminal_would():
+    progress = make_progress()
+    progress.event(stage("execute", run=1))
+    progress.event(output(" 10%|#         | 1/10\r 50%|#####     | 5/10\r", "\x1b[1mdone\x1b[0m"))
+
+    assert list(progress.tail) == [" 50%|#####     | 5/10", "[1mdone[0m"]
+
+
 def test_a_new_execute_stage_starts_with_an_empty_tail():
     progress = make_progress()
     progress.event(stage("execute", run=1))
