@@ -247,7 +247,8 @@ class RealisticBrain(ScriptedBrain):
     """
 
     def __init__(self, codes: list[str] | None = None):
-        super().__init__(codes=codes or [])
+        super().__init__()
+        self.codes = codes or []  # not ScriptedBrain's default: every run without a given script gets train_script(run)
         self.open_tasks = list(range(1, len(FIRST_TASKS) + 1))
         self.next_task_id = len(FIRST_TASKS) + 1
 
