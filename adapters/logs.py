@@ -153,7 +153,11 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()) or "none found"
 
 
-def render_summary(number: int, status: str, exit_code: int | None, duration_s: float, log: LogSummary, budget: int = 4000) -> str:
+SUMMARY_CHARS = 4000
+"""The most characters of a run's summary as the LLM reads it."""
+
+
+def render_summary(number: int, status: str, exit_code: int | None, duration_s: float, log: LogSummary, budget: int = SUMMARY_CHARS) -> str:
     """The run's summary as the LLM reads it, at most `budget` characters."""
     exit_text = "no exit code" if exit_code is None else f"exit {exit_code}"
     parts = [

@@ -34,12 +34,16 @@ class Figure:
         if self.value is None:
             return "n/a"
         if self.unit == "bytes":
-            return f"{self.value:,} B ({self.value / 2**10:,.1f} KiB)"
+            return bytes_text(self.value)
         if self.unit == "x":
             return f"{self.value:.2f}x"
         if isinstance(self.value, int):
             return f"{self.value:,} {self.unit}"
         return f"{self.value:,.1f} {self.unit}" if abs(self.value) >= 10 else f"{self.value:.3g} {self.unit}"
+
+
+def bytes_text(size: int) -> str:
+    return f"{size:,} B ({size / 2**10:,.1f} KiB)"
 
 
 def at_most(value: float | None, limit: float) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import state_size
-from workload import FakeLLMServer, llm_settings, new_experiment, runner_api
+from workload import FakeLLMServer, llm_settings, new_experiment
 
 
 @dataclass
@@ -19,7 +19,6 @@ class Growth:
     """What the growing experiment left to measure."""
 
     folder: Path
-    runs: int
     split_at: int
     events: list[tuple[float, float, dict]] = field(default_factory=list)
     """Every progress event with the perf_counter() and process_time() of its arrival."""
@@ -29,10 +28,11 @@ class Growth:
 
 
 def run_growth(folder: Path, server: FakeLLMServer, runs: int, split_at: int = 10, sandbox: str = "none") -> Growth:
-    """Run the experiment in `folder` to `split_at` runs, measure its state, resume it to `runs`, measure again."""
-    run_experiment = runner_api()
+    """Run the experiment in `folder` to `split_at` runs (at most `runs`), measure its state, resume it to `runs`, measure again."""
+    from runner import run_experiment  # the project is importable once workload has put it on sys.path
+
     new_experiment(folder)
-    grown = Growth(folder=folder, runs=runs, split_at=min(split_at, runs))
+    grown = Growth(folder=folder, split_at=split_at)
     settings = llm_settings(server, sandbox)
 
     def on_event(event: dict) -> None:

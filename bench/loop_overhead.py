@@ -11,11 +11,10 @@ process's, the in-process fake server's threads included, the child's not) is re
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 
 from figures import Figure, growth_ratio, median, p95
+from workload import command_seconds
 
 WINDOW = 10
 """Runs compared at each end of the experiment."""
@@ -64,12 +63,7 @@ def per_stage(events: list[Event]) -> dict[int, dict[str, float]]:
 
 def python_start_floor(times: int) -> list[float]:
     """Seconds to start and finish `python -c pass`, measured `times` times."""
-    seconds = []
-    for _ in range(times):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        seconds.append(time.perf_counter() - started)
-    return seconds
+    return command_seconds([sys.executable, "-c", "pass"], times)
 
 
 def figures(events: list[Event], runs: int, floor_s: list[float]) -> tuple[list[Figure], dict]:
@@ -85,6 +79,7 @@ def figures(events: list[Event], runs: int, floor_s: list[float]) -> tuple[list[
 
     early, late = of("runner_s", early_runs), of("runner_s", late_runs)
     cpu_early, cpu_late = median(of("runner_cpu_s", early_runs)), median(of("runner_cpu_s", late_runs))
+    cpu_ratio = cpu_late / cpu_early if cpu_early and cpu_late else None
     floor = [s * 1000 for s in floor_s]
     result = [
         Figure(bench, f"runner time per run, {early_name}, median", _round(median(early)), "ms"),
@@ -95,9 +90,9 @@ def figures(events: list[Event], runs: int, floor_s: list[float]) -> tuple[list[
         Figure(
             bench,
             f"runner CPU per run, median, {early_name} -> {late_name}",
-            _round(_ratio(cpu_late, cpu_early), 2),
+            _round(cpu_ratio, 2),
             "x",
-            shown=f"{cpu_early:.1f} -> {cpu_late:.1f} ms ({_ratio(cpu_late, cpu_early):.2f}x)" if cpu_early and cpu_late else "n/a",
+            shown=f"{cpu_early:.1f} -> {cpu_late:.1f} ms ({cpu_ratio:.2f}x)" if cpu_ratio else "n/a",
         ),
         Figure(bench, "child's runtime per run (train.py), median", _round(median(of("child_s", range(1, runs + 1)))), "ms"),
         Figure(bench, f"floor: `python -c pass` x{len(floor)}, median", _round(median(floor)), "ms", shown=f"{median(floor):.1f} ms (p95 {p95(floor):.1f} ms)"),
@@ -120,10 +115,6 @@ def _stage_medians(stages: dict[int, dict[str, float]], runs: range) -> dict[str
     """Each stage's median milliseconds over `runs`."""
     names = dict.fromkeys(name for run in runs for name in stages.get(run, {}))
     return {name: round(median([stages[r][name] * 1000 for r in runs if name in stages.get(r, {})]), 1) for name in names}
-
-
-def _ratio(late: float | None, early: float | None) -> float | None:
-    return late / early if late is not None and early else None
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:

@@ -30,12 +30,15 @@ write(block[: total_bytes % len(block)])
 """
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM); unlike ru_maxrss it does not start from the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's peak resident memory (VmHWM), this one's by default; unlike ru_maxrss it does not start from the parent's peak.
+
+    OSError once the process is gone; RuntimeError for a zombie, whose status has no memory lines.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def flood(folder: Path, total_bytes: int, cap_bytes: int, line_bytes: int) -> dict:

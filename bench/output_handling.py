@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from figures import Figure, at_least
+from output_flood import peak_rss_mb
 from workload import FLOOD_TRAIN, REPO, FakeLLMServer, RealisticBrain, main_env, new_experiment
 
 THROUGHPUT_BOUND = 0.5
@@ -92,13 +93,11 @@ def run_main_measured(folder: Path, env: dict[str, str], milestones: dict[str, P
 
 def _watch_peak(pid: int, milestones: dict[str, Path], reached: dict[str, float]) -> None:
     """Poll the process's VmHWM (its peak RSS so far) until it exits: noted when each milestone's file first exists, and last as "exit"."""
-    status = Path(f"/proc/{pid}/status")
     while True:
         try:
-            peak = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-        except (OSError, StopIteration):  # gone, or a zombie (whose status has no memory lines)
+            reached["exit"] = round(peak_rss_mb(pid), 1)
+        except (OSError, RuntimeError):  # gone, or a zombie
             return
-        reached["exit"] = round(peak / 1024, 1)
         for name, path in milestones.items():
             if name not in reached and path.exists():
                 reached[name] = reached["exit"]

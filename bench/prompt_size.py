@@ -8,14 +8,14 @@ kept beside them in results.json. A stage's budget is the sum of its parts' budg
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
 
 from figures import Figure, at_most, growth_ratio
 
 from adapters.audit import read_audit
-from adapters.logs import render_summary
+from adapters.files import ExperimentFiles
+from adapters.logs import SUMMARY_CHARS
 from nodes import prompts
 from nodes.prompts import BUDGET
 from nodes.report import RUNS_BUDGET
@@ -31,7 +31,6 @@ BEST_LINE_ALLOWANCE = 1_000
 
 def stage_budgets(run: int = 100) -> dict[str, int]:
     """Characters each stage's request may have: its parts' budgets plus the fixed text of its system prompt and template."""
-    summary_budget = inspect.signature(render_summary).parameters["budget"].default
     context = BUDGET["idea"] + BUDGET["plan"] + BUDGET["tasks"] + BUDGET["findings"]
     empty_context = dict.fromkeys(("idea", "plan", "tasks", "findings"), "")
     feedback_wrapper = len("\n<feedback>\n\n</feedback>\n")
@@ -46,7 +45,7 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
         + GOAL_ALLOWANCE
         + BUDGET["tasks"]
         + BUDGET["previous_code"]
-        + summary_budget,
+        + SUMMARY_CHARS,
         "report": len(prompts.REPORT_SYSTEM)
         + len(prompts.REPORT_USER.format(**empty_context, runs="", best="", stop_reason="llm_unavailable"))
         + context
@@ -55,35 +54,28 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
     }
 
 
-def requests(experiment: Path) -> list[dict]:
-    """Every request in the experiment's audit log: stage, run (codegen and analyze), characters, estimated tokens, the server's count."""
-    found = []
-    for line in read_audit(experiment / ".runner" / "llm_calls.jsonl"):
-        messages = line.get("messages") or []
-        chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
-        found.append(
-            {
-                "stage": line["stage"],
-                "run": _run_of(line["stage"], messages),
-                "chars": chars,
-                "tokens": round(chars / CHARS_PER_TOKEN),
-                "server_prompt_tokens": line.get("input_tokens"),
-                "ok": line.get("ok"),
-            }
-        )
-    return found
-
-
 CODEGEN_PARTS = re.compile(r"<(idea|plan|tasks|key_findings|previous_code|previous_run|feedback)>\n(.*?)\n</\1>", re.DOTALL)
 
 
-def codegen_parts(experiment: Path, run: int) -> dict[str, int]:
-    """Characters of each tagged part of run `run`'s codegen request (idea, plan, tasks, key_findings, previous_code, previous_run)."""
-    for line in read_audit(experiment / ".runner" / "llm_calls.jsonl"):
+def requests(experiment: Path) -> list[dict]:
+    """Every request in the experiment's audit log: stage, run (codegen and analyze), characters, estimated tokens, the server's
+    count; a codegen request also the characters of each tagged part (idea, plan, tasks, key_findings, previous_code, ...)."""
+    found = []
+    for line in read_audit(ExperimentFiles(experiment).llm_calls):
         messages = line.get("messages") or []
-        if line["stage"] == "codegen" and _run_of("codegen", messages) == run:
-            return {name: len(text) for name, text in CODEGEN_PARTS.findall(messages[-1]["content"])}
-    return {}
+        chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        request = {
+            "stage": line["stage"],
+            "run": _run_of(line["stage"], messages),
+            "chars": chars,
+            "tokens": round(chars / CHARS_PER_TOKEN),
+            "server_prompt_tokens": line.get("input_tokens"),
+            "ok": line.get("ok"),
+        }
+        if line["stage"] == "codegen" and messages:
+            request["parts"] = {name: len(text) for name, text in CODEGEN_PARTS.findall(messages[-1]["content"])}
+        found.append(request)
+    return found
 
 
 def _run_of(stage: str, messages: list[dict]) -> int | None:
@@ -107,7 +99,7 @@ def figures(experiment: Path, runs: int, at_runs: tuple[int, ...], early_run: in
     early, late = _first(found, "codegen", early_run), _first(found, "codegen", runs)
     name = f"codegen request, run {runs} / run {early_run}"
     result.append(growth_ratio(bench, name, late and late["chars"], early and early["chars"], GROWTH_BOUND, digits=3))
-    parts = {run: codegen_parts(experiment, run) for run in sorted({*at_runs, early_run, runs})}
+    parts = {run: (_first(found, "codegen", run) or {}).get("parts", {}) for run in sorted({*at_runs, early_run, runs})}
     grown = {name: size - parts[early_run].get(name, 0) for name, size in parts[runs].items()}
     shown = ", ".join(f"{name} {size:+,}" for name, size in sorted(grown.items(), key=lambda item: -item[1]) if size)
     result.append(Figure(bench, f"codegen request by part, run {runs} less run {early_run} (chars)", None, "chars", shown=shown or "no change"))

@@ -6,25 +6,29 @@ import json
 import sqlite3
 from pathlib import Path
 
-from figures import Figure, growth_ratio
+from figures import Figure, bytes_text, growth_ratio
 
 GROWTH_BOUND = 2.0
 """The latest checkpoint at the last run may be at most this many times the one at run 10."""
 
 
 def measure_checkpoints(experiment: Path) -> dict:
-    """Sizes in <experiment>/.runner/checkpoints.sqlite now: the file, its checkpoints, the latest one, and the state's channels as JSON."""
-    path = experiment / ".runner" / "checkpoints.sqlite"
+    """Sizes in the experiment's checkpoint database now: the file, its checkpoints, the latest one, and the state's channels as JSON."""
+    from adapters.files import ExperimentFiles  # the project is importable once workload has put it on sys.path
+    from runner import read_state
+
+    files = ExperimentFiles(experiment)
+    path = files.checkpoints
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        thread, latest, metadata = connection.execute(
-            "select thread_id, length(checkpoint), length(metadata) from checkpoints where checkpoint_ns = '' order by rowid desc limit 1"
+        latest, metadata = connection.execute(
+            "select length(checkpoint), length(metadata) from checkpoints where checkpoint_ns = '' order by rowid desc limit 1"
         ).fetchone()
         count, total = connection.execute("select count(*), sum(length(checkpoint)) from checkpoints").fetchone()
         writes, writes_bytes = connection.execute("select count(*), coalesce(sum(length(value)), 0) from writes").fetchone()
-        values = _state_values(connection, thread)
     finally:
         connection.close()
+    values = read_state(files).values  # as `python main.py status` reads it
     channels = {key: len(json.dumps(value, ensure_ascii=False, default=str)) for key, value in values.items()}
     return {
         "file_bytes": path.stat().st_size,
@@ -40,33 +44,16 @@ def measure_checkpoints(experiment: Path) -> dict:
     }
 
 
-def _state_values(connection: sqlite3.Connection, thread: str) -> dict:
-    """The latest state of `thread`, read the way main.py's status command reads it."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    from graph import build_graph
-
-    snapshot = build_graph().compile(checkpointer=SqliteSaver(connection)).get_state({"configurable": {"thread_id": thread}})
-    return dict(snapshot.values)
-
-
 def _per_run(values: dict) -> dict:
-    """What one run adds to the growing channels, on average: its record (and that record's summary), finding, change and LLM usage."""
+    """What one run adds to the growing channels, on average: its record, and the LLM usage entries (a few, summed per stage and model)."""
     runs = values.get("runs", [])
     if not runs:
         return {}
-    count = len(runs)
 
     def average(items: list) -> int:
-        return round(sum(len(json.dumps(item, ensure_ascii=False)) for item in items) / count)
+        return round(sum(len(json.dumps(item, ensure_ascii=False)) for item in items) / len(runs))
 
-    return {
-        "run_record": average(runs),
-        "run_record_summary": average([run.get("summary", "") for run in runs]),
-        "finding": average(values.get("findings", [])),
-        "change": average(values.get("changes", [])),
-        "usage": average(values.get("usage", [])),
-    }
+    return {"run_record": average(runs), "usage": average(values.get("usage", []))}
 
 
 def figures(early: dict, late: dict) -> list[Figure]:
@@ -89,11 +76,7 @@ def figures(early: dict, late: dict) -> list[Figure]:
             f"latest checkpoint at run {b}",
             late["latest_checkpoint_bytes"],
             "bytes",
-            shown=_bytes(late["latest_checkpoint_bytes"]) + f" (largest channels: {top})",
+            shown=f"{bytes_text(late['latest_checkpoint_bytes'])} (largest channels: {top})",
         ),
         growth_ratio(bench, f"latest checkpoint, run {b} / run {a}", late["latest_checkpoint_bytes"], early["latest_checkpoint_bytes"], GROWTH_BOUND),
     ]
-
-
-def _bytes(size: int) -> str:
-    return f"{size:,} B ({size / 2**10:,.1f} KiB)"

@@ -8,7 +8,9 @@ so that what the runner keeps per run has the size it has in a real experiment.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,13 +332,14 @@ def new_experiment(folder: Path) -> Path:
     return folder
 
 
-def runner_api():
-    """run_experiment, wherever the runner keeps it now (main.py, or runner.py behind it)."""
-    try:
-        from main import run_experiment
-    except ImportError:
-        from runner import run_experiment
-    return run_experiment
+def command_seconds(argv: list[str], times: int) -> list[float]:
+    """Wall seconds of running `argv` to its end (from the repository root, its output dropped), `times` times."""
+    seconds = []
+    for _ in range(times):
+        started = time.perf_counter()
+        subprocess.run(argv, cwd=REPO, stdout=subprocess.DEVNULL, check=True)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 def llm_settings(server: FakeLLMServer, sandbox: str) -> dict:
