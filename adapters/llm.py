@@ -16,7 +16,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
 from adapters.audit import AuditLog
-from adapters.logs import clip
+from adapters.logs import clip, one_line
 from settings import Settings, env_name
 from state import Usage
 
@@ -260,7 +260,7 @@ def error_message(body: object, fallback: str) -> str:
     """The `error.message` of an OpenAI-style error body (else `fallback`), on one line, at most 300 characters."""
     error = body.get("error", body) if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
-    return " ".join(str(message or fallback).split())[:300]
+    return one_line(str(message or fallback), 300)
 
 
 def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str, audit: AuditLog | None = None) -> tuple[str, Usage]:

@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
-from adapters.logs import clip
+from adapters.logs import clip, one_line
 from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
 from nodes.records import goal_from_idea, plan_goal_line
 from settings import Settings
@@ -28,7 +28,7 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
 
     # A goal stated in IDEA.md wins; otherwise the planner's proposal, shown in PLAN.md, is the goal.
     stated = goal_from_idea(idea)
-    goal = stated or " ".join(reply.goal.split())
+    goal = stated or one_line(reply.goal)
     source = "from IDEA.md" if stated else "proposed by the planner"
     plan = f"# Plan\n\n{plan_goal_line(goal, source)}\n\n{reply.plan.strip()}"
     tasks = [Task(id=i, title=t.title.strip(), status="todo", notes=t.notes.strip(), runs=[]) for i, t in enumerate(reply.tasks, start=1)]

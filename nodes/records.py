@@ -159,8 +159,7 @@ def condensed_section(section: str, width: int) -> str:
     change = section_change(section)
     rest = [line for line in body if not line.startswith(CHANGED_LABEL)]
     point = next((line[2:].strip() for line in rest if line.startswith("- ")), rest[0] if rest else "")
-    text = f"{heading}: " + " — ".join(part for part in (change, point) if part)
-    return text if len(text) <= width else text[: width - 1] + "…"
+    return one_line(f"{heading}: " + " — ".join(part for part in (change, point) if part), width)
 
 
 def condensed_block(sections: list[str], room: int) -> str:

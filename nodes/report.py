@@ -17,7 +17,7 @@ from langgraph.runtime import Runtime
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_text
-from adapters.logs import clip
+from adapters.logs import clip, one_line
 from adapters.plots import plot_curves, plot_metric_per_run, read_curves
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
 from nodes.records import (
@@ -197,8 +197,7 @@ def try_plot(plot: Callable[..., None], *args: Any, **kwargs: Any) -> str | None
     try:
         plot(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 — matplotlib missing or failing must not cost the report
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-        return f"This plot could not be drawn ({reason})."
+        return f"This plot could not be drawn ({one_line(f'{type(exc).__name__}: {exc}', 300)})."
     return None
 
 
