@@ -197,14 +197,11 @@ def status(args: argparse.Namespace, console: Console) -> int:
     hint = resume_command(args.experiment_dir)
     runner = files.runner()
     settings = Settings.from_env(settings_env(files.root))
-    if not files.checkpoints.is_file():
+    snapshot = read_state(files) if files.checkpoints.is_file() else None
+    if snapshot is None or not snapshot.values:  # never started, or its first start stopped before its first step (preflight failed)
         console.print(f"{files.root}: not started yet; start it with `python main.py -d {shlex.quote(args.experiment_dir)}`", soft_wrap=True)
         return EXIT_FINISHED
-    snapshot = read_state(files)
     values = snapshot.values
-    if not values:  # the first start stopped before its first step (its preflight check failed)
-        console.print(f"{files.root}: not started yet; start it with `python main.py -d {shlex.quote(args.experiment_dir)}`", soft_wrap=True)
-        return EXIT_FINISHED
     runs = values.get("runs", [])
     progress = Progress(experiment=str(files.root), max_runs=values.get("max_runs", 0), models={}, sandbox="", model_prices=settings.model_prices)
     progress.seed(values)
