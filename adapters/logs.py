@@ -7,6 +7,7 @@ import json
 import math
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,28 @@ def _clip_line(line: str) -> str:
     return line if len(line) <= LINE_CHARS else line[:LINE_CHARS] + f" …[{len(line) - LINE_CHARS} chars cut]"
 
 
+def log_lines(log_path: Path) -> Iterator[tuple[str, int]]:
+    """The log's lines, decoded and without their line ending, each with the bytes it took in the file; read as a stream
+    in bounded memory. A line longer than MAX_LINE_BYTES is read in pieces and only its first piece kept. Nothing when
+    there is no log; the lines so far when it cannot be read to its end."""
+    try:
+        log = open(log_path, "rb")
+    except OSError:
+        return
+    with log:
+        pending, size = "", 0  # the first piece of a line longer than MAX_LINE_BYTES, and the bytes of its pieces so far
+        try:
+            while chunk := log.readline(MAX_LINE_BYTES):
+                size += len(chunk)
+                if not chunk.endswith(b"\n") and log.peek(1):
+                    pending = pending or chunk.decode("utf-8", "replace")
+                    continue  # the line goes on: only its first piece is kept
+                yield (pending or chunk.decode("utf-8", "replace")).rstrip("\r\n"), size
+                pending, size = "", 0
+        except OSError:
+            return
+
+
 def summarize_log(log_path: Path, metrics_path: Path | None = None, *, tail_lines: int = 30) -> LogSummary:
     """Stream `log_path` once, keeping only the last metric values, the last traceback and the tail."""
     summary = LogSummary()
@@ -95,34 +118,22 @@ def summarize_log(log_path: Path, metrics_path: Path | None = None, *, tail_line
     traceback: deque[str] = deque(maxlen=MAX_TRACEBACK_LINES)
     in_traceback = False
     log_metrics: dict[str, float] = {}
-    pending = ""  # a line longer than MAX_LINE_BYTES, kept only to its first piece
-    try:
-        log = open(log_path, "rb")
-    except OSError:
-        log = None
-    if log is not None:
-        with log:
-            while chunk := log.readline(MAX_LINE_BYTES):
-                summary.bytes += len(chunk)
-                if not chunk.endswith(b"\n") and log.peek(1):
-                    pending = pending or chunk.decode("utf-8", "replace")
-                    continue  # the line goes on: only its first piece is kept
-                line = (pending or chunk.decode("utf-8", "replace")).rstrip("\r\n")
-                pending = ""
-                summary.lines += 1
-                tail.append(_clip_line(line))
-                if line.startswith("Traceback (most recent call last)"):
-                    traceback.clear()
-                    summary.error = ""
-                    in_traceback = True
-                if in_traceback:
-                    traceback.append(_clip_line(line))
-                    if line and not line[0].isspace() and _EXCEPTION.match(line):
-                        summary.error = _clip_line(line.strip())
-                        in_traceback = False
-                for name, value in parse_metrics(line).items():
-                    if name in log_metrics or len(log_metrics) < MAX_METRICS:
-                        log_metrics[name] = value
+    for line, size in log_lines(log_path):
+        summary.bytes += size
+        summary.lines += 1
+        tail.append(_clip_line(line))
+        if line.startswith("Traceback (most recent call last)"):
+            traceback.clear()
+            summary.error = ""
+            in_traceback = True
+        if in_traceback:
+            traceback.append(_clip_line(line))
+            if line and not line[0].isspace() and _EXCEPTION.match(line):
+                summary.error = _clip_line(line.strip())
+                in_traceback = False
+        for name, value in parse_metrics(line).items():
+            if name in log_metrics or len(log_metrics) < MAX_METRICS:
+                log_metrics[name] = value
     file_metrics = read_metrics_file(metrics_path) if metrics_path else None
     if file_metrics:
         summary.metrics, summary.metrics_source = file_metrics, "metrics.json"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adapters.logs import MAX_LINE_BYTES, parse_metrics
+from adapters.logs import log_lines, parse_metrics
 
 X_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 """Names in a log line that give the x of the other values in it, the finest first."""
@@ -107,12 +107,8 @@ class Curves:
 def read_curves(log_path: Path) -> Curves:
     """Every metric the log names, as a curve, read as a stream in bounded memory; empty when there is no log."""
     curves = Curves()
-    try:
-        with open(log_path, "rb") as log:
-            for chunk in iter(lambda: log.readline(MAX_LINE_BYTES), b""):
-                curves.add_line(chunk.decode("utf-8", "replace"))
-    except OSError:  # no log, or one that cannot be read to its end: the curves so far
-        pass
+    for line, _ in log_lines(log_path):  # none without a log; the curves so far when it cannot be read to its end
+        curves.add_line(line)
     return curves
 
 

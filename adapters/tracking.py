@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from adapters.logs import MAX_LINE_BYTES, one_line, parse_metrics
+from adapters.logs import log_lines, one_line, parse_metrics
 from state import RunRecord
 
 RUN_NUMBER_TAG = "runner.run_number"
@@ -122,28 +122,23 @@ def metric_history(log_path: Path, names: set[str]) -> list[tuple[str, float, in
     lines: list[list[tuple[str, float, int]]] = []  # the points of each line kept: a line is kept or dropped whole
     seen: Counter[str] = Counter()
     points, stride, counted = 0, 1, 0
-    try:
-        log = open(log_path, "rb")
-    except OSError:
-        return []
-    with log:
-        while piece := log.readline(MAX_LINE_BYTES):  # bounded: a huge line is read in pieces
-            found = parse_metrics(piece.decode("utf-8", "replace"))
-            if not (wanted := [name for name in found if name in names]):
-                continue
-            own_step = found.get("step", found.get("epoch"))
-            line = []
-            for name in wanted:
-                step = int(own_step) if own_step is not None and own_step.is_integer() and 0 <= own_step < 2**63 else seen[name]
-                line.append((name, found[name], step))
-                seen[name] += 1
-            if counted % stride == 0:
-                lines.append(line)
-                points += len(line)
-                if points >= MAX_HISTORY_POINTS:  # keep every other line, and from now on take half as many
-                    lines, stride = lines[::2], stride * 2
-                    points = sum(map(len, lines))
-            counted += 1
+    for text, _ in log_lines(log_path):
+        found = parse_metrics(text)
+        if not (wanted := [name for name in found if name in names]):
+            continue
+        own_step = found.get("step", found.get("epoch"))
+        line = []
+        for name in wanted:
+            step = int(own_step) if own_step is not None and own_step.is_integer() and 0 <= own_step < 2**63 else seen[name]
+            line.append((name, found[name], step))
+            seen[name] += 1
+        if counted % stride == 0:
+            lines.append(line)
+            points += len(line)
+            if points >= MAX_HISTORY_POINTS:  # keep every other line, and from now on take half as many
+                lines, stride = lines[::2], stride * 2
+                points = sum(map(len, lines))
+        counted += 1
     return [point for line in lines for point in line]
 
 
