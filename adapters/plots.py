@@ -7,13 +7,13 @@ pyplot state, nothing that needs a display.
 from __future__ import annotations
 
 import functools
+import io
 import math
-import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapters.files import write_atomic
 from adapters.logs import log_lines, parse_metrics
 
 X_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
@@ -135,14 +135,10 @@ def _figure(width: float, height: float):
 
 
 def _save(figure, path: Path) -> None:
-    """Write the PNG through a temporary file and a rename, as every file of the experiment is written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write the PNG as every file of the experiment is written: whole or not at all (write_atomic)."""
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    write_atomic(path, png.getvalue())
 
 
 @_literal_text
