@@ -24,6 +24,7 @@ from rich.text import Text
 from adapters.logs import format_metrics, parse_metrics
 from nodes.records import best_run, parse_goal
 from nodes.stop_rules import spend
+from state import add_usage
 
 TAIL_LINES = 15
 """Lines of the running script's output the live view shows."""
@@ -91,7 +92,7 @@ class Progress:
         self.goal = update.get("goal") or self.goal
         self.max_runs = update.get("max_runs") or self.max_runs
         self.runs += update.get("runs", [])
-        self.usage += update.get("usage", [])
+        self.usage = add_usage(self.usage, update.get("usage", []))  # summed as the state sums it: a few entries, however many calls
 
     @property
     def best(self) -> dict | None:
