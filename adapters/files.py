@@ -14,8 +14,8 @@ from pathlib import Path
 
 from state import RunRecord, Task
 
-RESULT_FIELDS = ("number", "status", "exit_code", "duration_s", "metrics", "error")
-"""What run_N/result.json holds: the run's record without its LLM-facing summary."""
+RESULT_FIELDS = tuple(RunRecord.__annotations__)
+"""What run_N/result.json holds: every field of the run's record (number, status, exit_code, duration_s, metrics, error)."""
 
 
 class ExperimentInputError(ValueError):

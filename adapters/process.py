@@ -510,7 +510,7 @@ class _LogPump(threading.Thread):
                     self.log.flush()
             ended = chunk.count(b"\n")
             if not ended:
-                partial = (partial + chunk[: ECHO_LINE_CHARS - len(partial)]) if len(partial) < ECHO_LINE_CHARS else partial
+                partial += chunk[: ECHO_LINE_CHARS - len(partial)]  # partial never holds more than ECHO_LINE_CHARS
                 continue
             # Only the last lines can be shown: find where they start instead of splitting the whole chunk.
             keep = min(ended, ECHO_BUFFER_LINES)

@@ -84,8 +84,8 @@ def log_run(
         last_step: dict[str, int] = {}
         for name, _, step in history:
             last_step[name] = max(step, last_step.get(name, 0))
-        points = [entities.Metric(metric_name(name), value, end_ms - 1, step) for name, value, step in history]
-        points += [entities.Metric(metric_name(name), value, end_ms, last_step.get(name, 0)) for name, value in record["metrics"].items()]
+        points = [entities.Metric(mlflow_key(name), value, end_ms - 1, step) for name, value, step in history]
+        points += [entities.Metric(mlflow_key(name), value, end_ms, last_step.get(name, 0)) for name, value in record["metrics"].items()]
         try:
             client.log_batch(run_id, params=[entities.Param(name, str(value)[:MAX_PARAM_CHARS]) for name, value in params.items()])
             for start in range(0, len(points), MAX_BATCH):
@@ -109,7 +109,7 @@ def log_run(
         raise TrackingError(f"run {record['number']} was not logged to MLflow at {_without_password(tracking_uri)}: {reason}") from exc
 
 
-def metric_name(name: str) -> str:
+def mlflow_key(name: str) -> str:
     """`name` as MLflow accepts it: letters, digits and `_-. /` only (others become `_`), at most 250 characters."""
     return re.sub(r"[^\w\-. /]", "_", name, flags=re.ASCII)[:MAX_NAME_CHARS] or "_"
 
