@@ -22,7 +22,7 @@ class ExperimentInputError(ValueError):
     """The experiment folder or IDEA.md cannot be used; the message says what to fix."""
 
 
-RUN_SECTION = re.compile(r"^## Run \d+\b", re.MULTILINE)
+RUN_SECTION = re.compile(r"^## Run (\d+)\b", re.MULTILINE)
 """The heading each run's section of KEY_FINDINGS.md starts with."""
 LOCK_TRIES = 10
 """Tries, 50 ms apart, to take the runner lock before another runner is taken to hold it."""
@@ -46,6 +46,11 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def section_run(section: str) -> int | None:
+    """The run number of a KEY_FINDINGS.md section (one of read_findings()), from its `## Run N` heading."""
+    return int(heading.group(1)) if (heading := RUN_SECTION.match(section)) else None
 
 
 class ExperimentFiles:

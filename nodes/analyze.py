@@ -6,7 +6,7 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from adapters.audit import AuditLog
-from adapters.files import ExperimentFiles
+from adapters.files import ExperimentFiles, section_run
 from adapters.llm import ask_structured
 from adapters.logs import clip, one_line
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
@@ -65,7 +65,7 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     tasks = apply_analysis(state.get("tasks", []), analysis, run["number"])
     section = findings_section(run, analysis)
     files.write_tasks(tasks)
-    sections = [s for s in files.read_findings() if not s.startswith(f"## Run {run['number']} ")]  # analysed again: replaced
+    sections = [s for s in files.read_findings() if section_run(s) != run["number"]]  # analysed again: replaced
     sections.append(section)
     files.write_findings(sections)
     goal = state.get("goal", "")

@@ -7,6 +7,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from adapters.files import section_run
 from adapters.logs import clip, format_metrics, one_line
 from nodes.prompts import BUDGET
 from state import ExperimentState, RunRecord, Task
@@ -145,8 +146,8 @@ def changes_by_run(sections: list[str]) -> dict[int, str]:
     """What each run changed, by run number, from KEY_FINDINGS.md's sections (the file keeps them; the state does not)."""
     found = {}
     for section in sections:
-        if (heading := re.match(r"## Run (\d+)\b", section)) and (change := section_change(section)):
-            found[int(heading.group(1))] = change
+        if (run := section_run(section)) is not None and (change := section_change(section)):
+            found[run] = change
     return found
 
 
