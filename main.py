@@ -188,8 +188,8 @@ def status(args: argparse.Namespace, console: Console) -> int:
     from adapters.files import ExperimentFiles
     from adapters.views import Progress, runs_table
     from nodes.records import resume_command
-    from runner import outcome, read_state, settings_env, unfinished
-    from settings import Settings
+    from runner import outcome, read_state, unfinished
+    from settings import Settings, settings_env
 
     files = ExperimentFiles(args.experiment_dir)
     if not files.root.is_dir():

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from dotenv import dotenv_values
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
@@ -30,18 +29,10 @@ from nodes.records import best_run, goal_from_idea, parse_goal, resume_command
 from nodes.report import report
 from nodes.review import ReviewError, parse_decision
 from nodes.stop_rules import run_limit
-from settings import ENV_SETTINGS, Settings, UsageError
+from settings import ENV_SETTINGS, Settings, UsageError, settings_env
 
 THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
-
-
-def settings_env(experiment: Path) -> dict[str, str]:
-    """The variables settings are read from: the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
-    found: dict[str, str] = {}
-    for dotenv in (Path.cwd() / ".env", experiment / ".env"):  # later ones win within this loop
-        found.update({name: value for name, value in dotenv_values(dotenv).items() if value is not None})
-    return {**found, **os.environ}
 
 
 def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, export: bool = False) -> Settings:

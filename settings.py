@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+from dotenv import dotenv_values
 
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
 
@@ -127,6 +131,7 @@ class Settings:
     openrouter_api_key: str = _setting("OPENROUTER_API_KEY", "", "API key for OpenRouter (required with the default base URL).", secret=True)
     llm_api_key: str = _setting("LLM_API_KEY", "", "API key for another OpenAI-compatible server; falls back to OPENROUTER_API_KEY.", secret=True)
     llm_base_url: str = _setting("LLM_BASE_URL", OPENROUTER_URL, "Any OpenAI-compatible endpoint: OpenRouter, Ollama, vLLM, LM Studio, llama.cpp.")
+    model: str = _setting("MODEL", "", "Model for every stage (`--model`); CODE_MODEL, SUMMARIZE_MODEL and REPORT_MODEL each override it for theirs.")
     summarize_model: str = _setting("SUMMARIZE_MODEL", "openai/gpt-4o-mini", "Model that analyses each run and updates tasks and findings.")
     code_model: str = _setting("CODE_MODEL", "anthropic/claude-sonnet-4.6", "Model that writes train.py.")
     report_model: str = _setting("REPORT_MODEL", "anthropic/claude-sonnet-4.6", "Model that writes PLAN.md, the first tasks and REPORT.md.")
@@ -138,6 +143,9 @@ class Settings:
     max_consecutive_failures: int = _setting("MAX_CONSECUTIVE_FAILURES", 3, "Stop as stuck after this many runs in a row fail the same way.", _whole_number(1))
     model_prices: dict = _setting(
         "MODEL_PRICES", {}, "USD per million tokens for providers that report no cost: `model=INPUT/OUTPUT`, comma-separated.", _prices
+    )
+    train_python: str = _setting(
+        "TRAIN_PYTHON", "", "Python interpreter that runs train.py (`--python`), e.g. a conda env's or venv's; empty: the runner's own."
     )
     timeout_seconds: int = _setting("TIMEOUT_SECONDS", 7200, "Wall-clock limit of one run of train.py, in seconds.", _whole_number(1))
     llm_timeout_seconds: int = _setting("LLM_TIMEOUT_SECONDS", 600, "Limit of one LLM request, in seconds.", _whole_number(1))
@@ -177,6 +185,11 @@ class Settings:
         return self.llm_api_key or self.openrouter_api_key
 
     @property
+    def python(self) -> str:
+        """The interpreter that runs train.py."""
+        return self.train_python or sys.executable or "python3"
+
+    @property
     def uses_openrouter(self) -> bool:
         return self.llm_base_url.rstrip("/").startswith("https://openrouter.ai")
 
@@ -190,7 +203,24 @@ class Settings:
         """Read every setting from `env` (default: os.environ); keyword overrides win."""
         env = os.environ if env is None else env
         values = {f.name: ENV_SETTINGS[env_name(f)].read(env) for f in fields(cls) if env_name(f) and f.name not in overrides}
+        # MODEL names the model of every stage whose own variable is not set; `model=` (--model) every stage not named itself.
+        if every_stage := overrides.get("model") or values.get("model"):
+            for name, variable in STAGE_MODELS.items():
+                if name not in overrides and ("model" in overrides or not env.get(variable, "").strip()):
+                    values[name] = every_stage
         return cls(**values, **overrides)
+
+
+def settings_env(experiment: Path) -> dict[str, str]:
+    """The variables settings are read from: the environment, then <experiment>/.env, then ./.env (the first to set a name wins)."""
+    found: dict[str, str] = {}
+    for dotenv in (Path.cwd() / ".env", experiment / ".env"):  # later ones win within this loop
+        found.update({name: value for name, value in dotenv_values(dotenv).items() if value is not None})
+    return {**found, **os.environ}
+
+
+STAGE_MODELS = {"summarize_model": "SUMMARIZE_MODEL", "code_model": "CODE_MODEL", "report_model": "REPORT_MODEL"}
+"""The Settings field of each stage's model and its variable; MODEL sets those not set themselves."""
 
 
 def env_name(f: Field) -> str | None:
