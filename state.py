@@ -78,6 +78,28 @@ def add_usage(existing: list[Usage], new: list[Usage]) -> list[Usage]:
     return list(totals.values())
 
 
+def spend(usage: list[Usage], prices: dict[str, list[float]]) -> tuple[float | None, str]:
+    """USD spent and where the figure comes from; None when neither the provider nor MODEL_PRICES tell."""
+    total, reported, priced, unknown = 0.0, 0, 0, 0
+    for call in usage:
+        calls = call.get("calls", 1)
+        if call["cost_usd"] is not None:
+            total += call["cost_usd"]
+            reported += calls
+        elif call["model"] in prices:
+            per_input, per_output = prices[call["model"]]
+            total += (call["input_tokens"] * per_input + call["output_tokens"] * per_output) / 1e6
+            priced += calls
+        else:
+            unknown += calls
+    if reported + priced == 0:
+        return (0.0 if not usage else None), "no LLM call yet" if not usage else "not reported by the provider, and no MODEL_PRICES"
+    source = "reported by the provider" if not priced else "MODEL_PRICES" if not reported else "provider reports and MODEL_PRICES"
+    if unknown:
+        source += f" ({unknown} calls without a price)"
+    return total, source
+
+
 class Halt(TypedDict):
     """Where an experiment was cut short, and the stop it had reached before (if any), to resume from there."""
 

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from adapters.files import ExperimentFiles
 from adapters.logs import format_metrics
-from nodes.records import COMPARE, best_run, goal_from_plan, parse_goal
+from goal import best_run, goal_from_plan, parse_goal
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WATCH_INTERVAL_S = 2.0
@@ -137,7 +137,7 @@ def runs_table(snapshot: Snapshot) -> Table:
     table.add_column("Run", justify="right", no_wrap=True)
     table.add_column("Status")
     table.add_column("Duration", justify="right", no_wrap=True)
-    table.add_column(parsed[0] if parsed else "Metrics", justify="right" if parsed else "left", overflow="fold")
+    table.add_column(parsed.metric if parsed else "Metrics", justify="right" if parsed else "left", overflow="fold")
     table.add_column("Error", overflow="fold")
     rows = [(result["number"], result) for result in snapshot.results] + [(number, None) for number in snapshot.unfinished]
     for number, result in sorted(rows, key=lambda row: row[0]):
@@ -146,7 +146,7 @@ def runs_table(snapshot: Snapshot) -> Table:
             continue
         star = " ★" if best is not None and best["number"] == number else ""
         if parsed:
-            value = result["metrics"].get(parsed[0])
+            value = result["metrics"].get(parsed.metric)
             metric = "-" if value is None else f"{value:.6g}"
         else:
             metric = format_metrics(result["metrics"])
@@ -164,12 +164,11 @@ def summary_line(snapshot: Snapshot) -> str:
     if parsed is None:
         parts.append("no numeric goal in PLAN.md")
     elif best is None:
-        parts.append(f"no run reported {parsed[0]} yet (goal {snapshot.goal})")
+        parts.append(f"no run reported {parsed.metric} yet (goal {snapshot.goal})")
     else:
-        metric, op, target = parsed
-        value = best["metrics"][metric]
-        verdict = "goal met" if COMPARE[op](value, target) else "goal not met"
-        parts.append(f"best run {best['number']} with {metric}={value:.6g} vs target {op} {target:g} ({verdict})")
+        value = best["metrics"][parsed.metric]
+        verdict = "goal met" if parsed.met_by(best["metrics"]) else "goal not met"
+        parts.append(f"best run {best['number']} with {parsed.metric}={value:.6g} vs target {parsed.op} {parsed.written} ({verdict})")
     if snapshot.report is not None:
         parts.append(f"report: {snapshot.report}")
     return " · ".join(parts)

@@ -22,9 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from adapters.logs import format_metrics, parse_metrics
-from nodes.records import best_run, parse_goal
-from nodes.stop_rules import spend
-from state import add_usage
+from goal import best_run, parse_goal
+from state import add_usage, spend
 
 TAIL_LINES = 15
 """Lines of the running script's output the live view shows."""
@@ -101,8 +100,8 @@ class Progress:
     def goal_value(self, run: dict) -> str:
         """The run's value of the goal metric, or its metrics when the goal names none."""
         parsed = parse_goal(self.goal)
-        if parsed and parsed[0] in run["metrics"]:
-            return f"{parsed[0]}={run['metrics'][parsed[0]]:.6g}"
+        if parsed and parsed.metric in run["metrics"]:
+            return f"{parsed.metric}={run['metrics'][parsed.metric]:.6g}"
         return format_metrics(run["metrics"]) if not parsed else "-"
 
     def spent(self) -> str:

@@ -9,8 +9,8 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip, one_line
+from goal import goal_from_idea, plan_goal_line
 from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
-from nodes.records import goal_from_idea, plan_goal_line
 from settings import Settings
 from state import ExperimentPlan, ExperimentState, Task
 

@@ -2,108 +2,11 @@
 
 from __future__ import annotations
 
-import operator
-import re
-import shlex
-from dataclasses import dataclass
-
 from adapters.files import section_run
 from adapters.logs import clip, format_metrics, one_line
+from goal import best_ranked, ranking
 from nodes.prompts import BUDGET
 from state import ExperimentState, RunRecord, Task
-
-GOAL = re.compile(r"([A-Za-z_][\w./-]*)\s*(>=|<=|>|<)\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)")
-COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-
-
-def resume_command(experiment_dir: str) -> str:
-    """The command line that continues the experiment in `experiment_dir` from its last finished step."""
-    return f"python main.py -d {shlex.quote(experiment_dir)} --resume"
-
-
-def parse_goal(goal: str) -> tuple[str, str, float] | None:
-    """('test_accuracy', '>=', 0.99) from a line like 'test_accuracy >= 0.99', else None."""
-    match = GOAL.search(goal or "")
-    return (match.group(1).lower(), match.group(2), float(match.group(3))) if match else None
-
-
-GOAL_LINE = re.compile(r"^[ \t]*goal[ \t]*:[ \t]*(.*?)[ \t]*$", re.IGNORECASE | re.MULTILINE)
-
-
-def goal_from_idea(idea: str) -> str | None:
-    """The canonical 'metric op number' of IDEA.md's `goal:` line, None without one; ValueError when it does not parse."""
-    match = GOAL_LINE.search(idea)
-    if match is None:
-        return None
-    parsed = parse_goal(match.group(1))
-    if parsed is None or GOAL.fullmatch(match.group(1).strip()) is None:
-        raise ValueError(f"the goal line {match.group(0).strip()!r} must read `goal: <metric> <op> <number>` with op one of >=, >, <=, <")
-    metric, op, target = parsed
-    return f"{metric} {op} {target:g}"
-
-
-PLAN_GOAL = re.compile(r"^\*\*Goal\*\* \(([^)]*)\): `(.*)`$", re.MULTILINE)
-
-
-def plan_goal_line(goal: str, source: str) -> str:
-    """PLAN.md's goal line, e.g. **Goal** (from IDEA.md): `test_accuracy >= 0.99`."""
-    return f"**Goal** ({source}): `{goal}`"
-
-
-def goal_from_plan(plan: str) -> str:
-    """The goal PLAN.md states (see plan_goal_line), or empty."""
-    match = PLAN_GOAL.search(plan)
-    return match.group(2) if match else ""
-
-
-LOWER_IS_BETTER = re.compile(r"(?:^|[_./-])(?:loss|err|error|mse|rmse|mae|perplexity|ppl|wer|cer|time|seconds|secs|latency)(?:$|[_./-])", re.IGNORECASE)
-"""Metric names taken as lower-is-better when no goal says which way is better: whole words (val_loss, time_s), not parts (answer_f1)."""
-COUNTERS = {"epoch", "epochs", "step", "steps", "global_step", "iter", "iteration", "batch"}
-"""Names that count progress rather than measure it: never ranked by."""
-
-
-@dataclass(frozen=True)
-class Ranking:
-    """The metric the runs are ranked by, and which way is better."""
-
-    metric: str
-    higher_is_better: bool
-    target: float | None
-    """The goal's number when the goal names this metric, else None."""
-    basis: str
-    """Where the metric and its direction come from, in words for the report."""
-
-
-def ranking(runs: list[RunRecord], goal: str) -> Ranking | None:
-    """The goal's metric when runs report it; else the first metric reported, its direction guessed from its name (None without any metric)."""
-    parsed = parse_goal(goal)
-    if parsed and any(parsed[0] in run["metrics"] for run in runs):
-        metric, op, target = parsed
-        return Ranking(metric, op in (">=", ">"), target, f"{metric}, the goal's metric ({'higher' if op in ('>=', '>') else 'lower'} is better)")
-    metric = next((name for run in runs for name in run["metrics"] if name.lower() not in COUNTERS), None)
-    if metric is None:
-        return None
-    higher = LOWER_IS_BETTER.search(metric) is None
-    why = "the goal names no metric" if parsed is None else f"no run reported the goal's metric {parsed[0]}"
-    return Ranking(metric, higher, None, f"{metric}, the first metric reported ({why}), {'higher' if higher else 'lower'} taken as better")
-
-
-def best_ranked(runs: list[RunRecord], rank: Ranking | None) -> RunRecord | None:
-    """The run with the best value of the ranking metric (the earliest on a tie)."""
-    if rank is None:
-        return None
-    scored = [r for r in runs if rank.metric in r["metrics"]]
-    if not scored:
-        return None
-    pick = max if rank.higher_is_better else min
-    return pick(scored, key=lambda r: r["metrics"][rank.metric])
-
-
-def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
-    """The run with the best value of the goal's metric, if the goal names one that runs report."""
-    rank = ranking(runs, goal)
-    return best_ranked(runs, rank) if rank is not None and rank.target is not None else None
-
 
 RECENT_CLOSED = 3
 """Finished (done or dropped) tasks listed by name in prompts, the latest ones; earlier ones are only counted."""

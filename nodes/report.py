@@ -19,21 +19,11 @@ from adapters.files import ExperimentFiles
 from adapters.llm import ask_text
 from adapters.logs import clip, one_line
 from adapters.plots import plot_curves, plot_metric_per_run, read_curves
+from goal import Ranking, best_ranked, goal_reached, ranking
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
-from nodes.records import (
-    Ranking,
-    best_ranked,
-    changes_by_run,
-    exact_number,
-    experiment_context,
-    metrics_text,
-    ranking,
-    resume_command,
-    runs_table,
-)
-from nodes.stop_rules import goal_reached, spend
+from nodes.records import changes_by_run, exact_number, experiment_context, metrics_text, runs_table
 from settings import Settings
-from state import ExperimentState, Halt, RunRecord, Usage
+from state import ExperimentState, Halt, RunRecord, Usage, spend
 
 RUNS_BUDGET = 8_000
 """Characters of the runs' lines in the report prompt."""
@@ -50,7 +40,7 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     files = ExperimentFiles(state["experiment_dir"])
     if halted := state.get("halted"):
         runtime.stream_writer({"event": "stage", "stage": "report", "model": None, "stop_reason": reason})
-        files.write_report(report_text(state, settings, [], head=halt_notice(state, halted)))
+        files.write_report(report_text(state, settings, [], head=halt_notice(state, halted, settings)))
         return {"report_path": str(files.report)}
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
@@ -73,7 +63,7 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     return {"report_path": str(files.report), "stop_reason": reason, "usage": [usage]}
 
 
-def halt_notice(state: ExperimentState, halted: Halt) -> str:
+def halt_notice(state: ExperimentState, halted: Halt, settings: Settings) -> str:
     """The head of REPORT.md for an experiment cut short: what stopped it, where, and how to go on."""
     reason, stage = state.get("stop_reason"), halted["stage"]
     lines = [
@@ -86,7 +76,7 @@ def halt_notice(state: ExperimentState, halted: Halt) -> str:
     fix = "" if reason == "interrupted" else "after fixing the cause, "
     lines += [
         "",
-        f"Every finished step is saved: {fix}resume with `{resume_command(state['experiment_dir'])}`; it goes on with {stage}.",
+        f"Every finished step is saved: {fix}resume with `{settings.resume_command(state['experiment_dir'])}`; it goes on with {stage}.",
         "This page is then rewritten with the full report.",
     ]
     return "\n".join(lines)

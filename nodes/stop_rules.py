@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from nodes.records import COMPARE, parse_goal
+from goal import goal_reached, runs_without_improvement
 from settings import Settings
-from state import RunRecord, Usage
+from state import RunRecord, Usage, spend
 
 
 @dataclass(frozen=True)
@@ -19,32 +19,6 @@ class Stop:
     detail: str
 
 
-def goal_reached(goal: str, metrics: dict[str, float]) -> bool | None:
-    """Whether `metrics` meet a numeric goal ('accuracy >= 0.9'); None when the goal is not numeric."""
-    parsed = parse_goal(goal)
-    if parsed is None:
-        return None
-    metric, op, target = parsed
-    return metric in metrics and COMPARE[op](metrics[metric], target)
-
-
-def runs_without_improvement(runs: list[RunRecord], goal: str) -> int:
-    """How many of the latest runs did not beat the best goal-metric value before them (0 without a numeric goal)."""
-    parsed = parse_goal(goal)
-    if parsed is None:
-        return 0
-    metric, op, _ = parsed
-    better = COMPARE[">" if op in (">=", ">") else "<"]
-    best, stale = None, 0
-    for run in runs:
-        value = run["metrics"].get(metric)
-        if value is not None and (best is None or better(value, best)):
-            best, stale = value, 0
-        else:
-            stale += 1
-    return stale
-
-
 def failure_signature(run: RunRecord) -> str | None:
     """The run's failure with numbers, paths and quoted values blurred, so reruns of one bug compare equal."""
     if run["status"] == "ok":
@@ -53,28 +27,6 @@ def failure_signature(run: RunRecord) -> str | None:
     text = re.sub(r"(['\"]).*?\1", "'…'", text)
     text = re.sub(r"(/[\w.-]+)+", "/…", text)
     return re.sub(r"\d+(\.\d+)?", "N", text).strip()
-
-
-def spend(usage: list[Usage], prices: dict[str, list[float]]) -> tuple[float | None, str]:
-    """USD spent and where the figure comes from; None when neither the provider nor MODEL_PRICES tell."""
-    total, reported, priced, unknown = 0.0, 0, 0, 0
-    for call in usage:
-        calls = call.get("calls", 1)
-        if call["cost_usd"] is not None:
-            total += call["cost_usd"]
-            reported += calls
-        elif call["model"] in prices:
-            per_input, per_output = prices[call["model"]]
-            total += (call["input_tokens"] * per_input + call["output_tokens"] * per_output) / 1e6
-            priced += calls
-        else:
-            unknown += calls
-    if reported + priced == 0:
-        return (0.0 if not usage else None), "no LLM call yet" if not usage else "not reported by the provider, and no MODEL_PRICES"
-    source = "reported by the provider" if not priced else "MODEL_PRICES" if not reported else "provider reports and MODEL_PRICES"
-    if unknown:
-        source += f" ({unknown} calls without a price)"
-    return total, source
 
 
 def budget_stop(runs: list[RunRecord], usage: list[Usage], settings: Settings) -> Stop | None:

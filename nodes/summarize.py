@@ -6,7 +6,8 @@ from langgraph.runtime import Runtime
 
 from adapters.logs import clip
 from nodes.prompts import BUDGET
-from nodes.records import best_run, run_line
+from goal import best_run
+from nodes.records import run_line
 from nodes.stop_rules import before_run
 from settings import Settings
 from state import ExperimentState

@@ -18,7 +18,7 @@ from scripted import REPO
 
 import view_tasks
 from adapters.files import ExperimentFiles
-from nodes.records import plan_goal_line
+from goal import plan_goal_line
 
 WIDE = 200
 """Console width for the tests, so that no cell wraps and every value reads on one line."""

@@ -10,63 +10,14 @@ from fakes import make_run, make_task
 from nodes.analyze import findings_section
 from nodes.prompts import BUDGET
 from nodes.records import (
-    Ranking,
-    best_ranked,
-    best_run,
     condensed_section,
     exact_number,
     findings_digest,
-    parse_goal,
-    ranking,
     run_line,
     runs_table,
     tasks_text,
 )
 from state import RunAnalysis
-
-
-@pytest.mark.parametrize(
-    ("goal", "expected"),
-    [
-        ("test_accuracy >= 0.99", ("test_accuracy", ">=", 0.99)),
-        ("Reach val_loss<0.1 on the held-out set", ("val_loss", "<", 0.1)),
-        ("Accuracy > 95", ("accuracy", ">", 95.0)),
-        ("loss <= 1e-3", ("loss", "<=", 0.001)),
-        ("val/acc >= .9", ("val/acc", ">=", 0.9)),
-        ("reward >= -1.5", ("reward", ">=", -1.5)),
-        ("f1-score>=0.8", ("f1-score", ">=", 0.8)),
-    ],
-)
-def test_parse_goal(goal, expected):
-    assert parse_goal(goal) == expected
-
-
-@pytest.mark.parametrize("goal", ["", None, "do well", "accuracy of ninety percent"])
-def test_parse_goal_without_a_comparison(goal):
-    assert parse_goal(goal) is None
-
-
-def test_best_run_higher_is_better():
-    runs = [
-        make_run(1, metrics={"accuracy": 0.8}),
-        make_run(2, metrics={"accuracy": 0.95}),
-        make_run(3, status="failed"),
-        make_run(4, metrics={"accuracy": 0.9}),
-    ]
-    assert best_run(runs, "accuracy >= 0.99")["number"] == 2
-
-
-def test_best_run_lower_is_better():
-    runs = [make_run(1, metrics={"loss": 0.3}), make_run(2, metrics={"loss": 0.1}), make_run(3, metrics={"loss": 0.2})]
-    assert best_run(runs, "loss <= 0.05")["number"] == 2
-    assert best_run(runs, "loss < 0.05")["number"] == 2
-
-
-def test_best_run_none_without_goal_or_metric():
-    runs = [make_run(1, metrics={"loss": 0.3})]
-    assert best_run(runs, "accuracy >= 0.9") is None
-    assert best_run(runs, "be good") is None
-    assert best_run([], "loss <= 0.1") is None
 
 
 def test_tasks_text_lists_open_tasks_first():
@@ -177,26 +128,6 @@ def test_condensed_section_without_change_takes_the_summary():
 # the ranking and the report's numbers
 
 
-def test_ranking_follows_the_goal():
-    runs = [make_run(1, metrics={"loss": 0.3, "acc": 0.7})]
-    assert ranking(runs, "loss <= 0.1") == Ranking("loss", False, 0.1, "loss, the goal's metric (lower is better)")
-
-
-def test_ranking_without_a_numeric_goal_takes_the_first_metric_and_guesses_its_direction():
-    rank = ranking([make_run(1), make_run(2, metrics={"val_loss": 0.3, "acc": 0.7})], "be good")
-    assert (rank.metric, rank.higher_is_better, rank.target) == ("val_loss", False, None)
-    assert "the goal names no metric" in rank.basis and "lower taken as better" in rank.basis
-    rank = ranking([make_run(1, metrics={"f1": 0.5})], "accuracy >= 0.9")
-    assert rank.metric == "f1" and rank.higher_is_better and "no run reported the goal's metric accuracy" in rank.basis
-    assert ranking([make_run(1)], "accuracy >= 0.9") is None
-
-
-def test_best_ranked_without_a_numeric_goal():
-    runs = [make_run(1, metrics={"f1": 0.5}), make_run(2, metrics={"f1": 0.7}), make_run(3, metrics={"f1": 0.6})]
-    assert best_ranked(runs, ranking(runs, ""))["number"] == 2
-    assert best_run(runs, "") is None  # best_run stays the goal's judgement alone
-
-
 @pytest.mark.parametrize(
     ("value", "text"), [(0.1, "0.1"), (42.0, "42"), (1e-05, "1e-05"), (0.30000000000000004, "0.30000000000000004"), (-3.5, "-3.5"), (1e20, "1e+20")]
 )
@@ -226,30 +157,3 @@ def test_runs_table_puts_metrics_past_the_columns_together():
     table = runs_table([make_run(1, metrics=metrics)], "m7 >= 1").splitlines()
     assert table[0] == "| Run | Status | Duration | m7 | m0 | m1 | m2 | m3 | m4 | Other metrics | What changed |"
     assert table[2] == "| 1 ★ | ok | 1.5 s | 7 | 0 | 1 | 2 | 3 | 4 | m5=5, m6=6 |  |"
-
-
-def test_goal_from_idea():
-    from nodes.records import goal_from_idea
-
-    assert goal_from_idea("Digits.\ngoal: test_accuracy >= 0.99\n") == "test_accuracy >= 0.99"
-    assert goal_from_idea("  Goal:  val_loss<0.25 ") == "val_loss < 0.25"
-    assert goal_from_idea("Reach a good accuracy, goals are for later.") is None
-    for bad in ("goal: as good as possible", "goal: accuracy == 0.9", "goal: accuracy >= 0.9 on the test set"):
-        with pytest.raises(ValueError, match="goal: <metric> <op> <number>"):
-            goal_from_idea(bad)
-
-
-@pytest.mark.parametrize(
-    ("name", "higher"),
-    [("val_loss", False), ("test_error", False), ("train_time", False), ("latency_ms", False), ("answer_f1", True), ("sentiment_accuracy", True)],
-)
-def test_without_a_goal_the_direction_is_guessed_from_whole_words(name: str, higher: bool):
-    runs = [make_run(1, metrics={name: 0.5}), make_run(2, metrics={name: 0.7})]
-    rank = ranking(runs, "")
-    assert rank.metric == name and rank.higher_is_better is higher
-    assert best_ranked(runs, rank)["number"] == (2 if higher else 1)
-
-
-def test_progress_counters_are_never_the_ranking_metric():
-    runs = [make_run(1, metrics={"epoch": 9, "accuracy": 0.9}), make_run(2, metrics={"epoch": 20, "accuracy": 0.6})]
-    assert ranking(runs, "").metric == "accuracy" and best_ranked(runs, ranking(runs, "")) == runs[0]
