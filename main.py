@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import signal
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from adapters.logs import one_line
-from settings import ENV_SETTINGS, SettingsError, UsageError
+from settings import ENV_SETTINGS, SettingsError, UsageError, resume_command
 
 # LangGraph, the LLM client and the runner itself are imported once the arguments are read: `--help` stays instant.
 
@@ -32,8 +33,27 @@ LEAVE_CLEANUP_S = 2.0
 
 
 class _Parser(argparse.ArgumentParser):
+    """Options only by their whole names (`--max-run 3` is no abbreviation), and errors as one line with a guess at a typo."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
     def error(self, message: str):  # one line, not usage + message
+        unknown = message.removeprefix("unrecognized arguments: ").split() if message.startswith("unrecognized arguments: ") else []
+        for word in unknown:
+            if word.startswith("-") and (close := difflib.get_close_matches(word.split("=")[0], self._option_string_actions, n=1, cutoff=0.6)):
+                message += f" (did you mean {close[0]}?)"
+                break
         raise UsageError(message)
+
+
+def program() -> str:
+    """How the user started the runner, for the hints that name a command: `python main.py` (as typed) or `auto-ml-runner`."""
+    started_as = sys.argv[0] if sys.argv and sys.argv[0] else "main.py"
+    if not started_as.endswith(".py"):  # the console script, wherever it is installed
+        return os.path.basename(started_as)
+    shorter = os.path.relpath(started_as)  # the same script, as a path from here when it is below here
+    return f"python {shlex.quote(started_as if shorter.startswith('..') else shorter)}"
 
 
 def _like(variable: str, flag: str):
@@ -49,15 +69,18 @@ def _like(variable: str, flag: str):
     return convert
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, prog: str = "main.py") -> argparse.Namespace:
     parser = _Parser(
-        prog="main.py",
+        prog=prog,
         description="Run an ML experiment described in IDEA.md, run after run, until done.",
-        epilog="Also: `python main.py status [-d DIR]` shows where an experiment stands, without disturbing a runner at work.",
+        epilog=f"Also: `{prog} status [-d DIR]` shows where an experiment stands, without disturbing a runner at work.",
     )
     parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
     parser.add_argument("-r", "--max-runs", type=_like("MAX_RUNS", "--max-runs"), help="number of runs (default: MAX_RUNS, 10)")
     parser.add_argument("--resume", action="store_true", help="continue this experiment from its last finished step")
+    parser.add_argument("--fresh", action="store_true", help="start anew, moving an earlier experiment's outputs in the folder aside into a dated folder")
+    parser.add_argument("--model", metavar="NAME", help="the model of every stage (default: MODEL; CODE_MODEL etc. set one stage's)")
+    parser.add_argument("--python", metavar="PATH", help="the Python that runs train.py, e.g. a conda env's (default: TRAIN_PYTHON, else this one)")
     parser.add_argument("--patience", type=_like("PATIENCE", "--patience"), help="stop after N runs without improving the goal metric")
     parser.add_argument("--max-cost", type=_like("MAX_COST_USD", "--max-cost"), metavar="USD", help="LLM spend after which no new run starts")
     parser.add_argument("--max-tokens", type=_like("MAX_TOKENS", "--max-tokens"), metavar="N", help="LLM tokens after which no new run starts")
@@ -69,11 +92,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plain", action="store_true", help="one line per event, no live view (the default when stdout is not a terminal)")
     parser.add_argument("--quiet", action="store_true", help="print only the final outcome")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(program=prog)
     return parser.parse_args(argv)
 
 
-def parse_status_args(argv: list[str]) -> argparse.Namespace:
-    parser = _Parser(prog="main.py status", description="Show where an experiment stands, also while a runner works on it.")
+def parse_status_args(argv: list[str], prog: str = "main.py") -> argparse.Namespace:
+    parser = _Parser(prog=f"{prog} status", description="Show where an experiment stands, also while a runner works on it.")
+    parser.set_defaults(program=prog)
     parser.add_argument("-d", "--experiment-dir", default=".", help="folder holding IDEA.md (default: current directory)")
     return parser.parse_args(argv)
 
@@ -88,25 +113,31 @@ def flag_settings(args: argparse.Namespace) -> dict:
         "max_cost_usd": args.max_cost,
         "max_tokens": args.max_tokens,
         "max_hours": args.max_hours,
+        "model": args.model,
+        "train_python": args.python,
+        "program": args.program,
     }
 
 
 def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: list[Callable[[], None]]) -> int:
     """Start or resume the experiment and stream it to the terminal; returns the exit code."""
-    from adapters.llm import LLMError
-    from adapters.preflight import preflight
     from adapters.sandbox import resolve_mode
     from adapters.views import Progress
-    from nodes.records import resume_command
-    from runner import drive, opened, outcome, prepare, record_interrupt, start_or_resume
+    from runner import outcome, record_interrupt, session
 
-    files, settings = prepare(args.experiment_dir, args.resume, flag_settings(args), args.mlflow, export=True)
-    resume_hint = resume_command(args.experiment_dir)
-    with opened(files) as (app, config):
-        on_leave.append(lambda: record_interrupt(app, config, settings))
-        stream_input = start_or_resume(app, config, files, args.resume, args.max_runs, settings)
-        if stream_input is False:  # finished: only a higher run limit gives it more to do
-            values = app.get_state(config).values
+    with session(
+        args.experiment_dir,
+        resume=args.resume,
+        max_runs=args.max_runs,
+        overrides=flag_settings(args),
+        mlflow=args.mlflow,
+        export=True,
+        fresh=args.fresh,
+    ) as started:
+        settings = started.settings
+        resume_hint = settings.resume_command(args.experiment_dir)
+        if started.finished:  # only a higher run limit gives it more to do
+            values = started.values()
             runs_done = len(values.get("runs", []))
             console.print(
                 f"Experiment already finished ({values.get('stop_reason')}, {runs_done} runs); report: {values.get('report_path')}. "
@@ -114,13 +145,10 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
                 soft_wrap=True,
             )
             return EXIT_FINISHED
-
-        try:  # the key and every model are checked before anything is spent
-            warnings = preflight(settings)
-        except LLMError as exc:
-            exc.nothing_saved = isinstance(stream_input, dict)  # a fresh start: the same command again, not --resume
-            raise
-        for warning in warnings:
+        on_leave.append(lambda: record_interrupt(started.app, started.config, settings))
+        if started.moved_aside:
+            errors.print(f"[yellow]! the earlier experiment's outputs were moved to {escape(str(started.moved_aside))}[/]", soft_wrap=True)
+        for warning in started.warnings:
             errors.print(f"[yellow]! {escape(warning)}[/]", soft_wrap=True)
 
         progress = Progress(
@@ -130,7 +158,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
             sandbox=resolve_mode(settings.sandbox, no_network=settings.no_network)[0] + (", no network" if settings.no_network else ""),
             model_prices=settings.model_prices,
         )
-        progress.seed(app.get_state(config).values)
+        progress.seed(started.values())
         view = _view(args, console, errors, progress)
         on_leave.append(view.stop)
         view.start()
@@ -140,7 +168,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
                 return _answer(request, settings, console)
 
         try:
-            final = drive(app, config, stream_input, settings, on_event=view.event, on_update=view.update, answer=answer)
+            final = started.drive(on_event=view.event, on_update=view.update, answer=answer)
         finally:
             view.stop()
 
@@ -187,19 +215,18 @@ def status(args: argparse.Namespace, console: Console) -> int:
     """Print where an experiment stands, from its checkpoint (opened read-only) and files: a working runner is not disturbed."""
     from adapters.files import ExperimentFiles
     from adapters.views import Progress, runs_table
-    from nodes.records import resume_command
     from runner import outcome, read_state, unfinished
     from settings import Settings, settings_env
 
     files = ExperimentFiles(args.experiment_dir)
     if not files.root.is_dir():
         raise UsageError(f"experiment directory {args.experiment_dir} does not exist")
-    hint = resume_command(args.experiment_dir)
     runner = files.runner()
-    settings = Settings.from_env(settings_env(files.root))
+    settings = Settings.from_env(settings_env(files.root), program=args.program)
+    hint = settings.resume_command(args.experiment_dir)
     snapshot = read_state(files) if files.checkpoints.is_file() else None
     if snapshot is None or not snapshot.values:  # never started, or its first start stopped before its first step (preflight failed)
-        console.print(f"{files.root}: not started yet; start it with `python main.py -d {shlex.quote(args.experiment_dir)}`", soft_wrap=True)
+        console.print(f"{files.root}: not started yet; start it with `{settings.start_command(args.experiment_dir)}`", soft_wrap=True)
         return EXIT_FINISHED
     values = snapshot.values
     runs = values.get("runs", [])
@@ -234,11 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False, **styles)
     errors = Console(stderr=True, highlight=False, **styles)
     args = None
+    started_as = program() if argv is None else "python main.py"
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv[:1] == ["status"]:
-            return status(parse_status_args(argv[1:]), console)
-        args = parse_args(argv)
+            return status(parse_status_args(argv[1:], started_as), console)
+        args = parse_args(argv, started_as)
         on_leave: list[Callable[[], None]] = []
         _stop_on_signals(_resume_hint(args), errors, on_leave)
         return run(args, console, errors, on_leave)
@@ -253,17 +281,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resume_hint(args: argparse.Namespace | None) -> str:
-    from nodes.records import resume_command
-
-    return resume_command(args.experiment_dir) if args else "python main.py --resume"
+    return resume_command(args.program, args.experiment_dir) if args else "python main.py --resume"
 
 
 def _failed(exc: Exception, args: argparse.Namespace | None, errors: Console) -> int:
     """The one line (and exit code) for an error that ended the runner: bad input, Ctrl-C during a run, the LLM, or anything else."""
-    from adapters.files import ExperimentInputError
+    from adapters.files import ExperimentBusy, ExperimentInputError
     from adapters.llm import LLMError
     from adapters.process import RunCancelled
 
+    if isinstance(exc, ExperimentBusy):
+        watch = f": watch it with `{args.program} status -d {shlex.quote(args.experiment_dir)}`" if args else ""
+        errors.print(one_line(f"error: {exc}{watch}"), markup=False, soft_wrap=True)
+        return EXIT_USAGE
     if isinstance(exc, ExperimentInputError):
         errors.print(one_line(f"error: {exc}"), markup=False, soft_wrap=True)
         return EXIT_USAGE

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -18,14 +19,15 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 
-from adapters.files import ExperimentFiles
+from adapters.files import ExperimentBusy, ExperimentFiles
+from adapters.llm import LLMError
 from adapters.preflight import preflight
 from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts
 from adapters.sandbox import resolve_mode
 from adapters.tracking import local_store_uri, mlflow_installed
+from goal import best_run, goal_from_idea, parse_goal
 from graph import build_graph
 from graph.experiment import halt, resume_halted
-from nodes.records import best_run, goal_from_idea, parse_goal, resume_command
 from nodes.report import report
 from nodes.review import ReviewError, parse_decision
 from nodes.stop_rules import run_limit
@@ -57,21 +59,41 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
     return settings
 
 
-def prepare(experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False, export: bool = False) -> tuple[ExperimentFiles, Settings]:
-    """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise)."""
+def prepare(
+    experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False, export: bool = False, fresh: bool = False
+) -> tuple[ExperimentFiles, Settings, Path | None]:
+    """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise),
+    and with `fresh`, the folder the earlier experiment's outputs were moved into (None when there were none)."""
     files = ExperimentFiles(experiment_dir)
     if not files.root.is_dir():
         raise UsageError(f"experiment directory {experiment_dir} does not exist")
     settings = load_settings(files.root, overrides, mlflow, export)
-    if not resume:
-        idea = files.read_idea()  # ExperimentInputError when missing or empty
-        try:
-            goal_from_idea(idea)
-        except ValueError as exc:  # a goal line that does not parse
-            raise UsageError(f"{files.idea}: {exc}") from None
-    elif not files.checkpoints.is_file():
-        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
-    return files, settings
+    if fresh and resume:
+        raise UsageError("--fresh starts anew and --resume goes on: give one of them")
+    if resume and not files.checkpoints.is_file():
+        raise UsageError(f"nothing to resume in {files.root}: {_no_checkpoint(files, settings, experiment_dir)}")
+    if resume:
+        return files, settings, None
+    idea = files.read_idea()  # ExperimentInputError when missing or empty
+    try:
+        goal_from_idea(idea)
+    except ValueError as exc:  # a goal line that does not parse
+        raise UsageError(f"{files.idea}: {exc}") from None
+    if not fresh:
+        return files, settings, None
+    if runner := files.runner():
+        raise ExperimentBusy(f"{files.root} is being run now by process {runner['pid']}: --fresh moves nothing while it works")
+    return files, settings, files.move_aside()
+
+
+def _no_checkpoint(files: ExperimentFiles, settings: Settings, experiment_dir: str) -> str:
+    """Why there is nothing to resume, and what to do."""
+    if runs := files.existing_runs():
+        return (
+            f"it holds {len(runs)} run folder(s) but no checkpoint (.runner/checkpoints.sqlite is missing, so they cannot be continued): "
+            f"start afresh with `{settings.start_command(experiment_dir)} --fresh`, which moves them aside into a dated folder"
+        )
+    return f"start it with `{settings.start_command(experiment_dir)}`"
 
 
 @contextmanager
@@ -97,11 +119,68 @@ def drive(app: CompiledStateGraph, config: dict, stream_input, settings: Setting
         stream_input = Command(resume=answer(snapshot.interrupts[0].value))
 
 
+@dataclass
+class Session:
+    """An experiment opened for this invocation, under its lock: what to stream into the graph, and what was found on the way."""
+
+    files: ExperimentFiles
+    settings: Settings
+    app: CompiledStateGraph
+    config: dict
+    stream_input: dict | Command | None | bool
+    """The graph's input: a fresh input, None or a Command to resume, or False when it is finished and nothing more is asked."""
+    warnings: list[str] = field(default_factory=list)
+    """What the checks before the first step found worth saying (preflight)."""
+    moved_aside: Path | None = None
+    """With --fresh: where the earlier experiment's outputs went."""
+
+    @property
+    def finished(self) -> bool:
+        return self.stream_input is False
+
+    def values(self) -> dict:
+        return self.app.get_state(self.config).values
+
+    def drive(self, *, on_event: Callable[[dict], None], on_update: Callable[[str, dict], None], answer: Callable[[dict], dict]) -> dict:
+        """Stream the graph to its end (see drive); the final state."""
+        return drive(self.app, self.config, self.stream_input, self.settings, on_event=on_event, on_update=on_update, answer=answer)
+
+
+@contextmanager
+def session(
+    experiment_dir: str,
+    *,
+    resume: bool,
+    max_runs: int | None,
+    overrides: dict,
+    mlflow: bool = False,
+    export: bool = False,
+    fresh: bool = False,
+    check: Callable[[Settings], None] | None = None,
+) -> Iterator[Session]:
+    """The one way an experiment is started or resumed, for main.py and run_experiment alike:
+    prepare (settings and input checked, then the caller's own `check` of the settings) → lock → start or resume →
+    preflight (key and models), before anything is spent."""
+    files, settings, moved_aside = prepare(experiment_dir, resume, overrides, mlflow, export, fresh)
+    if check:
+        check(settings)
+    with opened(files) as (app, config):
+        opened_session = Session(files, settings, app, config, start_or_resume(app, config, files, resume, max_runs, settings), moved_aside=moved_aside)
+        if not opened_session.finished:
+            try:
+                opened_session.warnings = preflight(settings)
+            except LLMError as exc:
+                exc.nothing_saved = isinstance(opened_session.stream_input, dict)  # a fresh start: the same command again, not --resume
+                raise
+        yield opened_session
+
+
 def run_experiment(
     experiment_dir: str | Path,
     max_runs: int | None = None,
     *,
     resume: bool = False,
+    fresh: bool = False,
     on_event: Callable[[dict], None] | None = None,
     on_review: Callable[[dict], dict] | None = None,
     **settings,
@@ -111,30 +190,37 @@ def run_experiment(
     `settings` are Settings fields (e.g. code_model="...", max_cost_usd=2.0, sandbox="none") over the
     environment and .env files. `on_event` receives the progress events the nodes emit. With review on
     (review=True), `on_review(request)` answers each pause: {"action": "approve"}, {"action": "reject", "reason": ...} or
-    {"action": "edit", "code": ...}. Bad input raises UsageError, a key or model the provider rejects
+    {"action": "edit", "code": ...}. With fresh=True, the outputs of an earlier experiment in the folder are moved
+    aside into a dated folder first. Bad input raises UsageError, a key or model the provider rejects
     LLMError; an experiment cut short returns with stop_reason fatal, llm_unavailable or interrupted.
     """
-    files, chosen = prepare(str(experiment_dir), resume, settings)
-    if chosen.review and on_review is None:
-        raise UsageError("review is on: pass on_review=, a function that answers each pause")
+    on_event = on_event or _ignore
 
-    def answer(request: dict) -> dict:
-        if not (chosen.review and on_review):
-            return {"action": "approve"}
-        decision = on_review(request)
-        try:
-            return parse_decision(decision)  # a bad answer is refused here, before it is saved and replayed on every resume
-        except ReviewError as exc:
-            raise UsageError(f"on_review answered {decision!r}: {exc}") from None
+    def can_review(chosen: Settings) -> None:
+        if chosen.review and on_review is None:
+            raise UsageError("review is on: pass on_review=, a function that answers each pause")
 
-    with opened(files) as (app, config):
-        stream_input = start_or_resume(app, config, files, resume, max_runs, chosen)
-        if stream_input is False:
-            return app.get_state(config).values
-        for warning in preflight(chosen):
-            (on_event or _ignore)({"event": "warning", "message": warning})
+    overrides = {"program": "run_experiment", **settings}
+    with session(str(experiment_dir), resume=resume, max_runs=max_runs, overrides=overrides, fresh=fresh, check=can_review) as started:
+        chosen = started.settings
+
+        def answer(request: dict) -> dict:
+            if not (chosen.review and on_review):
+                return {"action": "approve"}
+            decision = on_review(request)
+            try:
+                return parse_decision(decision)  # a bad answer is refused here, before it is saved and replayed on every resume
+            except ReviewError as exc:
+                raise UsageError(f"on_review answered {decision!r}: {exc}") from None
+
+        if started.finished:
+            return started.values()
+        if started.moved_aside:
+            on_event({"event": "warning", "message": f"the earlier experiment's outputs were moved to {started.moved_aside}"})
+        for warning in started.warnings:
+            on_event({"event": "warning", "message": warning})
         with _stopped_by_ctrl_c():
-            return drive(app, config, stream_input, chosen, on_event=on_event or _ignore, on_update=lambda node, update: None, answer=answer)
+            return started.drive(on_event=on_event, on_update=lambda node, update: None, answer=answer)
 
 
 @contextmanager
@@ -165,16 +251,19 @@ def _ignore(event: dict) -> None:
 
 def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFiles, resume: bool, max_runs: int | None, settings: Settings):
     """The graph input for this invocation: a fresh input, None or a Command to resume, or False when it is finished and nothing more is asked."""
-    resume_hint = resume_command(str(files.root))
     snapshot = app.get_state(config)
     has_state = bool(snapshot.values)
     if not resume:
-        if has_state or files.existing_runs():
-            raise UsageError(f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh in a new directory")
+        if has_state:
+            resume_hint = settings.resume_command(str(files.root))
+            fresh = f"{settings.start_command(str(files.root))} --fresh"
+            raise UsageError(f"{files.root} already holds an experiment: continue it with `{resume_hint}`, or start afresh with `{fresh}`")
+        if files.existing_runs():
+            raise UsageError(f"{files.root} {_no_checkpoint(files, settings, str(files.root)).removeprefix('it ')}")
         return {"experiment_dir": str(files.root), "max_runs": max_runs or settings.max_runs}
 
     if not has_state:
-        raise UsageError(f"nothing to resume in {files.root}: start it without --resume")
+        raise UsageError(f"nothing to resume in {files.root}: {_no_checkpoint(files, settings, str(files.root))}")
     values = snapshot.values
     update: dict = {}
     if values.get("experiment_dir") != str(files.root):  # the folder was moved or renamed
@@ -241,7 +330,7 @@ def outcome(values: dict) -> str:
     parts = [f"Stopped: {why} after {len(runs)} runs"]
     best = best_run(runs, values.get("goal", ""))
     if best is not None:
-        metric = parse_goal(values["goal"])[0]
+        metric = parse_goal(values["goal"]).metric
         parts.append(f"best: run {best['number']} ({metric}={best['metrics'][metric]:.6g})")
     if values.get("report_path"):
         parts.append(f"report: {values['report_path']}" + (" (unfinished)" if halted else ""))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import Field, dataclass, field, fields
@@ -178,6 +179,9 @@ class Settings:
         _text,
     )
     chat_model: Any = field(default=None, repr=False, metadata={"description": "A ready chat model used for every stage (tests, embedding)."})
+    program: str = field(
+        default="python main.py", metadata={"description": "How the runner was started, for the hints that name a command: a command line, or run_experiment."}
+    )
 
     @property
     def api_key(self) -> str:
@@ -192,6 +196,12 @@ class Settings:
     @property
     def uses_openrouter(self) -> bool:
         return self.llm_base_url.rstrip("/").startswith("https://openrouter.ai")
+
+    def start_command(self, experiment_dir: str) -> str:
+        return start_command(self.program, experiment_dir)
+
+    def resume_command(self, experiment_dir: str) -> str:
+        return resume_command(self.program, experiment_dir)
 
     def check(self) -> None:
         """Raise SettingsError for a combination no LLM call can succeed with."""
@@ -221,6 +231,20 @@ def settings_env(experiment: Path) -> dict[str, str]:
 
 STAGE_MODELS = {"summarize_model": "SUMMARIZE_MODEL", "code_model": "CODE_MODEL", "report_model": "REPORT_MODEL"}
 """The Settings field of each stage's model and its variable; MODEL sets those not set themselves."""
+
+
+def start_command(program: str, experiment_dir: str) -> str:
+    """The command (or call) that starts the experiment in `experiment_dir`, as the user started the runner (`program`)."""
+    if program == "run_experiment":
+        return f"run_experiment({experiment_dir!r})"
+    return f"{program} -d {shlex.quote(experiment_dir)}"
+
+
+def resume_command(program: str, experiment_dir: str) -> str:
+    """The command (or call) that continues the experiment in `experiment_dir` from its last finished step."""
+    if program == "run_experiment":
+        return f"run_experiment({experiment_dir!r}, resume=True)"
+    return f"{start_command(program, experiment_dir)} --resume"
 
 
 def env_name(f: Field) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -87,7 +88,7 @@ class ExperimentFiles:
             holder = self.runner()
             os.close(fd)
             who = f"process {holder['pid']}, since {holder['started']}" if holder else "another process"
-            raise ExperimentBusy(f"{self.root} is already being run by {who}: watch it with `python main.py status -d {self.root}`") from None
+            raise ExperimentBusy(f"{self.root} is already being run by {who}") from None
         try:
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
@@ -123,6 +124,29 @@ class ExperimentFiles:
             return []
         numbers = (re.fullmatch(r"run_(\d+)", p.name) for p in self.root.iterdir() if p.is_dir())
         return sorted(int(m.group(1)) for m in numbers if m)
+
+    def outputs(self) -> list[Path]:
+        """What earlier experiments left in the folder: the runner's files and every run; IDEA.md, data/ and .env are the user's."""
+        named = [self.plan, self.tasks, self.findings, self.report, self.root / "report", self.private]
+        return [path for path in named if path.exists()] + [self.run_dir(number) for number in self.existing_runs()]
+
+    def move_aside(self) -> Path | None:
+        """Move every output of earlier experiments into a new dated folder `earlier-YYYYmmdd-HHMMSS/`, deleting nothing;
+        that folder, or None when there was nothing to move."""
+        outputs = self.outputs()
+        if not outputs:
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        aside = self.root / f"earlier-{stamp}"
+        for suffix in itertools.count(2):
+            try:
+                aside.mkdir()
+                break
+            except FileExistsError:
+                aside = self.root / f"earlier-{stamp}-{suffix}"
+        for path in outputs:
+            path.rename(aside / path.name)
+        return aside
 
     def read_idea(self) -> str:
         """IDEA.md's text; ExperimentInputError when the folder or file is missing or empty."""

@@ -145,6 +145,11 @@ def test_resume_after_the_folder_moved(experiment: Path, llm_server, tmp_path: P
         (["-d", "{exp}"], {"MAX_RUNS": "abc"}, "MAX_RUNS must be a whole number"),
         (["-d", "{exp}", "--resume"], {}, "nothing to resume"),
         (["-d", "{exp}", "--bogus"], {}, "unrecognized arguments"),
+        (["-d", "{exp}", "--reusme"], {}, "unrecognized arguments: --reusme (did you mean --resume?)"),
+        (["-d", "{exp}", "--max-run", "3"], {}, "(did you mean --max-runs?)"),  # never taken as an abbreviation
+        (["-d", "{exp}", "--fresh", "--resume"], {}, "--fresh starts anew and --resume goes on"),
+        (["-d", "{exp}"], {"TRAIN_PYTHON": "{missing}/bin/python"}, "TRAIN_PYTHON"),
+        (["-d", "{exp}", "--python", "{exp}/IDEA.md"], {}, "--python"),
         (["-d", "{exp}"], {"LLM_BASE_URL": "", "LLM_API_KEY": ""}, "OPENROUTER_API_KEY is not set"),
     ],
 )
@@ -155,7 +160,7 @@ def test_bad_input_is_one_line_exit_2_and_no_llm_call(args, env_extra, message, 
     (tmp_path / "none").mkdir()
     places = {"missing": tmp_path / "nope", "empty_idea": tmp_path / "empty", "no_idea": tmp_path / "none", "exp": experiment}
     args = [a.format(**{k: str(v) for k, v in places.items()}) for a in args]
-    env = runner_env(server.base_url, **env_extra)
+    env = runner_env(server.base_url, **{k: v.format(**{k: str(v) for k, v in places.items()}) for k, v in env_extra.items()})
     if "LLM_BASE_URL" in env_extra:
         del env["LLM_BASE_URL"]
 
@@ -306,3 +311,63 @@ def test_resume_an_interrupted_experiment_with_a_new_run_limit(experiment: Path,
     assert result.returncode == 0, result.stderr
     assert (experiment / "run_2" / "output.log").is_file() and not (experiment / "run_3").exists()
     assert "after 2 of 2 runs" in (experiment / "REPORT.md").read_text()
+
+
+def test_run_folders_without_a_checkpoint_name_the_cause_and_fresh_moves_them_aside(experiment: Path, llm_server, tmp_path: Path):
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url)
+    (experiment / "run_1").mkdir()
+    (experiment / "run_1" / "train.py").write_text("print('an old experiment')\n")
+    (experiment / "PLAN.md").write_text("an old plan\n")
+    (experiment / "data").mkdir()
+    (experiment / "data" / "cache.bin").write_text("kept")
+
+    for args in ([], ["--resume"]):  # both used to point at the other
+        refused = run_main(["-d", str(experiment), *args], env)
+        assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "but no checkpoint (.runner/checkpoints.sqlite is missing" in refused.stderr
+        assert f"`python main.py -d {experiment} --fresh`" in refused.stderr
+    assert server.requests == []
+
+    started = run_main(["-d", str(experiment), "--fresh", "-r", "1"], env)
+    assert started.returncode == 0, started.stderr
+    aside = [p for p in experiment.iterdir() if p.name.startswith("earlier-")]
+    assert len(aside) == 1 and f"moved to {aside[0]}" in started.stderr
+    assert (aside[0] / "run_1" / "train.py").read_text() == "print('an old experiment')\n"  # nothing deleted
+    assert (aside[0] / "PLAN.md").read_text() == "an old plan\n"
+    assert (experiment / "data" / "cache.bin").read_text() == "kept" and (experiment / "IDEA.md").is_file()
+    assert "accuracy >= 0.9" in (experiment / "PLAN.md").read_text() and (experiment / "run_1" / "output.log").is_file()
+
+    again = run_main(["-d", str(experiment)], env)  # a finished experiment: continue it, or start afresh
+    assert again.returncode == 2 and f"`python main.py -d {experiment} --fresh`" in again.stderr
+
+
+def test_hints_name_the_command_the_user_ran(experiment: Path, llm_server, tmp_path: Path):
+    console_script = Path(sys.executable).parent / "auto-ml-runner"
+    if not console_script.is_file():
+        pytest.skip("the auto-ml-runner console script is installed by `pip install -e .`")
+    env = runner_env(llm_server(ScriptedBrain()).base_url)
+    (experiment / "run_1").mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([str(console_script), "-d", "../exp"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "`auto-ml-runner -d ../exp --fresh`" in result.stderr and "main.py" not in result.stderr
+    status = subprocess.run([str(console_script), "status", "-d", "../exp"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60)
+    assert "start it with `auto-ml-runner -d ../exp`" in status.stdout
+
+
+def test_one_model_flag_sets_every_stage_and_a_stage_variable_still_overrides_model(experiment: Path, llm_server):
+    server = llm_server(ScriptedBrain())
+    result = run_main(["-d", str(experiment), "-r", "1", "--model", "local/one-model"], runner_env(server.base_url))
+    assert result.returncode == 0, result.stderr
+    assert {request["model"] for request in server.requests} == {"local/one-model"}
+
+    other = experiment.parent / "other"
+    other.mkdir()
+    (other / "IDEA.md").write_text((experiment / "IDEA.md").read_text())
+    server.requests.clear()
+    env = runner_env(server.base_url, MODEL="local/every-stage", CODE_MODEL="local/coder")
+    assert run_main(["-d", str(other), "-r", "1"], env).returncode == 0
+    by_stage = {("codegen" if "You write train.py" in r["messages"][0]["content"] else "other"): r["model"] for r in server.requests}
+    assert by_stage == {"codegen": "local/coder", "other": "local/every-stage"}
