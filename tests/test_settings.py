@@ -185,3 +185,23 @@ def test_settings_table_lists_every_variable():
         assert f"| `{name}` |" in table
     assert "| `OPENROUTER_API_KEY` | (none) |" in table
     assert "| `MAX_RUNS` | `10` |" in table
+
+
+def test_model_sets_every_stage_whose_own_variable_is_not_set():
+    settings = Settings.from_env({"MODEL": "local/qwen3", "CODE_MODEL": "local/coder"})
+    assert (settings.code_model, settings.summarize_model, settings.report_model) == ("local/coder", "local/qwen3", "local/qwen3")
+    defaults = Settings.from_env({})
+    assert defaults.code_model == "anthropic/claude-sonnet-4.6" and defaults.summarize_model == "openai/gpt-4o-mini"
+
+
+def test_the_model_flag_sets_every_stage_and_a_stage_keyword_still_wins():
+    settings = Settings.from_env({"CODE_MODEL": "from/env"}, model="from/flag")
+    assert {settings.code_model, settings.summarize_model, settings.report_model} == {"from/flag"}
+    settings = Settings.from_env({}, model="from/flag", code_model="local/coder")
+    assert (settings.code_model, settings.report_model) == ("local/coder", "from/flag")
+
+
+def test_hints_name_the_program():
+    assert Settings.from_env({}).resume_command("my exp") == "python main.py -d 'my exp' --resume"
+    assert Settings.from_env({}, program="auto-ml-runner").start_command("exp") == "auto-ml-runner -d exp"
+    assert Settings.from_env({}, program="run_experiment").resume_command("exp") == "run_experiment('exp', resume=True)"
