@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import threading
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from adapters.capped_log import CappedLog
+from settings import SettingsError
 
 READ_BYTES = 1024 * 1024
 """The most of the script's output read (and written to output.log) at once; also the pipe's size, where the kernel allows."""
@@ -39,12 +42,19 @@ PID_FILE_EVERY_S = 1.0
 """How often, at most, the pid file is rewritten while the tree grows."""
 MIB = 1024 * 1024
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+UTIL_LINUX_HINT = "install util-linux 2.33 or newer (Debian/Ubuntu: `apt-get install util-linux`)"
+DIE_WITH_RUNNER = 'test "$PPID" = "$0" && exec "$@"'
+"""Run by /bin/sh, $0 being the runner's pid, once setpriv has set the parent-death signal: a runner that died
+before that moment can no longer signal the child, which is then an orphan and must not start the script."""
 
 
 class RunCancelled(Exception):
     """The run was stopped from outside (Ctrl-C): it has no result to record."""
+
+
+class LimitToolMissing(SettingsError):
+    """A program that applies a run's limits (setpriv, prlimit) is missing; the message says which and how to install it."""
 
 
 _running: set[int] = set()
@@ -121,21 +131,22 @@ def run_script(
     group with setsid() included (the runner is their subreaper, so orphans come back to it). On timeout,
     on a limit, on any exception here (Ctrl-C included) and on return, the whole tree is killed and reaped;
     if the runner itself dies, the kernel kills the child and `pid_file` lets kill_leftover() find the rest.
+    Raises LimitToolMissing, before anything starts, when a program child_command() needs is missing.
     """
     if _cancelled.is_set():
         raise RunCancelled("interrupted before the run started")
+    command = child_command(argv, limits)
     _become_subreaper()
     start = time.monotonic()
     with CappedLog(log_path, limits.log_max_bytes) as log:
         proc = subprocess.Popen(
-            argv,
+            command,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=_child_setup(limits),
         )
         with _running_lock:
             _running.add(proc.pid)
@@ -299,7 +310,9 @@ class _ProcessTree:
 
     def __init__(self, seen: dict[int, int], *, child: int | None):
         self.seen = seen
-        """Start time of every pid ever found in the tree."""
+        """Start time of every process of the tree found and not reaped yet, by pid: how the next scan finds those
+        that no parent link leads to any more. One that is gone from /proc is forgotten: its pid names another
+        process once reused, so it could never be found again anyway."""
         self.child = child
         """The run's child, the runner's own; None for the tree of a runner that died."""
         self.adopt_since = seen[child] if child is not None else None
@@ -310,7 +323,7 @@ class _ProcessTree:
         return cls({pid: proc.start if proc else 0}, child=pid)
 
     def scan(self) -> dict[int, _Proc]:
-        """The tree's processes now, zombies included; new ones are remembered."""
+        """The tree's processes now, zombies included; new ones are remembered, those reaped since forgotten."""
         table = _process_table()
         children: dict[int, list[int]] = defaultdict(list)
         for pid, proc in table.items():
@@ -325,8 +338,8 @@ class _ProcessTree:
             pid = queue.pop()
             if pid not in members:
                 members[pid] = table[pid]
-                self.seen[pid] = table[pid].start
                 queue += children[pid]
+        self.seen = {pid: proc.start for pid, proc in members.items()}  # DataLoader workers come and go every epoch
         return members
 
     def reap(self, members: Mapping[int, _Proc]) -> None:
@@ -379,7 +392,7 @@ def _become_subreaper() -> None:
     if not _subreaper:
         _subreaper = True
         try:
-            _prctl()(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
         except (OSError, AttributeError):
             pass
 
@@ -387,29 +400,48 @@ def _become_subreaper() -> None:
 _subreaper = False
 
 
-def _prctl() -> Callable[..., int]:
-    return ctypes.CDLL(None, use_errno=True).prctl
+def child_command(argv: list[str], limits: Limits) -> list[str]:
+    """`argv` behind the util-linux programs that make the child die with the runner and take the rlimits.
 
-
-def _child_setup(limits: Limits) -> Callable[[], None]:
-    """What the child does between fork and exec: die with the runner, take the rlimits. All looked up here, in the parent."""
-    prctl, runner = _prctl(), os.getpid()
+    They do in the child, after exec, what a preexec_fn would do between fork and exec, where Python code is
+    unsafe while the runner's other threads run (a lock held by one of them at the fork stays held in the child).
+    Raises LimitToolMissing rather than run without a limit.
+    """
+    runner = os.getpid()
     rlimits = []
     if limits.file_size_mb:
-        rlimits.append((resource.RLIMIT_FSIZE, _within_hard_limit(resource.RLIMIT_FSIZE, limits.file_size_mb * MIB)))
+        rlimits.append(f"--fsize={_within_hard_limit(resource.RLIMIT_FSIZE, limits.file_size_mb * MIB)}")
     if limits.max_processes:
         # The kernel counts every task of the uid; a non-root runner's own session counts too, so it gets that much more.
         others = _tasks_of_uid(os.getuid()) if os.getuid() != 0 else 0
-        rlimits.append((resource.RLIMIT_NPROC, _within_hard_limit(resource.RLIMIT_NPROC, limits.max_processes + others)))
+        rlimits.append(f"--nproc={_within_hard_limit(resource.RLIMIT_NPROC, limits.max_processes + others)}")
+    # SIGKILL when the runner dies, even by SIGKILL; prlimit sets soft and hard limits alike, so the script cannot raise them.
+    command = [_util_linux("setpriv", needs="--pdeathsig"), "--pdeathsig", "KILL", "--", "/bin/sh", "-c", DIE_WITH_RUNNER, str(runner)]
+    if rlimits:
+        command += [_util_linux("prlimit"), *rlimits, "--"]
+    return command + list(argv)
 
-    def setup() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # even if the runner dies by SIGKILL
-        if os.getppid() != runner:  # it died before the line above
-            os._exit(1)
-        for which, value in rlimits:
-            resource.setrlimit(which, (value, value))
 
-    return setup
+def check_limit_tools() -> None:
+    """Raise LimitToolMissing when setpriv (with --pdeathsig) or prlimit is missing: without them no run can start."""
+    _util_linux("setpriv", needs="--pdeathsig")
+    _util_linux("prlimit")
+
+
+@functools.cache
+def _util_linux(name: str, needs: str = "") -> str:
+    """The path of util-linux program `name`, which must know the option `needs`; LimitToolMissing when it is not there."""
+    path = shutil.which(name)
+    if path and needs:
+        try:
+            usage = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            usage = ""
+        if needs not in usage:
+            raise LimitToolMissing(f"{path} has no {needs} option, which train.py's limits need: {UTIL_LINUX_HINT}")
+    if not path:
+        raise LimitToolMissing(f"{name} is not installed, and train.py's limits need it: {UTIL_LINUX_HINT}")
+    return path
 
 
 def _within_hard_limit(which: int, value: int) -> int:

@@ -1,7 +1,8 @@
 """The sandbox train.py runs in: bubblewrap's read-only view of the machine, and an allow-listed environment.
 
-Under bwrap the script sees the system and the Python installation read-only, the experiment folder
-read-only (without `.env` and `.runner/`), an empty home, and may write only its run folder, the
+Under bwrap the script sees the system and the installation of the Python that runs it (TRAIN_PYTHON, even
+under a home) read-only, the experiment folder read-only (without `.env` and `.runner/`), an otherwise empty
+home, and may write only its run folder, the
 shared `<experiment>/data/` cache and a private /tmp. It has its own PID, IPC and UTS namespaces
 (and network namespace with `--no-network`), dies with the runner, and runs as an unprivileged
 user when the runner is root. `none` adds nothing beyond the allow-listed environment.
@@ -10,6 +11,7 @@ user when the runner is root. `none` adds nothing beyond the allow-listed enviro
 from __future__ import annotations
 
 import functools
+import json
 import os
 import pwd
 import re
@@ -39,6 +41,10 @@ TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 HIDDEN_ENTRIES = re.compile(r"^(\.env.*|\.runner)$")
 """Experiment entries the script never sees: dotenv files may hold API keys; `.runner/` is the runner's own."""
 PYTHON_LIBRARY = re.compile(r"(^|/)(site|dist)-packages(/|$)")
+NEVER_BOUND = (Path("/"), Path("/tmp"), Path("/dev"), Path("/proc"))
+"""Folders a Python installation may claim (a python3 copied to /tmp) that would undo the sandbox's own view of them."""
+WHERE_PYTHON_LIVES = "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]))"
+"""Asked of the interpreter that runs train.py (isolated, as in the sandbox: no user site, no PYTHON* variables)."""
 
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 ENV_NAMES = ("PATH", "LANG", "TERM", "TMPDIR", "CUDA_VISIBLE_DEVICES")
@@ -123,10 +129,12 @@ def sandbox_command(
     home: str = SANDBOX_HOME,
     network: bool = True,
     devices: list[Path] | None = None,
+    python: str | None = None,
 ) -> list[str]:
     """The command line that runs `argv` in `run_dir` under `mode`: `argv` itself for none, wrapped in bwrap otherwise.
 
     `devices` defaults to the NVIDIA device nodes present (see nvidia_devices); each is bound at /dev/<name>.
+    `python` is the interpreter `argv` runs (default: the runner's own): its installation is shown read-only.
     """
     if mode == "none":
         return list(argv)
@@ -149,10 +157,18 @@ def sandbox_command(
         raise SandboxError(f"the experiment folder {experiment_dir} holds the home folder {exposed[0]}, which the sandbox hides: use a folder of its own")
     for folder in homes:
         view.tmpfs(folder)
-    # 3. The Python installation that runs train.py, read-only (it may live under a home).
-    for folder in _python_dirs():
+    # 3. The Python installation that runs train.py, read-only (it may live under a home, but not hold one).
+    python = os.path.abspath(python or sys.executable)
+    for folder in python_dirs(python):
+        if held := [h for h in homes if h == folder or folder in h.parents]:
+            raise SandboxError(
+                f"the Python that runs train.py ({python}) is installed in {folder}, which holds the home folder {held[0]} that the"
+                " sandbox hides: set TRAIN_PYTHON (--python) to an interpreter installed in a folder of its own, or set SANDBOX=none"
+            )
         if not view.covers(folder):
             view.bind(folder)
+    if not view.covers(Path(python)):  # a link from a folder of its own, such as ~/bin/python: that link alone
+        view.symlink(os.path.realpath(python), python)
     # 4. The experiment, read-only and without .env or .runner/; only the run folder and the data cache writable.
     view.tmpfs(experiment_dir)
     for entry in sorted(experiment_dir.iterdir()):
@@ -257,6 +273,7 @@ class _View:
         self.mounts[dest] = "dir"
 
     def symlink(self, target: str, dest: str) -> None:
+        self._parents(Path(dest))
         self.args += ["--symlink", target, dest]
         self.mounts[Path(dest)] = "link"
 
@@ -312,19 +329,42 @@ def _passwd_home() -> str:
         return ""
 
 
-def _python_dirs() -> list[Path]:
-    """Folders the runner's interpreter needs: its prefixes, its executable's folders, and library folders on sys.path.
+def python_dirs(python: str) -> list[Path]:
+    """Folders the interpreter `python` needs: its prefixes, its real executable's folder, and library folders on its sys.path.
 
-    Other sys.path entries (the runner's own source, the current folder) stay hidden: they may hold a .env.
+    Symlinks are resolved, and a venv's base installation (pyvenv.cfg's `home`) comes along. The folder of `python`
+    itself only when it is no symlink: ~/bin/python links to an installation, not to the rest of ~/bin. Other
+    sys.path entries (the runner's own source, the current folder) stay hidden: they may hold a .env.
     """
-    executable = sys.executable or "python3"
-    candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(executable)]
-    candidates.append(os.path.dirname(os.path.realpath(executable)))
-    candidates += [p for p in sys.path if p and PYTHON_LIBRARY.search(p)]
+    python = os.path.abspath(python)
+    if not os.path.isfile(python):  # nothing to show; its folder might be anything (the runner's current one, with a .env)
+        return []
+    reported = _where_python_lives(python)
+    candidates = [*reported[:4], *(p for p in reported[4:] if p and PYTHON_LIBRARY.search(p)), os.path.dirname(os.path.realpath(python))]
+    if not os.path.islink(python):
+        candidates.append(os.path.dirname(python))
+    for config in (Path(python).parent / "pyvenv.cfg", Path(python).parent.parent / "pyvenv.cfg"):
+        try:
+            entries = [line.partition("=") for line in config.read_text().splitlines()]
+        except OSError:
+            continue
+        candidates += [value.strip() for name, _, value in entries if name.strip() == "home"]
     folders: set[Path] = set()
     for candidate in candidates:
         for path in (Path(os.path.abspath(candidate)), Path(os.path.realpath(candidate))):
-            if path.is_dir() and path != Path("/"):
+            if path.is_dir() and path not in NEVER_BOUND:
                 folders.add(path)
     # Keep only the outermost of nested folders: binding both would hide nothing but cost a mount.
     return sorted(p for p in folders if not any(other in p.parents for other in folders))
+
+
+@functools.lru_cache(maxsize=16)
+def _where_python_lives(python: str) -> tuple[str, ...]:
+    """What `python` reports: its four prefixes, then its sys.path; empty when it does not run (the folders of its path still count)."""
+    try:
+        command = [python, "-I", "-c", WHERE_PYTHON_LIVES]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, cwd="/", stdin=subprocess.DEVNULL)
+        reported = json.loads(done.stdout)
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return ()
+    return tuple(str(p) for p in reported) if isinstance(reported, list) else ()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
+import shutil
 
 from langgraph.runtime import Runtime
 
@@ -62,16 +62,18 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         max_processes=MAX_TASKS,
         log_max_bytes=settings.log_max_mb * 2**20,
     )
+    python = shutil.which(settings.python) or settings.python  # a name on PATH (python3) as the path the sandbox must show
     with workspace(mode, run_dir, data_dir) as home:
         env = child_environment(os.environ, home=home, data_dir=str(data_dir), extra_names=settings.sandbox_env, tmpdir="/tmp" if mode == "bwrap" else None)
         argv = sandbox_command(
-            [sys.executable, script.name],
+            [python, script.name],
             mode=mode,
             run_dir=run_dir,
             experiment_dir=files.root,
             data_dir=data_dir,
             home=home,
             network=not settings.no_network,
+            python=python,
         )
         result = run_script(
             argv,

@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from adapters import process
-from adapters.process import Limits, RunCancelled, cancel_running_scripts, kill_leftover, run_script
+from adapters.process import (
+    Limits,
+    LimitToolMissing,
+    RunCancelled,
+    cancel_running_scripts,
+    check_limit_tools,
+    child_command,
+    kill_leftover,
+    run_script,
+)
 
 # Scripts sleep far longer than any test waits, yet briefly enough that a broken kill fails in seconds, not minutes.
 SPAWN_GRANDCHILD = """\
@@ -195,6 +204,146 @@ def test_pid_file_is_there_during_the_run_and_gone_after(tmp_path):
     assert records[0]["cwd"] == str(script.parent.resolve())
     assert isinstance(records[0]["pid"], int)
     assert not pid_file.exists()
+
+
+def test_many_short_lived_children_leave_the_tree_and_the_pid_file_small(tmp_path, monkeypatch):
+    """DataLoader workers respawned every epoch: 5,000 children over the run, never more than 20 at once."""
+    monkeypatch.setattr(process, "POLL_S", 0.005)  # scan often, so that many of the children are seen
+    monkeypatch.setattr(process, "PID_FILE_EVERY_S", 0.0)
+    script = write_script(
+        tmp_path,
+        """\
+        import os, time
+        running = 0
+        for started in range(5000):
+            if os.fork() == 0:
+                time.sleep(0.01)
+                os._exit(0)
+            running += 1
+            if running == 20:
+                os.wait()
+                running -= 1
+            if started % 250 == 0:
+                print(f"started {started}", flush=True)
+        while running:
+            os.wait()
+            running -= 1
+        print("done")
+        """,
+    )
+    pid_file = tmp_path / ".runner" / "child.json"
+    tree_sizes: list[int] = []
+    file_sizes: list[int] = []
+    update = process._PidRecord.update
+
+    def watched_update(record, tree):
+        tree_sizes.append(len(tree.seen))
+        update(record, tree)
+        if pid_file.exists():
+            file_sizes.append(pid_file.stat().st_size)
+
+    monkeypatch.setattr(process._PidRecord, "update", watched_update)
+    result = run(script, timeout_s=120, pid_file=pid_file)
+    assert result.exit_code == 0, (script.parent / "output.log").read_text()
+    assert len(tree_sizes) > 100, "the tree was hardly ever scanned: the test proves nothing"
+    assert max(tree_sizes) <= 60  # the script and its 20 children, and the few reaped between two reads of /proc
+    assert max(file_sizes) < 2000
+
+
+# --- the child's set-up, without Python code between fork and exec ---
+
+
+def test_the_child_is_started_without_preexec_fn_and_gets_its_limits(tmp_path, monkeypatch):
+    started: list[dict] = []
+    popen = subprocess.Popen
+
+    def spy(*args, **kwargs):
+        started.append(kwargs)
+        return popen(*args, **kwargs)
+
+    monkeypatch.setattr(process.subprocess, "Popen", spy)
+    script = write_script(tmp_path, 'print(open("/proc/self/limits").read())\n')
+    result = run(script, limits=Limits(timeout_s=30, file_size_mb=3, max_processes=100))
+    assert result.exit_code == 0
+    assert started and all(kwargs.get("preexec_fn") is None for kwargs in started)  # unsafe while the runner's threads run
+    assert started[-1]["start_new_session"] is True
+    limits = {line[:26].strip(): line[26:].split()[:2] for line in (script.parent / "output.log").read_text().splitlines()[1:] if line.strip()}
+    assert limits["Max file size"] == [str(3 * 2**20)] * 2  # soft and hard: the script cannot raise it again
+    others = process._tasks_of_uid(os.getuid()) if os.getuid() != 0 else 0
+    assert 100 <= int(limits["Max processes"][0]) <= 100 + others + 50
+
+
+def test_the_child_dies_with_a_runner_killed_by_sigkill(tmp_path):
+    script = write_script(tmp_path, 'import os, time\nprint(f"pids {os.getpid()} 0", flush=True)\ntime.sleep(60)\n')
+    runner_code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from adapters.process import Limits, run_script\n"
+        "folder = Path(sys.argv[1])\n"
+        "run_script([sys.executable, 'train.py'], cwd=folder, log_path=folder / 'output.log', limits=Limits(timeout_s=30), env=dict(os.environ))\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", runner_code, str(script.parent)], cwd=Path(process.__file__).parents[1])
+    log = script.parent / "output.log"
+    try:
+        deadline = time.monotonic() + 20
+        while not (log.exists() and log.read_text().startswith("pids ")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        child = int(log.read_text().split()[1])
+    finally:
+        runner.kill()
+        runner.wait()
+    try:
+        assert gone_soon(child), "the script outlived its runner"
+    finally:
+        kill_if_ours(child, tmp_path)
+
+
+def test_a_child_whose_runner_died_before_it_was_set_up_does_not_start(tmp_path):
+    command = child_command(["echo", "started"], Limits(timeout_s=30))
+    runner_pid = command.index(str(os.getpid()))
+    command[runner_pid] = "1"  # as if the runner had died and the child were init's
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0 and "started" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("fake", "needed", "limits"),
+    [
+        ("setpriv", "setpriv", Limits(timeout_s=30)),
+        ("prlimit", "prlimit", Limits(timeout_s=30, file_size_mb=1)),
+    ],
+)
+def test_a_missing_util_linux_program_refuses_the_run_rather_than_drop_a_limit(tmp_path, monkeypatch, fake, needed, limits):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("setpriv", "prlimit"):
+        if name != fake:
+            (bin_dir / name).symlink_to(process.shutil.which(name))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    process._util_linux.cache_clear()
+    try:
+        script = write_script(tmp_path, "print('ran')\n")
+        with pytest.raises(LimitToolMissing, match=f"{needed} is not installed.*apt-get install util-linux"):
+            run(script, limits=limits)
+        assert not (script.parent / "output.log").exists()
+        with pytest.raises(LimitToolMissing, match=needed):
+            check_limit_tools()  # what the runner checks at start-up
+    finally:
+        process._util_linux.cache_clear()
+
+
+def test_a_setpriv_too_old_for_pdeathsig_refuses_the_run(tmp_path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    old = tmp_path / "bin" / "setpriv"
+    old.write_text("#!/bin/sh\necho 'Usage: setpriv [options] <program> [<argument>...]'\necho ' --nnp, --no-new-privs   disallow granting new privileges'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{old.parent}:{os.environ['PATH']}")
+    process._util_linux.cache_clear()
+    try:
+        with pytest.raises(LimitToolMissing, match="has no --pdeathsig option.*util-linux 2.33"):
+            child_command(["true"], Limits(timeout_s=30))
+    finally:
+        process._util_linux.cache_clear()
 
 
 # --- no process left behind ---

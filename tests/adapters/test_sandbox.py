@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from venvs import make_venv
 
 from adapters import sandbox
 from adapters.sandbox import SANDBOX_UID, SandboxError, child_environment, chown_tree, nvidia_devices, reclaim, resolve_mode, sandbox_command, workspace
@@ -314,6 +315,72 @@ def test_an_experiment_inside_the_home_runs_and_the_rest_of_the_home_stays_hidde
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['experiments']"  # no .ssh: only the way down to the experiment
     assert (experiment / "run_1" / "out.txt").read_text() == "ok"
+
+
+@pytest.fixture
+def home_with_a_venv(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A home folder holding keys and a venv whose package no other interpreter has; HOME points at it. Returns (home, python)."""
+    home = tmp_path / "alice"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_rsa").write_text("key")
+    (home / "notes.txt").write_text("private")
+    python = make_venv(home / "venvs" / "torch", files={"only_in_this_venv/__init__.py": "WHERE = 'the venv'\n"})
+    monkeypatch.setenv("HOME", str(home))
+    return home, python
+
+
+def run_in_sandbox(experiment: Path, python: str, code: str) -> subprocess.CompletedProcess:
+    argv = sandbox_command(
+        [python, "-c", code], mode="bwrap", run_dir=experiment / "run_2", experiment_dir=experiment, data_dir=experiment / "data", python=python
+    )
+    with workspace("bwrap", experiment / "run_2", experiment / "data") as home:
+        env = child_environment(os.environ, home=home, data_dir=str(experiment / "data"), tmpdir="/tmp")
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_training_venv_is_bound_not_the_home_around_it(experiment: Path, home_with_a_venv):
+    home, python = home_with_a_venv
+    bound = [Path(dest) for _, dest in options(command(experiment, python=str(python)), "--ro-bind")]
+    assert home / "venvs" / "torch" in bound
+    assert not [b for b in bound if b in (home, home / "venvs", home / ".ssh")]
+
+
+@needs_bwrap
+def test_a_venv_under_the_home_runs_in_the_sandbox_and_the_rest_of_the_home_stays_hidden(experiment: Path, home_with_a_venv):
+    home, python = home_with_a_venv
+    code = f"""
+import os, sys, only_in_this_venv
+print(sys.executable)
+print(only_in_this_venv.WHERE)
+print(sorted(os.listdir({str(home)!r})), sorted(os.listdir({str(home / "venvs")!r})))
+for secret in ({str(home / ".ssh" / "id_rsa")!r}, {str(home / "notes.txt")!r}):
+    print(os.path.exists(secret))
+"""
+    done = run_in_sandbox(experiment, str(python), code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [str(python), "the venv", "['venvs'] ['torch']", "False", "False"]
+
+
+@needs_bwrap
+def test_a_link_to_the_interpreter_shows_as_that_link_alone(experiment: Path, home_with_a_venv):
+    home, python = home_with_a_venv
+    (home / "bin").mkdir()
+    (home / "bin" / "deploy.sh").write_text("secret")
+    (home / "bin" / "python").symlink_to(python)
+    link = str(home / "bin" / "python")
+    bound = [Path(dest) for _, dest in options(command(experiment, python=link), "--ro-bind")]
+    assert home / "bin" not in bound
+    done = run_in_sandbox(experiment, link, f"import os, sys; print(sys.version_info[0], os.listdir({str(home / 'bin')!r}))")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3 ['python']"
+
+
+def test_an_interpreter_installed_in_the_home_itself_is_refused(experiment: Path, tmp_path: Path, monkeypatch):
+    home = tmp_path / "bob"
+    python = make_venv(home)  # `python -m venv ~`: its prefix is the home
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(SandboxError, match="holds the home folder .*TRAIN_PYTHON"):
+        command(experiment, python=str(python))
 
 
 def test_an_experiment_that_is_the_home_is_refused(tmp_path: Path, monkeypatch):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import pytest
 from fakes import events_of, make_experiment, make_run, make_runtime
+from venvs import make_venv
 
 from adapters import sandbox
 from adapters.sandbox import SandboxError
@@ -110,6 +113,25 @@ def test_run_number_follows_the_runs_so_far(tmp_path: Path):
     update = execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK, number=3), "runs": [make_run(1), make_run(2)]}, runtime)
     assert update["runs"][0]["number"] == 3
     assert (tmp_path / "run_3" / "output.log").exists()
+
+
+def test_train_py_runs_with_the_training_interpreter(tmp_path: Path):
+    python = make_venv(tmp_path / "envs" / "train", files={"only_in_this_venv.py": "WHERE = 'the training venv'\n"})
+    code = "import sys, only_in_this_venv\nprint(sys.executable)\nprint(only_in_this_venv.WHERE)\n"
+    runtime, _ = make_runtime(train_python=str(python))
+    [record] = execute({"experiment_dir": scratch_run(tmp_path / "exp", code), "runs": []}, runtime)["runs"]
+    assert record["status"] == "ok", record["error"]
+    assert (tmp_path / "exp" / "run_1" / "output.log").read_text().splitlines() == [str(python), "the training venv"]
+
+
+def test_a_training_interpreter_named_on_path_is_found_there(tmp_path: Path, monkeypatch):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "amr-train-python").symlink_to(sys.executable)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    runtime, _ = make_runtime(train_python="amr-train-python")
+    [record] = execute({"experiment_dir": scratch_run(tmp_path / "exp", "import sys\nprint(sys.executable)\n"), "runs": []}, runtime)["runs"]
+    assert record["status"] == "ok", record["error"]
+    assert (tmp_path / "exp" / "run_1" / "output.log").read_text() == f"{tmp_path / 'bin' / 'amr-train-python'}\n"
 
 
 def test_crashing_script(tmp_path: Path):
