@@ -21,8 +21,9 @@ from langgraph.types import Command, StateSnapshot
 
 from adapters.files import ExperimentBusy, ExperimentFiles
 from adapters.llm import LLMError
+from adapters.machine import check_python
 from adapters.preflight import preflight
-from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts
+from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts, check_limit_tools
 from adapters.sandbox import resolve_mode
 from adapters.tracking import local_store_uri, mlflow_installed
 from goal import best_run, goal_from_idea, parse_goal
@@ -55,7 +56,11 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
         asked = "--mlflow is given" if mlflow else "MLFLOW_TRACKING_URI is set"
         raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
     settings.check()
-    resolve_mode(settings.sandbox, no_network=settings.no_network)  # a sandbox that cannot work stops here, before any LLM call
+    # What no run could work without stops here, before any LLM call: the training interpreter, the limits' tools, the sandbox.
+    if settings.train_python:
+        check_python(settings.train_python)
+    check_limit_tools()
+    resolve_mode(settings.sandbox, no_network=settings.no_network)
     return settings
 
 

@@ -143,6 +143,9 @@ class ExperimentState(InputState):
     """The goal the planner read from the idea, in one line."""
     tasks: NotRequired[list[Task]]
     """The task list, replaced whole at each update (as tasks.json is)."""
+    machine: NotRequired[str]
+    """What train.py runs on, as the code model is told: the interpreter, its ML packages, CPUs, memory and GPUs
+    (adapters.machine.machine_text), gathered once when the experiment begins."""
     findings_digest: NotRequired[str]
     """KEY_FINDINGS.md as prompts read it, within its budget (see nodes.records.findings_digest); made by analyze.
     The sections themselves live in the file only: every checkpoint holds the whole state."""

@@ -9,6 +9,7 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip, one_line
+from adapters.machine import describe_machine, machine_text
 from goal import goal_from_idea, plan_goal_line
 from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
 from settings import Settings
@@ -32,6 +33,8 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     source = "from IDEA.md" if stated else "proposed by the planner"
     plan = f"# Plan\n\n{plan_goal_line(goal, source)}\n\n{reply.plan.strip()}"
     tasks = [Task(id=i, title=t.title.strip(), status="todo", notes=t.notes.strip(), runs=[]) for i, t in enumerate(reply.tasks, start=1)]
+    # What train.py will run on, asked once: the code model writes for these packages and this hardware.
+    machine = machine_text(describe_machine(settings.python))
     files.write_plan(plan)
     files.write_tasks(tasks)
     files.write_findings([])
@@ -40,6 +43,7 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         "plan": plan,
         "goal": goal,
         "tasks": tasks,
+        "machine": machine,
         "max_runs": state.get("max_runs") or settings.max_runs,
         "stop_reason": None,
         "usage": usage,

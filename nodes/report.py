@@ -8,6 +8,7 @@ record without asking the LLM.
 from __future__ import annotations
 
 import contextlib
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -97,7 +98,7 @@ def report_text(state: ExperimentState, settings: Settings, usage: list[Usage], 
         "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
         plots_section(files, runs, rank, best),
         usage_section(all_usage, settings.model_prices),
-        reproduce_section(files, best or (runs[-1] if runs else None), is_best=best is not None),
+        reproduce_section(files, best or (runs[-1] if runs else None), is_best=best is not None, python=settings.python, machine=state.get("machine", "")),
     ]
     return "\n\n".join(part.strip() for part in parts if part.strip())
 
@@ -222,8 +223,8 @@ def usage_section(usage: list[Usage], prices: dict[str, list[float]]) -> str:
     return "\n\n".join(["## Tokens and cost", f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}.", usage_table(usage, prices)])
 
 
-def reproduce_section(files: ExperimentFiles, run: RunRecord | None, is_best: bool) -> str:
-    """Where the run's train.py lies and the command that runs it again, from the experiment folder."""
+def reproduce_section(files: ExperimentFiles, run: RunRecord | None, is_best: bool, python: str, machine: str = "") -> str:
+    """Where the run's train.py lies, the command that runs it again from the experiment folder, and what the runs ran on."""
     if run is None:
         return ""
     folder = f"run_{run['number']}"
@@ -235,11 +236,13 @@ def reproduce_section(files: ExperimentFiles, run: RunRecord | None, is_best: bo
         f"Run {run['number']}'s script is [{folder}/train.py]({folder}/train.py). From the experiment folder:",
         "",
         "```bash",
-        f"cd {folder} && DATA_DIR=../data python train.py",
+        f"cd {folder} && DATA_DIR=../data {shlex.quote(python)} train.py",
         "```",
         "",
         f"It writes `metrics.json` beside it (run {run['number']} measured: {metrics_text(run['metrics'])}). "
-        "`DATA_DIR` is the dataset cache the runs share (`data/` in the experiment folder); run it with the Python "
-        "environment the runner used, where its libraries are installed.",
+        "`DATA_DIR` is the dataset cache the runs share (`data/` in the experiment folder); the interpreter is the one "
+        "the runs used (TRAIN_PYTHON), where their libraries are installed.",
     ]
+    if machine:
+        lines += ["", "The runs ran on (as the code model was told):", "", "```", machine, "```"]
     return "\n".join(lines)

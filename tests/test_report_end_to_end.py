@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -102,9 +103,9 @@ def test_the_report_holds_every_measured_value_valid_plots_and_a_reproducible_be
     # 5. The reproduce section points at run 2's train.py, and its command gives run 2's metrics again.
     assert "[run_2/train.py](run_2/train.py)" in report and (experiment / "run_2" / "train.py").read_text() == CODES[1]
     command = re.search(r"```bash\n(.*)\n```", report).group(1)
-    assert command == "cd run_2 && DATA_DIR=../data python train.py"
+    assert command == f"cd run_2 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py"  # the interpreter the runs used
     again = tmp_path / "again"
     shutil.copytree(experiment, again, ignore=shutil.ignore_patterns(".runner"))
     (again / "run_2" / "metrics.json").unlink()
-    subprocess.run(command.replace("python ", f"{sys.executable} "), shell=True, cwd=again, check=True, capture_output=True, timeout=60)
+    subprocess.run(command, shell=True, cwd=again, check=True, capture_output=True, timeout=60)
     assert json.loads((again / "run_2" / "metrics.json").read_text()) == best

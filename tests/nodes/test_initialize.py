@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import platform
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,10 @@ def test_a_goal_line_in_the_idea_wins_over_the_planner(tmp_path: Path):
     update = initialize({"experiment_dir": root}, runtime)
     assert update["goal"] == "test_accuracy >= 0.99"
     assert "**Goal** (from IDEA.md): `test_accuracy >= 0.99`" in (tmp_path / "PLAN.md").read_text()
+
+
+def test_the_machine_train_py_will_run_on_is_asked_once_of_the_training_interpreter(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[plan_reply()]), train_python=sys.executable)
+    update = initialize({"experiment_dir": make_experiment(tmp_path / "exp", IDEA)}, runtime)
+    assert update["machine"].startswith(f"Python {platform.python_version()} at {sys.executable}")
+    assert "scikit-learn" in update["machine"] and "CPU cores" in update["machine"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+import sys
 from pathlib import Path
 
 import httpx
@@ -120,7 +122,7 @@ def test_report_is_the_record_around_the_narrative(tmp_path: Path):
     assert f"| report | {runtime.context.report_model} | 1 | 50 | 10 | 0.0010 |" in text
     assert "| **total** |  | 5 | 5550 | 1260 | 0.0370 |" in text
     # How to run the best run again.
-    assert "[run_2/train.py](run_2/train.py)" in text and "cd run_2 && DATA_DIR=../data python train.py" in text
+    assert "[run_2/train.py](run_2/train.py)" in text and f"cd run_2 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
 
     assert update["stop_reason"] == "goal_met"
     assert update["usage"] == [{"stage": "report", "model": runtime.context.report_model, "input_tokens": 50, "output_tokens": 10, "cost_usd": 0.001}]
@@ -177,7 +179,7 @@ def test_a_halted_experiment_gets_the_same_record_without_asking_the_llm(tmp_pat
     assert f"resume with `python main.py -d {tmp_path} --resume`; it goes on with report" in text
     assert "Stopped because: **fatal** during report (see above) after 3 of 5 runs" in text
     assert "| 2 ★ | ok | 1.5 s | 0.9312345678901234 |" in text and "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
-    assert "Metrics: accuracy=0.9312345678901234" in text and "cd run_2 && DATA_DIR=../data python train.py" in text
+    assert "Metrics: accuracy=0.9312345678901234" in text and f"cd run_2 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
     assert "written by" not in text
     assert linked_images(text) == ["report/goal_metric.png", "report/best_run_curves.png"]
     for link in linked_images(text):
@@ -216,7 +218,7 @@ def test_without_any_metric_there_is_no_best_run_and_no_plot(tmp_path: Path):
     text = (tmp_path / "REPORT.md").read_text()
     assert "No run reported a metric, so none can be called best." in text
     assert "No run reported a metric: nothing to plot." in text and linked_images(text) == []
-    assert "## Reproduce the latest run" in text and "cd run_1 && DATA_DIR=../data python train.py" in text
+    assert "## Reproduce the latest run" in text and f"cd run_1 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
 
 
 def test_without_a_numeric_goal_the_first_metric_ranks_the_runs(tmp_path: Path):
