@@ -1,4 +1,4 @@
-"""Mechanical summary of a run's log: metrics, traceback and tail, read as a stream in bounded memory."""
+"""Mechanical reading of a run's log: metrics, traceback, tail and progress, read as a stream in bounded memory; and the hint for a missing package."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import re
+import shlex
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -181,3 +182,158 @@ def render_summary(number: int, status: str, exit_code: int | None, duration_s: 
         parts.append("Traceback:\n" + "\n".join(log.traceback))
     parts.append(f"Log tail (last {len(log.tail)} lines):\n" + "\n".join(log.tail))
     return clip("\n".join(parts), budget)
+
+
+# Progress lines: how far a run has got, from what training prints anyway.
+
+_SIZE = r"\d+(?:\.\d+)?[kMGT]?"
+_TQDM = re.compile(
+    rf"(?P<percent>\d{{1,3}})%\|[^|]*\|\s*(?P<done>{_SIZE})/(?P<total>{_SIZE})"
+    r"(?:\s*\[[\d:]+<(?P<left>[\d:]+|\?)(?:,\s*(?:\?|[\d.]+)(?P<unit>[^\s/,\]]+)/s)?)?"
+)
+COUNTED = ("epoch", "step", "iter", "batch")
+"""What a counter line (`epoch 3/10`, `Epoch [3/10]`, `step: 1200/5000`) counts; `iteration` is read as iter."""
+_COUNTER = re.compile(r"(?P<unit>epoch|step|iter(?:ation)?|batch)s?[\s:=#]*\[?\s*(?P<done>\d+)\s*/\s*(?P<total>\d+)")
+"""Matched at each place a counted word starts in the lowered line: far cheaper than searching the whole line with it."""
+_SUFFIX = {"k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+PROGRESS_LOOKBACK = 20
+"""Lines looked at, from the newest back, for the latest progress line of a batch: a flood costs no more than a trickle."""
+PROGRESS_TAIL_BYTES = 64 * 1024
+"""How much of the end of output.log run_progress reads."""
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """How far a run has got, as its latest progress line says: a tqdm bar, `epoch 3/10`, `Epoch [3/10]`, `step 1200/5000`."""
+
+    unit: str
+    """What is counted: epoch, step, iter or batch; a tqdm bar's unit ("it" by default)."""
+    done: float
+    total: float
+    label: str = ""
+    """A tqdm bar's description ("Epoch 3"), else empty."""
+    left: str = ""
+    """The time left as the bar itself estimates it (tqdm's `00:15`), else empty."""
+    count: str = ""
+    """A tqdm bar's count as it shows it (`450/1000`, `1.2k/5.0k`), else empty."""
+
+    @property
+    def fraction(self) -> float:
+        return min(max(self.done / self.total, 0.0), 1.0)
+
+    @property
+    def left_s(self) -> float | None:
+        """`left` in seconds, or None."""
+        if not self.left:
+            return None
+        seconds = 0
+        for part in self.left.split(":"):
+            seconds = seconds * 60 + int(part)
+        return float(seconds)
+
+    @property
+    def counted(self) -> str:
+        """'epoch 3/10', or for a bar 'Epoch 3: 450/1000 it'."""
+        if not self.count:
+            return f"{self.unit} {_count(self.done)}/{_count(self.total)}"
+        return f"{self.label + ': ' if self.label else ''}{self.count} {self.unit}"
+
+    def __str__(self) -> str:
+        """'epoch 3/10 (30%)', or with the bar's own estimate '450/1000 it (45%, 00:15 left)'."""
+        left = f", {self.left} left" if self.left else ""
+        return f"{self.counted} ({self.fraction:.0%}{left})"
+
+
+def _count(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) else f"{value:g}"
+
+
+def _size(text: str) -> float:
+    """tqdm's counts: '450', '1.2k', '3M'."""
+    return float(text[:-1]) * _SUFFIX[text[-1]] if text[-1] in _SUFFIX else float(text)
+
+
+def parse_progress(line: str) -> RunProgress | None:
+    """The progress one line of output reports (what a terminal shows of a bar redrawn with carriage returns), or None."""
+    if "/" not in line:  # every form names done/total: most lines end here
+        return None
+    line = line.rstrip("\r")
+    line = line[line.rfind("\r") + 1 :]
+    if "%|" in line and (bar := _TQDM.search(line)):
+        total = _size(bar["total"])
+        if total > 0:
+            left = bar["left"] if bar["left"] and bar["left"] != "?" else ""
+            count = f"{bar['done']}/{bar['total']}"
+            label = line[: bar.start()].strip().rstrip(":").strip()  # tqdm's desc, `Epoch 3: ` before the percentage
+            return RunProgress(bar["unit"] or "it", _size(bar["done"]), total, label, left, count)
+    lowered, counters = line.lower(), []
+    for word in COUNTED:
+        start = lowered.find(word)
+        while start != -1:
+            if (start == 0 or not (lowered[start - 1].isalnum() or lowered[start - 1] == "_")) and (counter := _COUNTER.match(lowered, start)):
+                counters.append(counter)
+            start = lowered.find(word, start + 1)
+    for counter in sorted(counters, key=lambda c: c.start(), reverse=True):  # the innermost: `epoch 2/5 step 300/1000` is at a step
+        done, total = int(counter["done"]), int(counter["total"])
+        if 0 < total and done <= total:
+            unit = counter["unit"]
+            return RunProgress("iter" if unit.startswith("iter") else unit, float(done), float(total))
+    return None
+
+
+def latest_progress(lines: list[str], lookback: int = PROGRESS_LOOKBACK) -> RunProgress | None:
+    """The progress the newest line reporting one says, looking at the last `lookback` of `lines` only."""
+    for line in reversed(lines[-lookback:]):
+        if progress := parse_progress(line):
+            return progress
+    return None
+
+
+def run_progress(output_log: Path) -> str | None:
+    """How far a running run has got, from the end of its output.log: e.g. 'epoch 3/10 (30%)'; None when it says nothing.
+
+    Reads only the last PROGRESS_TAIL_BYTES of the log, so it costs the same for a log of any size.
+    """
+    try:
+        with open(output_log, "rb") as log:
+            log.seek(max(log.seek(0, 2) - PROGRESS_TAIL_BYTES, 0))
+            text = log.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    progress = latest_progress(re.split(r"[\r\n]+", text), lookback=200)
+    return str(progress) if progress else None
+
+
+# A package train.py imports that the training environment lacks.
+
+_MISSING_MODULE = re.compile(r"\bModuleNotFoundError: No module named '([\w.]+)'")
+PIP_NAMES = {
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "cv2": "opencv-python",
+    "PIL": "Pillow",
+    "yaml": "PyYAML",
+    "bs4": "beautifulsoup4",
+    "Crypto": "pycryptodome",
+    "dateutil": "python-dateutil",
+}
+"""Modules whose package on PyPI has another name."""
+
+
+def missing_module(error: str) -> str | None:
+    """The module a `ModuleNotFoundError: No module named 'xgboost'` names, or None."""
+    found = _MISSING_MODULE.search(error)
+    return found.group(1) if found else None
+
+
+def missing_package_hint(error: str, python: str) -> str | None:
+    """What to do about a run that failed for a module the training environment lacks, or None for any other error."""
+    module = missing_module(error)
+    if module is None:
+        return None
+    top = module.split(".")[0]
+    package = PIP_NAMES.get(top, top.replace("_", "-"))
+    return (
+        f"module {module!r} is not installed in the training environment (TRAIN_PYTHON: {python}): "
+        f"install it there, e.g. `{shlex.quote(python)} -m pip install {package}`, or tell the model not to use it"
+    )

@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from adapters.files import write_atomic
-from adapters.logs import log_lines, parse_metrics
+from adapters.logs import log_lines, parse_metrics, parse_progress
 
 X_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
-"""Names in a log line that give the x of the other values in it, the finest first."""
+"""Names in a log line that give the x of the other values in it, the finest first; else a progress form (`epoch 3/10`) does."""
+LINE_X = "log line"
+"""The x label of a curve whose lines name no x of their own (or not the same one): the number of the line in output.log."""
 MAX_POINTS = 2_000
 """Points kept of one curve; a longer log is thinned evenly as it is read."""
 MAX_SERIES = 32
@@ -31,7 +33,7 @@ class Curve:
     """One metric's values over a log, thinned to at most MAX_POINTS as they stream in."""
 
     points: list[tuple[float | None, int, float]] = field(default_factory=list)
-    """(x named in the line or None, order among the log's metric lines, value)."""
+    """(x named in the line or None, the line's number in the log, value)."""
     stride: int = 1
     """Every stride-th value is kept; doubled each time the points overflow."""
     seen: int = 0
@@ -60,18 +62,20 @@ class Curves:
     x_names: dict[str, str] = field(default_factory=dict)
     """The x name each curve's lines carry, while all its lines carry the same one."""
     mixed: set[str] = field(default_factory=set)
-    """Curves whose lines name different x, or some none: drawn against the line order."""
+    """Curves whose lines name different x, or some none: drawn against the log's line numbers."""
     lines: int = 0
-    """Log lines that held a metric so far."""
+    """Log lines read so far."""
 
     def add_line(self, line: str) -> None:
-        """Add the values one log line names, against its epoch or step if it names one."""
+        """Add the values one log line names, against its epoch or step if it names one (`epoch=3`, `Epoch [3/10]`)."""
+        self.lines += 1
         values = parse_metrics(line)
         if not values:
             return
-        self.lines += 1
         x_name = next((name for name in X_NAMES if name in values), None)
         x = values[x_name] if x_name else None
+        if x_name is None and (progress := parse_progress(line)):
+            x_name, x = ("iteration" if progress.unit == "it" else progress.unit), progress.done
         for name, value in values.items():
             if name in X_NAMES:
                 continue
@@ -98,7 +102,7 @@ class Curves:
             xs = [x for x, _, _ in points]
             if x_name is None or any(b <= a for a, b in zip(xs, xs[1:], strict=False)):  # a step count restarting each epoch, say
                 x_name, xs = None, [float(order) for _, order, _ in points]
-            result[name] = (x_name or "metric line of the log", xs, [value for _, _, value in points])
+            result[name] = (x_name or LINE_X, xs, [value for _, _, value in points])
             if len(result) == MAX_PANELS:
                 break
         return result
@@ -176,6 +180,14 @@ def plot_metric_per_run(
 @_literal_text
 def plot_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: str, path: Path) -> None:
     """One panel per curve (name -> (x label, xs, ys)), as read_curves gives them."""
+    _save(draw_curves(curves, title), path)
+
+
+@_literal_text
+def draw_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: str):
+    """The figure plot_curves writes; whole-numbered x (epochs, steps, log lines) gets whole-numbered ticks."""
+    from matplotlib.ticker import MaxNLocator
+
     columns = 1 if len(curves) == 1 else 2
     rows = math.ceil(len(curves) / columns)
     figure = _figure(6 * columns, 3.2 * rows + 0.6)
@@ -185,5 +197,7 @@ def plot_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: 
         ax.plot(xs, ys, marker="." if len(xs) <= 60 else None, color=f"C{i}")
         ax.set_title(name, fontsize="medium")
         ax.set_xlabel(x_label)
+        if all(x == int(x) for x in xs):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
-    _save(figure, path)
+    return figure

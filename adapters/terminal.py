@@ -21,9 +21,11 @@ def ask_review(request: dict, console: Console, read: Callable[[str], str] = inp
     """
     console.rule(f"[bold]Review: run {request['run']} · {escape(request['path'])}")
     console.print(Syntax(request["code"], "python", line_numbers=True, word_wrap=True))
+    console.rule("[bold]Changes since the previous run")
     if request.get("diff"):
-        console.rule("[bold]Changes since the previous run")
         console.print(Syntax(request["diff"], "diff", word_wrap=True))
+    else:  # a pause saved before notes existed has none
+        console.print(request.get("note") or "no changes", style="dim", markup=False, soft_wrap=True)
     while True:
         answer = read("Run it? [a]pprove, [r]eject with a reason, [e]dit: ").strip().lower()
         if answer in ("a", "approve", "y", "yes"):
@@ -32,9 +34,15 @@ def ask_review(request: dict, console: Console, read: Callable[[str], str] = inp
             reason = read("Reason (it goes to the code model): ").strip()
             if reason:
                 return {"action": "reject", "reason": reason}
-            console.print("[yellow]A rejection needs a reason.[/]")
+            console.print("[yellow]A rejection needs a reason: it tells the code model what to change. Answer again.[/]", soft_wrap=True)
         elif answer in ("e", "edit"):
-            return {"action": "edit", "code": edit_in_editor(request["code"])}
+            code = edit_in_editor(request["code"])
+            if code == request["code"]:
+                console.print("unchanged: the edit changed nothing; the code shown runs.", style="dim", markup=False, soft_wrap=True)
+            return {"action": "edit", "code": code}
+        else:
+            got = f", not {answer!r}" if answer else ""
+            console.print(f"Answer a (approve), r (reject with a reason) or e (edit){got}.", style="yellow", markup=False, soft_wrap=True)
 
 
 def edit_in_editor(code: str) -> str:

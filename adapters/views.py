@@ -21,7 +21,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from adapters.logs import format_metrics, parse_metrics
+from adapters.logs import RunProgress, format_metrics, latest_progress, parse_metrics
 from goal import best_run, parse_goal
 from state import add_usage, spend
 
@@ -29,12 +29,21 @@ TAIL_LINES = 15
 """Lines of the running script's output the live view shows."""
 CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 """What the plain view removes from the script's output: control characters (escape sequences lose their ESC), tab kept."""
+PROGRESS_EVERY_S = 10.0
+"""The plain view's progress line (percentage and time left) comes at most this often, however often a bar redraws."""
 
 
 def as_shown(line: str) -> str:
     """What a terminal would leave of a line of output: the text after its last carriage return, no control characters."""
     line = line.rstrip("\r")
     return CONTROL_CHARS.sub("", line[line.rfind("\r") + 1 :])
+
+
+def halt_mark(reason: str) -> tuple[str, str, str]:
+    """How a stage cut short is marked: (mark, words, style); ✗ for a failure (fatal, llm_unavailable), ⊘ for Ctrl-C."""
+    if reason == "interrupted":
+        return "⊘", "interrupted", "yellow"
+    return "✗", f"failed: {reason}", "red"
 
 
 def elapsed(seconds: float) -> str:
@@ -64,6 +73,12 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     live_metrics: dict[str, float] = field(default_factory=dict)
+    run_progress: RunProgress | None = None
+    """The running script's latest progress line (tqdm bar, `epoch 3/10`...), if it printed one."""
+    run_progress_at: float = 0.0
+    """When run_progress was seen, for the time left."""
+    halted: tuple[str, int | None, str] | None = None
+    """(stage, run, stop reason) of the stage that was cut short (fatal, llm_unavailable, interrupted), once its update says so."""
 
     def seed(self, values: dict) -> None:
         """Start from a saved state (a resume)."""
@@ -80,9 +95,12 @@ class Progress:
             if self.stage == "execute":
                 self.tail.clear()
                 self.live_metrics = {}
+                self.run_progress = None
         elif kind == "output":
             for line in event["lines"]:
                 self.live_metrics.update(parse_metrics(line))
+            if found := latest_progress(event["lines"]):  # the newest lines only: a flood costs no more
+                self.run_progress, self.run_progress_at = found, time.monotonic()
             self.tail.extend(as_shown(line) for line in event["lines"][-TAIL_LINES:])
 
     def update(self, node: str, update: dict | None) -> None:
@@ -92,6 +110,22 @@ class Progress:
         self.max_runs = update.get("max_runs") or self.max_runs
         self.runs += update.get("runs", [])
         self.usage = add_usage(self.usage, update.get("usage", []))  # summed as the state sums it: a few entries, however many calls
+        if (halted := update.get("halted")) and halted.get("stage") == node:  # a resumed stage that succeeds carries halted: None
+            self.halted = (node, self.stage_run if self.stage == node else None, update.get("stop_reason") or "")
+
+    def time_left(self) -> float | None:
+        """Seconds the running script has left by its latest progress line: the bar's own estimate, else the run's
+        time so far scaled by the fraction still to do; None without a progress line (or at 0%)."""
+        progress, now = self.run_progress, time.monotonic()
+        if progress is None:
+            return None
+        since = now - self.run_progress_at
+        if progress.left_s is not None:
+            return max(progress.left_s - since, 0.0)
+        if progress.fraction <= 0:
+            return None
+        run_time = self.run_progress_at - self.stage_started
+        return max(run_time * (1 - progress.fraction) / progress.fraction - since, 0.0)
 
     @property
     def best(self) -> dict | None:
@@ -133,17 +167,36 @@ def render_live(progress: Progress) -> RenderableType:
         Text(progress.spent(), style="dim"),
     )
     parts.append(bar)
-    if progress.stage:
+    halted_here = progress.halted is not None and progress.halted[0] == progress.stage
+    if progress.stage and not halted_here:
         parts.append(Spinner("dots", text=Text.assemble((stage_title(progress), "bold cyan"), f"  {elapsed(now - progress.stage_started)}")))
+    if progress.halted:
+        stage, run, reason = progress.halted
+        mark, words, style = halt_mark(reason)
+        parts.append(Text(f"{mark} {f'run {run} · ' if run else ''}{stage} {words}", style=f"bold {style}"))
     if progress.stage == "execute":
         tail = Text("\n".join(progress.tail) or "(no output yet)", no_wrap=True, overflow="ellipsis", style="dim")
         parts.append(Panel(tail, title=f"run {progress.stage_run} · output.log (last {TAIL_LINES} lines)", title_align="left", border_style="dim"))
+        if progress.run_progress and not halted_here:
+            parts.append(progress_bar(progress.run_progress, progress.time_left()))
         parts.append(Text(f"latest metrics: {format_metrics(progress.live_metrics)}"))
     if progress.runs:
         parts.append(runs_table(progress))
     if progress.usage:
         parts.append(usage_table(progress))
     return Group(*parts)
+
+
+def progress_bar(run_progress: RunProgress, left: float | None) -> Table:
+    """The running script's progress as its output says it: what is counted, a bar, the percentage and the time left."""
+    row = Table.grid(padding=(0, 1))
+    row.add_row(
+        Text(run_progress.counted, style="bold"),
+        ProgressBar(total=1.0, completed=run_progress.fraction, width=30),
+        Text(f"{run_progress.fraction:.0%}"),
+        Text(f"ETA {elapsed(left)}" if left is not None else "ETA unknown", style="dim"),
+    )
+    return row
 
 
 def _header(progress: Progress) -> Panel:
@@ -222,6 +275,8 @@ class PlainView:
         self.console = console
         self.progress = progress
         self.echo_output = echo_output
+        self.progress_shown: tuple[RunProgress | None, float] = (None, 0.0)
+        """The progress line printed last, and when."""
 
     def start(self) -> None:
         p = self.progress
@@ -231,8 +286,10 @@ class PlainView:
 
     def event(self, event: dict) -> None:
         self.progress.event(event)
-        if event.get("event") == "output" and self.echo_output:
-            self.echo(event["lines"])
+        if event.get("event") == "output":
+            if self.echo_output:
+                self.echo(event["lines"])
+            self.show_progress()
         elif line := event_line(event):
             self.console.print(line, soft_wrap=True)
 
@@ -246,9 +303,26 @@ class PlainView:
         self.console.file.write("".join(f"{dim}  │ {as_shown(line)}{undim}\n" for line in lines))
         self.console.file.flush()
 
+    def show_progress(self) -> None:
+        """A line with the run's percentage and time left, when its progress moved, at most every PROGRESS_EVERY_S."""
+        p, now = self.progress, time.monotonic()
+        shown, shown_at = self.progress_shown
+        if p.run_progress is None or p.run_progress == shown or now - max(shown_at, p.stage_started) < PROGRESS_EVERY_S:
+            return
+        self.progress_shown = (p.run_progress, now)
+        left = p.time_left()
+        line = f"  ⋯ run {p.stage_run} · {p.run_progress.counted} ({p.run_progress.fraction:.0%})" + (f" · ETA {elapsed(left)}" if left is not None else "")
+        self.console.print(Text(line, style="cyan"), soft_wrap=True)
+
     def update(self, node: str, update: dict | None) -> None:
         self.progress.update(node, update)
         seconds = time.monotonic() - self.progress.stage_started
+        halted = update.get("halted") if isinstance(update, dict) else None
+        if halted and halted.get("stage") == node:
+            mark, words, style = halt_mark(update.get("stop_reason") or "")
+            took = f" ({seconds:.1f} s)" if self.progress.stage == node else ""  # stopped before it began: no time of its own
+            self.console.print(Text(f"  {mark} {node} {words}{took} · {self.progress.spent()}", style=style), soft_wrap=True)
+            return
         line = Text(f"  ✓ {node} ({seconds:.1f} s) · {self.progress.spent()}", style="dim")
         if isinstance(update, dict) and update.get("goal"):
             line.append(f" · goal: {update['goal']}")

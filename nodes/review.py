@@ -25,6 +25,17 @@ def code_diff(previous: str, current: str, run: int) -> str:
     return "".join(lines)
 
 
+def diff_note(previous: str | None, current: str, run: int) -> str:
+    """Why the review shows no diff (the first run, no previous file, the same code), or "" when it shows one."""
+    if run <= 1:
+        return "first run: nothing to compare"
+    if previous is None:
+        return f"run_{run - 1}/train.py is missing: nothing to compare"
+    if previous == current:
+        return f"unchanged: the same code as run {run - 1}"
+    return ""
+
+
 def parse_decision(value: object) -> dict:
     """{'action': 'approve'} / {'action': 'reject', 'reason': ...} / {'action': 'edit', 'code': ...}; a bare string is an action."""
     decision = {"action": value} if isinstance(value, str) else value
@@ -45,13 +56,14 @@ def review(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     run = len(state.get("runs", [])) + 1
     code = state.get("code", "")
     previous_file = files.run_dir(run - 1) / "train.py"
-    previous = previous_file.read_text(encoding="utf-8") if previous_file.is_file() else ""
+    previous = previous_file.read_text(encoding="utf-8") if previous_file.is_file() else None
+    note = diff_note(previous, code, run)
+    diff = "" if note else code_diff(previous or "", code, run)
     runtime.stream_writer({"event": "stage", "stage": "review", "run": run})
 
     # Resuming re-runs this node from the top; interrupt() then returns the answer.
-    decision = parse_decision(
-        interrupt({"kind": "review", "run": run, "path": str(files.run_dir(run) / "train.py"), "code": code, "diff": code_diff(previous, code, run)})
-    )
+    request = {"kind": "review", "run": run, "path": str(files.run_dir(run) / "train.py"), "code": code, "diff": diff, "note": note}
+    decision = parse_decision(interrupt(request))
 
     if decision["action"] == "reject":
         return {"review_feedback": f"The reviewer rejected the previous version of train.py: {decision['reason'].strip()}"}

@@ -11,7 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from adapters.logs import LINE_CHARS, MAX_METRICS, LogSummary, clip, parse_metrics, read_metrics_file, render_summary, summarize_log
+from adapters.logs import (
+    LINE_CHARS,
+    MAX_METRICS,
+    PROGRESS_LOOKBACK,
+    LogSummary,
+    clip,
+    latest_progress,
+    missing_module,
+    missing_package_hint,
+    parse_metrics,
+    parse_progress,
+    read_metrics_file,
+    render_summary,
+    run_progress,
+    summarize_log,
+)
 from bench.log_summary import write_log as write_log_of_size
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -322,3 +337,92 @@ def test_render_summary_stays_under_budget(budget):
     assert len(text) <= budget
     assert text.startswith("Run 12: failed (exit -9)")
     assert text.endswith("l" * 10)
+
+
+# --- progress lines ---
+
+
+@pytest.mark.parametrize(
+    ("line", "shown", "fraction"),
+    [
+        ("  45%|████▌     | 450/1000 [00:12<00:15, 36.2it/s]", "450/1000 it (45%, 00:15 left)", 0.45),
+        ("Epoch 3:  45%|████▌     | 450/1000 [00:12<00:15, 36.2it/s, loss=0.3]", "Epoch 3: 450/1000 it (45%, 00:15 left)", 0.45),
+        ("  0%|          | 0/1000 [00:00<?, ?it/s]", "0/1000 it (0%)", 0.0),
+        ("train: 100%|##########| 1.2k/1.2k [01:02:03<00:00, 3.21batch/s]", "train: 1.2k/1.2k batch (100%, 00:00 left)", 1.0),
+        (" 10%|#         | 1/10\r 50%|#####     | 5/10\r", "5/10 it (50%)", 0.5),  # redrawn: what a terminal shows
+        ("epoch 3/10", "epoch 3/10 (30%)", 0.3),
+        ("Epoch [3/10] loss: 0.41", "epoch 3/10 (30%)", 0.3),
+        ("EPOCH 3 / 10 - val_acc=0.9", "epoch 3/10 (30%)", 0.3),
+        ("step 1200/5000 loss=0.2", "step 1200/5000 (24%)", 0.24),
+        ("Iteration 40/100", "iter 40/100 (40%)", 0.4),
+        ("iter: 40/100", "iter 40/100 (40%)", 0.4),
+        ("epoch 2/5 step 300/1000", "step 300/1000 (30%)", 0.3),  # the innermost counter
+    ],
+)
+def test_parse_progress_reads_tqdm_bars_and_counters(line, shown, fraction):
+    progress = parse_progress(line)
+    assert progress is not None
+    assert str(progress) == shown
+    assert progress.fraction == pytest.approx(fraction)
+
+
+@pytest.mark.parametrize("line", ["epoch=3 loss=0.41", "lr=1/3", "saved to runs/3/10", "date 2024/10/12", "epoch 12/10", "step 0/0", "", "50% done"])
+def test_parse_progress_leaves_other_lines_alone(line):
+    assert parse_progress(line) is None
+
+
+def test_a_bars_own_estimate_of_the_time_left_is_read_in_seconds():
+    assert parse_progress("45%|####| 450/1000 [00:12<01:02:15, 36.2it/s]").left_s == 3735
+    assert parse_progress("epoch 3/10").left_s is None
+
+
+def test_latest_progress_is_the_newest_line_reporting_one_among_the_last_lines():
+    lines = ["epoch 1/10", "loss=0.5", "epoch 2/10", "val_acc=0.7", "saving"]
+    assert str(latest_progress(lines)) == "epoch 2/10 (20%)"
+    assert latest_progress(["epoch 1/10", *["noise"] * PROGRESS_LOOKBACK]) is None, "only the newest lines are looked at"
+    assert latest_progress([]) is None
+
+
+def test_run_progress_reads_the_end_of_the_log(tmp_path: Path):
+    redrawn = "".join(f"{p}%|#| {p}/100 [00:10<00:{60 - p // 2:02d}]\r" for p in range(0, 41, 10))  # a bar not ended yet
+    log = write_log(tmp_path, "start\n" + "x" * 200_000 + "\nepoch 1/10\n" + redrawn)
+    assert run_progress(log) == "40/100 it (40%, 00:40 left)"
+
+    write_log(tmp_path, "epoch=1 loss=0.3\nEpoch [7/20] loss: 0.2\nsaving checkpoint\n")
+    assert run_progress(log) == "epoch 7/20 (35%)"
+
+
+def test_run_progress_of_a_log_without_progress_or_without_a_log_is_none(tmp_path: Path):
+    assert run_progress(write_log(tmp_path, "epoch=1 loss=0.3\n")) is None
+    assert run_progress(tmp_path / "missing.log") is None
+
+
+# --- a missing package ---
+
+MISSING = """\
+Traceback (most recent call last):
+  File "/exp/run_2/train.py", line 3, in <module>
+    import xgboost as xgb
+ModuleNotFoundError: No module named 'xgboost'
+"""
+
+
+def test_a_missing_module_is_named_with_where_to_install_it(tmp_path: Path):
+    error = summarize_log(write_log(tmp_path, MISSING)).error
+
+    assert missing_module(error) == "xgboost"
+    assert missing_package_hint(error, "/opt/env/bin/python") == (
+        "module 'xgboost' is not installed in the training environment (TRAIN_PYTHON: /opt/env/bin/python): "
+        "install it there, e.g. `/opt/env/bin/python -m pip install xgboost`, or tell the model not to use it"
+    )
+
+
+def test_the_hint_names_the_package_to_install_when_it_differs_from_the_module():
+    hint = missing_package_hint("ModuleNotFoundError: No module named 'sklearn.ensemble'", "/my envs/python")
+    assert hint is not None
+    assert "module 'sklearn.ensemble' is not installed" in hint and "`'/my envs/python' -m pip install scikit-learn`" in hint
+
+
+@pytest.mark.parametrize("error", ["", "ValueError: shapes do not match", "ImportError: cannot import name 'foo' from 'bar'", "timed out after 60 s"])
+def test_other_errors_get_no_missing_package_hint(error):
+    assert missing_module(error) is None and missing_package_hint(error, "python") is None

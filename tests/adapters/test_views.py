@@ -578,3 +578,129 @@ def test_after_a_pause_the_live_view_still_fits_the_terminal():
         view.live.stop()
 
     assert frame.count("\n") < 12
+
+
+# --- a stage cut short, and the script's progress ---
+
+
+def halt(stage_name: str, reason: str) -> dict:
+    """A node's update when it was cut short, as graph/experiment.py's halt() makes it."""
+    return {"stop_reason": reason, "stop_detail": "provider down", "halted": {"stage": stage_name, "stop_reason": None, "stop_detail": ""}, "usage": []}
+
+
+def test_the_plain_view_marks_a_stage_cut_short_not_as_done(clock: Clock):
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress())
+
+    view.event(stage("initialize", model="big-model"))
+    clock.now += 1.4
+    view.update("initialize", halt("initialize", "llm_unavailable"))
+    view.event(stage("report", model="big-model"))
+    view.update("report", {"report_path": "/x/REPORT.md"})
+
+    assert console.file.getvalue().splitlines() == [
+        "▶ initialize (big-model)",
+        "  ✗ initialize failed: llm_unavailable (1.4 s) · 0 tokens · $0.0000",
+        "▶ report (big-model)",
+        "  ✓ report (0.0 s) · 0 tokens · $0.0000",
+    ]
+
+
+def test_the_plain_view_marks_an_interrupted_stage_its_own_way_and_a_resumed_one_as_done(clock: Clock):
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress())
+
+    view.event(stage("codegen", run=2, model="coder"))
+    clock.now += 3
+    view.update("codegen", halt("codegen", "interrupted"))
+    view.update("analyze", halt("analyze", "interrupted"))  # stopped before it began: no time of its own
+    view.update("codegen", {"halted": None, "stop_reason": None, "stop_detail": "", "code": "x"})  # a resume that succeeds
+
+    assert console.file.getvalue().splitlines() == [
+        "▶ run 2 · codegen (coder)",
+        "  ⊘ codegen interrupted (3.0 s) · 0 tokens · $0.0000",
+        "  ⊘ analyze interrupted · 0 tokens · $0.0000",
+        "  ✓ codegen (3.0 s) · 0 tokens · $0.0000",
+    ]
+
+
+def test_the_live_view_marks_a_stage_cut_short_instead_of_spinning_and_keeps_the_mark(clock: Clock):
+    progress = make_progress()
+    progress.event(stage("codegen", run=1, model="coder"))
+    progress.update("codegen", halt("codegen", "fatal"))
+
+    text = render(progress)
+    assert re.search(r"^✗ run 1 · codegen failed: fatal$", text, re.MULTILINE), text
+    assert not any(frame in text for frame in SPINNER_FRAMES)
+
+    progress.event(stage("report", model="big-model"))  # the record of the halt is written next
+    text = render(progress)
+    assert "✗ run 1 · codegen failed: fatal" in text
+    assert re.search(r"^\S report \(big-model\)  0:00$", text, re.MULTILINE), text
+
+
+def test_the_live_view_marks_an_interrupted_run_and_keeps_its_output_in_sight(clock: Clock):
+    progress = make_progress()
+    progress.event(stage("execute", run=3))
+    progress.event(output("epoch 2/10 loss=0.4"))
+    progress.update("execute", halt("execute", "interrupted"))
+
+    text = render(progress)
+
+    assert "⊘ run 3 · execute interrupted" in text
+    assert "epoch 2/10 loss=0.4" in text, "the output before the Ctrl-C stays"
+    assert "ETA" not in text and not any(frame in text for frame in SPINNER_FRAMES)
+
+
+def test_the_live_view_shows_the_runs_progress_with_the_time_left_from_the_run_time(clock: Clock):
+    progress = make_progress()
+    progress.event(stage("execute", run=1))
+    assert "ETA" not in render(progress), "no bar before the script says how far it is"
+
+    clock.now = T0 + 30
+    progress.event(output("loading data", "Epoch [3/10] loss: 0.52"))
+    clock.now = T0 + 40
+    text = render(progress)
+
+    # 30 s for 30%: 70 s to go when it was printed, 10 s of which have passed.
+    assert re.search(r"^epoch 3/10 [━╸]+\s+30% ETA 1:00$", text, re.MULTILINE), text
+    assert "latest metrics: loss=0.52" in text
+
+    progress.event(stage("execute", run=2))
+    assert "ETA" not in render(progress), "a new run starts without a bar"
+
+
+def test_the_live_view_takes_a_bars_own_estimate_of_the_time_left(clock: Clock):
+    progress = make_progress()
+    progress.event(stage("execute", run=1))
+    clock.now = T0 + 12
+    bar = "Epoch 3:  45%|████▌     | 450/1000 [00:12<00:15, 36.2it/s]"
+    progress.event(output("Epoch 3:  10%|#         | 100/1000 [00:02<00:20, 36.2it/s]\r" + bar))
+    clock.now = T0 + 17
+
+    text = render(progress)
+
+    assert re.search(r"^Epoch 3: 450/1000 it [━╸]+\s+45% ETA 0:10$", text, re.MULTILINE), text
+
+
+def test_the_plain_view_prints_the_runs_percentage_now_and_then_not_at_every_redraw(clock: Clock):
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(), echo_output=False)
+    view.event(stage("execute", run=1))
+
+    for second in range(1, 40):  # a bar redrawn every second for 39 s: 10 items a second, 400 in all
+        clock.now = T0 + second
+        view.event(output(f"{second * 10 // 4}%|{'#' * (second // 4)}| {second * 10}/400 [00:{second:02d}<?, 10.00it/s]"))
+    clock.now = T0 + 60
+    view.event(output("step 400/400"))
+    view.event(output("step 400/400"))
+    clock.now = T0 + 80
+    view.event(output("step 400/400", "done"))
+
+    assert console.file.getvalue().splitlines() == [
+        "▶ run 1 · execute",
+        "  ⋯ run 1 · 100/400 it (25%) · ETA 0:30",
+        "  ⋯ run 1 · 200/400 it (50%) · ETA 0:20",
+        "  ⋯ run 1 · 300/400 it (75%) · ETA 0:10",
+        "  ⋯ run 1 · step 400/400 (100%) · ETA 0:00",
+    ]

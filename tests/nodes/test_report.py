@@ -274,8 +274,8 @@ def test_read_curves_falls_back_to_the_line_order(tmp_path: Path):
     log = tmp_path / "output.log"
     log.write_text("loss=0.9\nstep=10 loss=0.5\n" + "".join(f"epoch=1 step={s} acc={s / 100}\n" for s in (1, 2, 1, 2)))
     curves = read_curves(log).plottable()
-    assert curves["loss"] == ("metric line of the log", [1.0, 2.0], [0.9, 0.5])  # one line names no x
-    assert curves["acc"][0] == "metric line of the log" and curves["acc"][1] == [3.0, 4.0, 5.0, 6.0]  # the step restarts
+    assert curves["loss"] == ("log line", [1.0, 2.0], [0.9, 0.5])  # one line names no x
+    assert curves["acc"][0] == "log line" and curves["acc"][1] == [3.0, 4.0, 5.0, 6.0]  # the step restarts
 
 
 def test_read_curves_thins_a_long_log_and_keeps_its_last_value(tmp_path: Path):

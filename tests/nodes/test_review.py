@@ -11,7 +11,7 @@ from langgraph.types import Command
 
 from graph import build_graph
 from graph.experiment import after_review
-from nodes.review import ReviewError, code_diff, parse_decision, review
+from nodes.review import ReviewError, code_diff, diff_note, parse_decision, review
 
 FIRST = 'print("accuracy=0.5")\n'
 SECOND = 'print("accuracy=0.9")\n'
@@ -74,3 +74,25 @@ def test_edit_runs_the_edited_code_and_keeps_state_and_file_in_step(tmp_path: Pa
     assert (root / "run_1" / "train.py").read_text() == edited + "\n"
     assert app.get_state(config).values["code"] == edited + "\n"
     assert (root / "run_1" / "output.log").read_text() == "edited accuracy=0.7\n"
+
+
+def test_diff_note_says_why_there_is_no_diff():
+    assert diff_note(None, FIRST, 1) == "first run: nothing to compare"
+    assert diff_note(None, FIRST, 3) == "run_2/train.py is missing: nothing to compare"
+    assert diff_note(FIRST, FIRST, 2) == "unchanged: the same code as run 1"
+    assert diff_note(FIRST, SECOND, 2) == ""
+
+
+def test_the_first_run_is_shown_without_a_diff_and_an_unchanged_one_says_so(tmp_path: Path):
+    app, config, context, _, root = _paused_graph(tmp_path, [code_reply(FIRST), analysis_reply(), code_reply(FIRST), analysis_reply(), text_reply("# Report")])
+    [pending] = app.get_state(config).interrupts
+    assert pending.value["diff"] == "" and pending.value["note"] == "first run: nothing to compare"
+
+    app.update_state(config, {"max_runs": 2})
+    app.invoke(Command(resume={"action": "approve"}), config, context=context)
+    [pending] = app.get_state(config).interrupts
+    assert pending.value["run"] == 2
+    assert pending.value["diff"] == "" and pending.value["note"] == "unchanged: the same code as run 1"
+
+    app.invoke(Command(resume="approve"), config, context=context)
+    assert (root / "run_2" / "output.log").read_text() == "accuracy=0.5\n"
