@@ -214,6 +214,7 @@ def _answer(request: dict, settings, console: Console) -> dict:
 def status(args: argparse.Namespace, console: Console) -> int:
     """Print where an experiment stands, from its checkpoint (opened read-only) and files: a working runner is not disturbed."""
     from adapters.files import ExperimentFiles
+    from adapters.logs import run_progress
     from adapters.views import Progress, runs_table
     from runner import outcome, read_state, unfinished
     from settings import Settings, settings_env
@@ -244,6 +245,8 @@ def status(args: argparse.Namespace, console: Console) -> int:
         state = "finished" if not values.get("halted") else "cut short"
     console.print(f"[bold]{escape(str(files.root))}[/]: {state}", soft_wrap=True)
     console.print(f"goal: {escape(values.get('goal') or '(not planned yet)')} · runs: {len(runs)} of {values.get('max_runs', '?')}", soft_wrap=True)
+    if runner and (where := run_progress(files.run_dir(len(runs) + 1) / "output.log")):
+        console.print(f"run {len(runs) + 1} in progress: {escape(where)}", soft_wrap=True)
     if runs:
         console.print(runs_table(progress))
     console.print(f"LLM use: {progress.spent()}", soft_wrap=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from adapters.logs import missing_package_hint
 from goal import goal_reached, runs_without_improvement
 from settings import Settings
 from state import RunRecord, Usage, spend
@@ -54,7 +55,10 @@ def decide_stop(runs: list[RunRecord], usage: list[Usage], goal: str, analyst_sa
     failures = [failure_signature(r) for r in runs[-settings.max_consecutive_failures :]]
     if len(failures) == settings.max_consecutive_failures and failures[0] is not None and len(set(failures)) == 1:
         limit = f"MAX_CONSECUTIVE_FAILURES={settings.max_consecutive_failures}"
-        return Stop("stuck", f"the last {len(failures)} runs failed the same way ({limit}): {latest['error'] or latest['status']}")
+        detail = f"the last {len(failures)} runs failed the same way ({limit}): {latest['error'] or latest['status']}"
+        if hint := missing_package_hint(latest["error"], settings.python):
+            detail += f"; {hint}"
+        return Stop("stuck", detail)
     if len(runs) >= max_runs:
         return run_limit(max_runs)
     if settings.patience and runs_without_improvement(runs, goal) >= settings.patience:

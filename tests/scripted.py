@@ -29,6 +29,7 @@ import json, os, time
 with open("attempts.txt", "a") as f:
     f.write("attempt\\n")
 print("run two starting", flush=True)
+print("epoch 1/4", flush=True)
 while os.path.exists(os.environ["HOLD_FILE"]):
     time.sleep(0.1)
 json.dump({"accuracy": 0.75}, open("metrics.json", "w"))

@@ -92,8 +92,10 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
     env = runner_env(llm_server(ScriptedBrain(codes=[HOLDING_TRAIN, GOOD_TRAIN])).base_url, HOLD_FILE=str(hold))
     runner = start_until_run(experiment, env, max_runs=2, run=1)
 
+    wait_until(lambda: "epoch 1/4" in (experiment / "run_1" / "output.log").read_text())
     busy = status(experiment, env)
     assert busy.returncode == 0, busy.stderr
+    assert "run 1 in progress: epoch 1/4 (25%)" in busy.stdout
     assert f"{experiment}: running (process {runner.pid}, since " in busy.stdout
     assert "goal: accuracy >= 0.9 · runs: 0 of 2" in busy.stdout and "To go on" not in busy.stdout
 

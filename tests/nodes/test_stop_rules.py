@@ -67,3 +67,10 @@ def test_the_states_usage_is_summed_per_stage_model_and_cost_source():
     ]
     assert spend(total, {}) == spend(calls, {}) == (0.75, "reported by the provider (2 calls without a price)")
     assert add_usage(total, []) == total  # summing again changes nothing
+
+
+def test_stuck_on_a_missing_package_says_where_to_install_it():
+    settings = make_settings(max_consecutive_failures=2, train_python="/env/bin/python")
+    runs = [make_run(n, "failed", error="ModuleNotFoundError: No module named 'xgboost'") for n in (1, 2)]
+    stop = decide_stop(runs, [], "acc >= 0.9", False, 5, settings)
+    assert stop.reason == "stuck" and "`/env/bin/python -m pip install xgboost`" in stop.detail
