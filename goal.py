@@ -117,10 +117,6 @@ class Ranking:
     basis: str
     """Where the metric and its direction come from, in words for the report."""
 
-    @property
-    def target(self) -> float | None:
-        return self.goal.target if self.goal else None
-
 
 def ranking(runs: list[RunRecord], goal: str) -> Ranking | None:
     """The goal's metric when runs report it; else the first metric reported, its direction guessed from its name (None without any metric)."""

@@ -147,9 +147,9 @@ def _save(figure, path: Path) -> None:
 
 @_literal_text
 def plot_metric_per_run(
-    values: dict[int, float | None], metric: str, higher_is_better: bool, path: Path, *, target: float | None = None, best: int | None = None
+    values: dict[int, float | None], metric: str, higher_is_better: bool, path: Path, *, target: str | None = None, best: int | None = None
 ) -> None:
-    """The metric of each run (runs without it marked), the best so far as a step line, the goal's target and the best run."""
+    """The metric of each run (runs without it marked), the best so far as a step line, the goal's target (as written) and the best run."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _figure(8, 4.5)
@@ -165,7 +165,7 @@ def plot_metric_per_run(
     for i, run in enumerate(missing):
         ax.axvline(run, color="tab:red", linestyle=":", alpha=0.6, label="no value (run failed or did not report it)" if i == 0 else None)
     if target is not None:
-        ax.axhline(target, color="tab:green", linestyle="--", label=f"goal {'≥' if higher_is_better else '≤'} {target:g}")
+        ax.axhline(float(target), color="tab:green", linestyle="--", label=f"goal {'≥' if higher_is_better else '≤'} {target}")
     if best is not None and values.get(best) is not None:
         ax.plot([best], [values[best]], "*", markersize=16, color="gold", markeredgecolor="black", label=f"best: run {best}")
     ax.set_xlabel("run")

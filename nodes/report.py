@@ -148,7 +148,7 @@ def best_section(best: RunRecord | None, rank: Ranking | None, goal: str) -> str
         "",
         f"Metrics: {metrics_text(best['metrics'])}",
     ]
-    if rank.target is not None:
+    if rank.goal is not None:
         met = goal_reached(goal, best["metrics"])
         value = f"{rank.metric}={exact_number(best['metrics'][rank.metric])}"
         lines += ["", f"Goal `{goal}`: {'met' if met else 'not met'} ({value})."]
@@ -164,7 +164,8 @@ def plots_section(files: ExperimentFiles, runs: list[RunRecord], rank: Ranking |
     else:
         values = {run["number"]: run["metrics"].get(rank.metric) for run in runs}
         best_number = best["number"] if best else None
-        failure = try_plot(plot_metric_per_run, values, rank.metric, rank.higher_is_better, folder / GOAL_PLOT, target=rank.target, best=best_number)
+        target = rank.goal.written if rank.goal else None  # the number as written, on the plot too
+        failure = try_plot(plot_metric_per_run, values, rank.metric, rank.higher_is_better, folder / GOAL_PLOT, target=target, best=best_number)
         if not failure:
             drawn.add(GOAL_PLOT)
         lines.append(failure or f"![{rank.metric} per run, with the best so far]({PLOTS_DIR}/{GOAL_PLOT})")

@@ -56,12 +56,12 @@ def test_best_run_none_without_goal_or_metric():
 def test_ranking_follows_the_goal():
     runs = [make_run(1, metrics={"loss": 0.3, "acc": 0.7})]
     assert ranking(runs, "loss <= 0.1") == Ranking("loss", False, Goal("loss", "<=", "0.1"), "loss, the goal's metric (lower is better)")
-    assert ranking(runs, "loss <= 0.1").target == 0.1
+    assert ranking(runs, "loss <= 0.1").goal.target == 0.1
 
 
 def test_ranking_without_a_numeric_goal_takes_the_first_metric_and_guesses_its_direction():
     rank = ranking([make_run(1), make_run(2, metrics={"val_loss": 0.3, "acc": 0.7})], "be good")
-    assert (rank.metric, rank.higher_is_better, rank.target) == ("val_loss", False, None)
+    assert (rank.metric, rank.higher_is_better, rank.goal) == ("val_loss", False, None)
     assert "the goal names no metric" in rank.basis and "lower taken as better" in rank.basis
     rank = ranking([make_run(1, metrics={"f1": 0.5})], "accuracy >= 0.9")
     assert rank.metric == "f1" and rank.higher_is_better and "no run reported the goal's metric accuracy" in rank.basis

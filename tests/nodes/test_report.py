@@ -248,7 +248,7 @@ def test_usage_table_without_reported_cost_and_with_model_prices():
 
 def test_metric_per_run_plot_is_a_png(tmp_path: Path):
     path = tmp_path / "report" / "goal.png"
-    plot_metric_per_run({1: 0.5, 2: None, 3: 0.8, 4: 0.7}, "accuracy", True, path, target=0.9, best=3)
+    plot_metric_per_run({1: 0.5, 2: None, 3: 0.8, 4: 0.7}, "accuracy", True, path, target="0.9", best=3)
     assert_png(path)
     assert [p.name for p in path.parent.iterdir()] == ["goal.png"]  # no temporary file left
 
