@@ -123,9 +123,11 @@ def run_script(
     limits: Limits,
     env: Mapping[str, str],
     on_output: Callable[[list[str]], None] | None = None,
+    on_redraw: Callable[[str], None] | None = None,
     pid_file: Path | None = None,
 ) -> ProcessResult:
-    """Run `argv` in `cwd` within `limits`; stdout and stderr go, line by line, to `log_path` and `on_output`.
+    """Run `argv` in `cwd` within `limits`; stdout and stderr go, line by line, to `log_path` and `on_output`;
+    a line redrawn in place before it ends (a tqdm bar) goes to `on_redraw` as it stands at each poll.
 
     The child leads a new session. Every process it starts is tracked through /proc, those that left its
     group with setsid() included (the runner is their subreaper, so orphans come back to it). On timeout,
@@ -160,6 +162,8 @@ def run_script(
         def echo() -> None:
             if on_output and (lines := pump.take()):
                 on_output(lines)
+            if on_redraw and (line := pump.take_redraw()) is not None:
+                on_redraw(line)
 
         watch = _Watch(proc.pid, tree, limits)
         try:
@@ -532,6 +536,9 @@ class _LogPump(threading.Thread):
         self.lock = threading.Lock()
         self.pending: deque[str] = deque(maxlen=ECHO_BUFFER_LINES)
         self.skipped = 0
+        self.redraw = b""
+        """What a terminal would show now of the line not ended yet (after its last carriage return)."""
+        self.redraw_changed = False
 
     def run(self) -> None:
         partial = b""  # the start of a line not ended yet (only its first ECHO_LINE_CHARS matter)
@@ -543,6 +550,7 @@ class _LogPump(threading.Thread):
             ended = chunk.count(b"\n")
             if not ended:
                 partial += chunk[: ECHO_LINE_CHARS - len(partial)]  # partial never holds more than ECHO_LINE_CHARS
+                self._redrawn(chunk, continued=True)
                 continue
             # Only the last lines can be shown: find where they start instead of splitting the whole chunk.
             keep = min(ended, ECHO_BUFFER_LINES)
@@ -556,8 +564,27 @@ class _LogPump(threading.Thread):
             partial = chunk[last + 1 : last + 1 + ECHO_LINE_CHARS]
             shown = [line[:ECHO_LINE_CHARS].decode("utf-8", "replace").rstrip("\r") for line in lines]
             self._show(shown, never_held=ended - keep)
+            self._redrawn(chunk[last + 1 :], continued=False)
         if partial:  # the last line had no newline
             self._show([partial.decode("utf-8", "replace").rstrip("\r")])
+
+    def _redrawn(self, rest: bytes, continued: bool) -> None:
+        """Follow what a terminal would show of the line not ended yet: a progress bar redraws it after each carriage return."""
+        with self.lock:
+            if b"\r" in rest:
+                segment = rest[rest.rfind(b"\r") + 1 :] or rest.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+                self.redraw = segment[-ECHO_LINE_CHARS:]
+            else:
+                self.redraw = ((self.redraw if continued else b"") + rest)[-ECHO_LINE_CHARS:]
+            self.redraw_changed = True
+
+    def take_redraw(self) -> str | None:
+        """What the unfinished line shows now, when it changed since the last call (a bar redrawn in place), else None."""
+        with self.lock:
+            if not self.redraw_changed or not self.redraw:
+                return None
+            self.redraw_changed = False
+            return self.redraw.decode("utf-8", "replace")
 
     def _show(self, lines: list[str], never_held: int = 0) -> None:
         with self.lock:

@@ -21,7 +21,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from adapters.logs import RunProgress, format_metrics, latest_progress, parse_metrics
+from adapters.logs import RunProgress, format_metrics, latest_progress, parse_metrics, parse_progress
 from goal import best_run, parse_goal
 from state import add_usage, spend
 
@@ -102,6 +102,8 @@ class Progress:
             if found := latest_progress(event["lines"]):  # the newest lines only: a flood costs no more
                 self.run_progress, self.run_progress_at = found, time.monotonic()
             self.tail.extend(as_shown(line) for line in event["lines"][-TAIL_LINES:])
+        elif kind == "output_redraw" and (found := parse_progress(event["line"])):  # a bar redrawn in place, not ended yet
+            self.run_progress, self.run_progress_at = found, time.monotonic()
 
     def update(self, node: str, update: dict | None) -> None:
         if not isinstance(update, dict):
@@ -289,6 +291,8 @@ class PlainView:
         if event.get("event") == "output":
             if self.echo_output:
                 self.echo(event["lines"])
+            self.show_progress()
+        elif event.get("event") == "output_redraw":
             self.show_progress()
         elif line := event_line(event):
             self.console.print(line, soft_wrap=True)

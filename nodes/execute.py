@@ -82,6 +82,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             limits=limits,
             env=env,
             on_output=lambda lines: runtime.stream_writer({"event": "output", "run": number, "lines": lines}),
+            on_redraw=lambda line: runtime.stream_writer({"event": "output_redraw", "run": number, "line": line}),
             pid_file=pid_file,
         )
 

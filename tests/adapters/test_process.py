@@ -473,3 +473,26 @@ def test_kill_leftover_with_a_stale_or_broken_record(tmp_path):
     pid_file.write_text(json.dumps({"pid": finished.pid, "cwd": str(tmp_path)}))
     assert kill_leftover(pid_file) is False
     assert not pid_file.exists()
+
+
+def test_a_bar_redrawn_in_place_reaches_on_redraw_before_its_line_ends(tmp_path: Path):
+    # tqdm on a pipe redraws its bar after a carriage return and ends the line only when the bar closes.
+    script = write_script(
+        tmp_path,
+        """
+        import sys, time
+        for done in range(1, 5):
+            sys.stderr.write(f"\\rEpoch 1:  {done * 25}%|###| {done}/4 [00:0{done}<00:0{4 - done}, 1.00it/s]")
+            sys.stderr.flush()
+            time.sleep(0.4)
+        sys.stderr.write("\\n")
+        print("done", flush=True)
+        """,
+    )
+    redrawn: list[str] = []
+    lines: list[str] = []
+    result = run(script, on_output=lines.extend, on_redraw=redrawn.append)
+    assert result.exit_code == 0
+    assert redrawn and all(line.startswith("Epoch 1:") and "\r" not in line for line in redrawn)
+    assert any("2/4" in line for line in redrawn)  # seen while the bar was at 2 of 4, long before the line ended
+    assert lines[-1] == "done"

@@ -704,3 +704,12 @@ def test_the_plain_view_prints_the_runs_percentage_now_and_then_not_at_every_red
         "  ⋯ run 1 · 300/400 it (75%) · ETA 0:10",
         "  ⋯ run 1 · step 400/400 (100%) · ETA 0:00",
     ]
+
+
+def test_a_bar_redrawn_in_place_moves_the_progress_before_its_line_ends():
+    progress = make_progress()
+    progress.event({"event": "stage", "stage": "execute", "run": 1})
+    progress.event({"event": "output_redraw", "run": 1, "line": "Epoch 1:  45%|####5     | 450/1000 [00:12<00:15, 36.2it/s]"})
+    assert progress.run_progress is not None and progress.run_progress.fraction == pytest.approx(0.45)
+    progress.event({"event": "output_redraw", "run": 1, "line": "loading data"})  # no progress in it: the last one stays
+    assert progress.run_progress.fraction == pytest.approx(0.45)
