@@ -6,7 +6,7 @@ import json
 import re
 import time
 from dataclasses import fields
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 import openai
 from langchain_core.exceptions import ContextOverflowError
@@ -72,7 +72,7 @@ class LLMError(RuntimeError):
 def is_retryable(exc: BaseException) -> bool:
     """Whether another try later may succeed: rate limits, 5xx, timeouts, lost connections; never 400-404.
 
-    Made for LangGraph's RetryPolicy(retry_on=...), whose default would retry a bad key as well.
+    What decides whether the graph tries an LLM node again (graph.experiment.stops_cleanly).
     """
     if isinstance(exc, LLMError):
         return exc.kind == "unavailable" and (exc.retry_after or 0) <= MAX_RETRY_AFTER_SECONDS
@@ -115,6 +115,26 @@ def no_credits_error(settings: Settings, status: int, detail: str) -> LLMError:
     """The account behind the key cannot pay (402, or an OpenRouter key whose credit limit is spent)."""
     where = "at https://openrouter.ai/settings/credits, or raise the key's credit limit" if settings.uses_openrouter else "to the provider account"
     return LLMError(f"the account behind {key_variable(settings)} is out of credits ({status}): add credits {where} ({detail})", kind="fatal", status=status)
+
+
+def not_an_api(status: int, body: object) -> bool:
+    """Whether an answer to a chat completion says LLM_BASE_URL points at something else than an OpenAI-compatible API.
+
+    501 (Not Implemented) and 405 (Method Not Allowed) never come from one; a 404 does, for an unknown model,
+    but then with an API's error body ({"error": ...} or {"message": ...}), not a web page or a framework's "Not Found".
+    """
+    api_error = isinstance(body, dict) and ("error" in body or "message" in body)
+    return status in (405, 501) or (status == 404 and not api_error)
+
+
+def wrong_url_error(settings: Settings, status: int, detail: str) -> LLMError:
+    """The server at LLM_BASE_URL answers, but not as an OpenAI-compatible API would (see not_an_api)."""
+    return LLMError(
+        f"{settings.llm_base_url} does not look like an OpenAI-compatible endpoint ({status}: {detail}): "
+        "check LLM_BASE_URL, which usually ends in /v1 (e.g. http://localhost:11434/v1 for Ollama)",
+        kind="fatal",
+        status=status,
+    )
 
 
 def chat_model(settings: Settings, model: str) -> BaseChatModel:
@@ -222,6 +242,8 @@ def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool 
     if status == 403:
         fix = f"check {key_variable(settings)} and {models}"
         return LLMError(f"the LLM server refuses model {model} with this key (403): {fix} ({detail})", kind="fatal", status=status)
+    if not_an_api(status, exc.body):  # of a web page, only its status line says anything
+        return wrong_url_error(settings, status, detail if isinstance(exc.body, dict) else exc.response.reason_phrase or detail)
     if status == 404 or (status == 400 and UNKNOWN_MODEL.search(detail)):
         fix = f"check {models}, or LLM_BASE_URL"
         return LLMError(f"model {model} not found at the LLM server ({status}): {fix} ({detail})", kind="fatal", status=status)
@@ -263,17 +285,59 @@ def error_message(body: object, fallback: str) -> str:
     return one_line(str(message or fallback), 300)
 
 
-def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str, audit: AuditLog | None = None) -> tuple[str, Usage]:
-    """A plain-text reply and its usage; the request goes to `audit` when given."""
+class TextReply(NamedTuple):
+    """A plain-text answer: its text (reasoning stripped), what it cost, and whether it stopped at the output limit."""
+
+    text: str
+    usage: Usage
+    cut_off: bool
+    """The model ran out of output tokens (finish_reason "length"): the text stops mid-way."""
+
+
+def ask_reply(settings: Settings, model: str, messages: list[BaseMessage], stage: str, audit: AuditLog | None = None) -> TextReply:
+    """A plain-text reply, its usage and whether it was cut off; the request goes to `audit` when given."""
     reply = _invoke(chat_model(settings, model), messages, settings, model, stage, audit)
-    return _text_of(reply), usage_of(reply, stage, model)
+    finish = (getattr(reply, "response_metadata", None) or {}).get("finish_reason")
+    return TextReply(answer_text(reply), usage_of(reply, stage, model), cut_off=finish == "length")
 
 
-def _text_of(message: BaseMessage) -> str:
+def ask_text(settings: Settings, model: str, messages: list[BaseMessage], stage: str, audit: AuditLog | None = None) -> tuple[str, Usage]:
+    """A plain-text reply (reasoning stripped) and its usage; the request goes to `audit` when given."""
+    text, usage, _ = ask_reply(settings, model, messages, stage, audit)
+    return text, usage
+
+
+def answer_text(message: BaseMessage) -> str:
+    """The answer a reply holds: its text parts, without the reasoning a model wrote before it.
+
+    Reasoning that a server sends apart (`reasoning_content`, `reasoning`, thinking or reasoning content
+    blocks) is never part of it; reasoning left in the text as <think> blocks is stripped (strip_reasoning).
+    """
     content = message.content
     if isinstance(content, str):
-        return content
-    return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+        return strip_reasoning(content)
+    parts = (part if isinstance(part, str) else part.get("text", "") for part in content if isinstance(part, str) or part.get("type", "text") == "text")
+    return strip_reasoning("".join(parts))
+
+
+REASONING_BLOCK = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL | re.IGNORECASE)
+REASONING_END = re.compile(r"</(?:think|thinking)>", re.IGNORECASE)
+REASONING_START = re.compile(r"\s*<(?:think|thinking)>", re.IGNORECASE)
+
+
+def strip_reasoning(text: str) -> str:
+    """`text` without the reasoning local reasoning models (DeepSeek-R1, Qwen3 without a reasoning parser) write before their answer.
+
+    Removed: closed <think> and <thinking> blocks; everything up to a closing tag whose opening tag the chat
+    template wrote; and an unclosed block at the start, which is all reasoning (the reply stopped while thinking).
+    The reasoning often holds drafts of the answer: none of it may be taken for the answer.
+    """
+    answer = REASONING_BLOCK.sub("", text)
+    if ends := list(REASONING_END.finditer(answer)):
+        answer = answer[ends[-1].end() :]
+    if REASONING_START.match(answer):
+        return ""
+    return answer.lstrip() if answer != text else text
 
 
 def ask_structured(
@@ -292,6 +356,8 @@ def ask_structured(
         if isinstance(raw, BaseMessage):
             usages.append(usage_of(raw, stage, model))
         parsed = result.get("parsed")
+        if not isinstance(parsed, schema):
+            parsed = _json_answer(raw, schema)
         if isinstance(parsed, schema):
             return parsed, usages
         problem = result.get("parsing_error") or "the reply held no structured answer"
@@ -305,10 +371,29 @@ def ask_structured(
     )
 
 
+JSON_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def _json_answer(raw: object, schema: type[Schema]) -> Schema | None:
+    """The answer in a reply's text read as JSON for `schema`, its reasoning stripped first, or None.
+
+    A reasoning model asked for a JSON answer may think aloud before it, which the client's own parsing refuses.
+    """
+    if not isinstance(raw, AIMessage) or raw.tool_calls:
+        return None
+    text = answer_text(raw).strip()
+    if fenced := JSON_FENCE.search(text):
+        text = fenced.group(1)
+    try:
+        return schema.model_validate_json(text)
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+
+
 def _repair_request(raw: object, problem: object, schema: type[BaseModel]) -> str:
     said = ""
     if isinstance(raw, AIMessage):
-        said = json.dumps([c.get("args") for c in raw.tool_calls]) if raw.tool_calls else _text_of(raw)
+        said = json.dumps([c.get("args") for c in raw.tool_calls]) if raw.tool_calls else answer_text(raw)
     return (
         f"Your previous reply could not be used: {str(problem)[:500]}\n"
         f"It was: {said[:2000]}\n"

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import httpx
 
-from adapters.llm import LLMError, bad_key_error, error_message, model_variables, no_credits_error
+from adapters.llm import LLMError, bad_key_error, error_message, model_variables, no_credits_error, not_an_api, wrong_url_error
 from settings import Settings
 
 PREFLIGHT_TIMEOUT_SECONDS = 10.0
@@ -22,7 +22,9 @@ def preflight(settings: Settings, transport: httpx.BaseTransport | None = None) 
 
     Raises LLMError(kind="fatal") for a rejected key, a spent OpenRouter credit limit or a model the
     server does not list, naming the variable to fix; LLMError(kind="unavailable") when the server
-    cannot be reached. A server without a model list is skipped quietly, an injected chat model entirely.
+    cannot be reached; LLMError(kind="fatal") too when neither its model list nor its chat path answers as an
+    OpenAI-compatible API does (a wrong LLM_BASE_URL). A server without a model list is otherwise skipped
+    quietly, an injected chat model entirely.
     `transport` replaces the network (tests).
     """
     if settings.chat_model is not None:
@@ -78,6 +80,8 @@ def _check_models(client: httpx.Client, base: str, headers: dict[str, str], sett
     if response.status_code == 401:
         raise bad_key_error(settings, 401, _detail(response))
     if response.status_code in NO_MODEL_LIST:
+        if not_an_api(response.status_code, _json(response)):  # a web page, or no API at all: is LLM_BASE_URL right?
+            _check_chat_path(client, base, headers, settings)
         return []
     if response.status_code != 200:
         return [f"could not check the models: GET {url} answered {response.status_code} ({_detail(response)})"]
@@ -95,6 +99,19 @@ def _check_models(client: httpx.Client, base: str, headers: dict[str, str], sett
         problems = [f"{' and '.join(variables)}={model} is not offered by {base} ({_suggest(model, listed)})" for model, variables in unknown.items()]
         raise LLMError("unknown model: " + "; ".join(problems), kind="fatal")
     return []
+
+
+def _check_chat_path(client: httpx.Client, base: str, headers: dict[str, str], settings: Settings) -> None:
+    """Raise LLMError (fatal) when POST chat/completions, too, answers as no OpenAI-compatible API does.
+
+    The request is empty, so an API refuses it (400, 422) without generating anything: it costs nothing.
+    """
+    try:
+        response = client.post(f"{base}/chat/completions", headers=headers, json={})
+    except httpx.HTTPError:
+        return  # the first LLM call meets the same trouble and says so
+    if not_an_api(response.status_code, _json(response)):
+        raise wrong_url_error(settings, response.status_code, _detail(response))
 
 
 def _listed_models(body: object) -> list[str] | None:

@@ -36,8 +36,8 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
     feedback_wrapper = len("\n<feedback>\n\n</feedback>\n")
     return {
         "initialize": len(prompts.PLAN_SYSTEM) + len(prompts.PLAN_USER.format(idea="")) + BUDGET["idea"],
-        "codegen": len(prompts.CODEGEN_SYSTEM.format(run=run))
-        + len(prompts.CODEGEN_USER.format(**empty_context, previous_code="", previous_run="", feedback="", run=run))
+        "codegen": len(prompts.CODEGEN_SYSTEM)
+        + len(prompts.CODEGEN_USER.format(**empty_context, machine="", previous_code="", previous_run="", feedback="", run=run))
         + feedback_wrapper
         + sum(BUDGET.values()),
         "analyze": len(prompts.ANALYZE_SYSTEM)
@@ -80,7 +80,7 @@ def requests(experiment: Path) -> list[dict]:
 
 def _run_of(stage: str, messages: list[dict]) -> int | None:
     """The run a codegen request writes for ("train.py for run N") or an analyze request reads ("Run N: ok")."""
-    text = messages[0]["content"] if stage == "codegen" else messages[-1]["content"] if stage == "analyze" and messages else ""
+    text = messages[1]["content"] if stage == "codegen" and len(messages) > 1 else messages[-1]["content"] if stage == "analyze" and messages else ""
     match = re.search(r"for run (\d+)" if stage == "codegen" else r"Run (\d+):", text or "")
     return int(match.group(1)) if match else None
 

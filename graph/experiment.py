@@ -8,13 +8,14 @@ the node that was cut short (see `resume_halted`).
 from __future__ import annotations
 
 import functools
-import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, RetryPolicy
+from langgraph.types import Command
 
 from adapters.llm import LLMError, is_retryable
 from adapters.process import RunCancelled, cancel_requested
@@ -25,8 +26,8 @@ from nodes.initialize import initialize
 from nodes.report import report
 from nodes.review import review
 from nodes.summarize import summarize
-from settings import ENV_SETTINGS, Settings
-from state import ExperimentState, Halt, InputState, OutputState
+from settings import Settings, SettingsError, settings_env
+from state import ExperimentState, Halt, InputState, OutputState, Usage
 
 
 def after_analyze(state: ExperimentState) -> Literal["summarize", "report"]:
@@ -59,24 +60,52 @@ def unless_halted(next_node: str) -> Callable[[ExperimentState], str]:
 LLM_NODE_ATTEMPTS = 3
 """Tries of a node whose LLM call keeps failing transiently; each try is itself 1 + LLM_MAX_RETRIES requests."""
 
+MAX_BACKOFF_SECONDS = 60.0
+"""The longest wait between two tries of a node, unless the server asked for a longer one."""
 
-def llm_retry_policy(backoff_seconds: float | None = None) -> RetryPolicy:
-    """Retry an LLM node on rate limits, 5xx, timeouts and lost connections only, never on a bad key or model.
 
-    The openai SDK already retries each request LLM_MAX_RETRIES times, honouring Retry-After; these
-    node-level tries wait backoff_seconds, then twice that (at most 60 s), for the provider to recover.
+def backoff_seconds(settings: Settings, failed_tries: int, exc: LLMError) -> float:
+    """The wait after `failed_tries` tries: LLM_RETRY_BACKOFF_SECONDS, doubled after each (at most 60 s), or what the server asked for if longer.
+
+    The openai SDK already retries each request LLM_MAX_RETRIES times, honouring Retry-After; these waits
+    between the node's tries give the provider time to recover.
     """
-    if backoff_seconds is None:  # retry policies are fixed when the graph is built, not per invocation like the context
-        backoff_seconds = ENV_SETTINGS["LLM_RETRY_BACKOFF_SECONDS"].read(os.environ)
-    # LangGraph's jitter adds 0-1 s: it spreads waits of seconds, and would swamp the short ones tests use.
-    return RetryPolicy(
-        initial_interval=backoff_seconds,
-        backoff_factor=2.0,
-        max_interval=60.0,
-        max_attempts=LLM_NODE_ATTEMPTS,
-        jitter=backoff_seconds >= 1,
-        retry_on=is_retryable,
-    )
+    doubled = min(settings.llm_retry_backoff_seconds * 2 ** (failed_tries - 1), MAX_BACKOFF_SECONDS)
+    return max(doubled, exc.retry_after or 0.0)
+
+
+def wait_unless_stopping(seconds: float) -> bool:
+    """Sleep `seconds` in short slices, so a Ctrl-C is not kept waiting; False when the runner is stopping."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and not cancel_requested():
+        time.sleep(min(left, 0.1))
+    return not cancel_requested()
+
+
+_FOLDER_SETTINGS: dict[Path, tuple[object, Settings]] = {}
+"""The settings last read from each experiment folder, with the graph run they were read for."""
+
+
+def settings_for(state: ExperimentState, runtime: Runtime[Settings]) -> Settings:
+    """The settings of this invocation: its context, else what main.py would use for the experiment folder.
+
+    So a parent graph without a context schema, or a resume without context, needs no ceremony: the folder's
+    settings (environment, then <experiment>/.env, then ./.env, then defaults) are read once per graph run.
+    """
+    if runtime.context is not None:
+        return runtime.context
+    folder = Path(state["experiment_dir"]).resolve()
+    graph_run = getattr(runtime, "control", None)  # one per graph run, shared by its subgraphs; a LangGraph without it: read at each node
+    read_for, settings = _FOLDER_SETTINGS.get(folder, (None, None))
+    if settings is not None and graph_run is not None and read_for is graph_run:
+        return settings
+    try:
+        settings = Settings.from_env(settings_env(folder))
+        settings.check()
+    except SettingsError as exc:
+        raise SettingsError(f"{exc} (no context was passed to the graph, so the settings were read for {folder})") from None
+    _FOLDER_SETTINGS[folder] = (graph_run, settings)
+    return settings
 
 
 def halt(state: ExperimentState, stage: str, reason: str, message: str, usage: list | None = None) -> dict:
@@ -94,15 +123,19 @@ def resume_halted(halted: Halt, update: dict | None = None) -> Command:
 
 
 def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
-    """`node`, turned to a halt when the runner is stopping, or when its LLM error is final (fatal, or its last try).
+    """`node`, tried up to `attempts` times on a transient LLM error, and turned to a halt when the runner is stopping
+    or when its LLM error is final (fatal, or its last try).
 
-    The node cut short runs again on resume (see resume_halted): it then sees the state as it was before
-    the halt, and its success clears the halt. The report node, cut short itself, writes the record of its
-    own halt at once: its edge leads to END.
+    The answered calls of failed tries were paid for: their usage joins the update, or the halt. The node cut
+    short runs again on resume (see resume_halted): it then sees the state as it was before the halt, and its
+    success clears the halt. The report node, cut short itself, writes the record of its own halt at once:
+    its edge leads to END. Without a context the node gets the experiment folder's settings (settings_for).
     """
 
     @functools.wraps(node)
     def run(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+        if runtime.context is None:
+            runtime = runtime.override(context=settings_for(state, runtime))
         halted = state.get("halted")
         if halted and halted["stage"] != stage:  # report, writing the record of a halt: nothing may cut it short again
             return node(state, runtime)
@@ -110,18 +143,31 @@ def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
         if halted:  # entered again on resume
             resumed = {"halted": None, "stop_reason": halted["stop_reason"], "stop_detail": halted["stop_detail"]}
             state = {**state, **resumed}
-        if cancel_requested():
-            stopped = halt(state, stage, "interrupted", f"stopped by the user before {stage}")
-        else:
+        spent: list[Usage] = []  # the answered calls of failed tries: paid for, so counted
+        for tried in range(1, attempts + 1):
+            if cancel_requested():
+                reason, message = "interrupted", f"stopped by the user before {stage}"
+                break
             try:
-                return {**resumed, **node(state, runtime)}
+                update = node(state, runtime)
             except RunCancelled as exc:
-                stopped = halt(state, stage, "interrupted", f"stopped by the user: {exc}")
+                reason, message = "interrupted", f"stopped by the user: {exc}"
+                break
             except LLMError as exc:
-                info = runtime.execution_info
-                if is_retryable(exc) and info is not None and info.node_attempt < attempts:
-                    raise  # the retry policy tries the node again
-                stopped = halt(state, stage, "llm_unavailable" if exc.kind == "unavailable" else "fatal", str(exc), exc.usage)
+                spent += exc.usage
+                reason, message = ("llm_unavailable" if exc.kind == "unavailable" else "fatal"), str(exc)
+                if not (is_retryable(exc) and tried < attempts):
+                    break
+                wait = backoff_seconds(runtime.context, tried, exc)
+                runtime.stream_writer({"event": "warning", "message": f"{stage} tries again in {wait:g} s (try {tried + 1} of {attempts}): {exc}"})
+                if not wait_unless_stopping(wait):
+                    reason, message = "interrupted", f"stopped by the user while {stage} waited to try again"
+                    break
+                continue
+            if spent:
+                update = {**update, "usage": [*spent, *update.get("usage", [])]}
+            return {**resumed, **update}
+        stopped = halt(state, stage, reason, message, spent)
         if stage == "report":
             return {**stopped, **node({**state, **stopped, "usage": [*state.get("usage", []), *stopped["usage"]]}, runtime)}
         return stopped
@@ -132,9 +178,8 @@ def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
 def build_graph() -> StateGraph:
     """The experiment graph, uncompiled: callers choose the checkpointer."""
     builder = StateGraph(ExperimentState, context_schema=Settings, input_schema=InputState, output_schema=OutputState)
-    llm_retry = llm_retry_policy()
     for name, node in (("initialize", initialize), ("codegen", codegen), ("analyze", analyze), ("report", report)):
-        builder.add_node(name, stops_cleanly(node, name, LLM_NODE_ATTEMPTS), retry_policy=llm_retry)
+        builder.add_node(name, stops_cleanly(node, name, LLM_NODE_ATTEMPTS))
     for name, node in (("summarize", summarize), ("review", review), ("execute", execute)):
         builder.add_node(name, stops_cleanly(node, name))
 

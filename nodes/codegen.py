@@ -1,4 +1,4 @@
-"""The LLM writes a complete train.py for the coming run; a file that does not compile gets one retry."""
+"""The LLM writes a complete train.py for the coming run; a file that does not compile, or a reply cut off, gets one retry."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from langgraph.runtime import Runtime
 
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.llm import LLMError, ask_text
+from adapters.llm import LLMError, TextReply, ask_reply
 from adapters.logs import clip
-from nodes.prompts import BUDGET, CODEGEN_SYNTAX_RETRY, CODEGEN_SYSTEM, CODEGEN_USER
+from nodes.prompts import BUDGET, CODEGEN_CUT_OFF_RETRY, CODEGEN_SYNTAX_RETRY, CODEGEN_SYSTEM, CODEGEN_USER
 from nodes.records import experiment_context
 from settings import Settings
 from state import ExperimentState
@@ -21,14 +21,19 @@ PYTHON_TAGS = ("", "python", "py", "python3")
 
 
 def extract_python(reply: str) -> str:
-    """The code in a reply: the longest untagged or Python fenced block, else the whole reply."""
+    """The code in a reply's answer: the longest untagged or Python fenced block, else the whole answer.
+
+    `reply` is the answer ask_reply gives, its reasoning already stripped: a draft in a <think> block is never taken.
+    """
     blocks = [code for tag, code in FENCE.findall(reply) if tag.lower() in PYTHON_TAGS]
     code = max(blocks, key=len) if blocks else reply
     return code.strip() + "\n"
 
 
 def compile_error(code: str) -> str | None:
-    """The SyntaxError `code` would raise, as one line, or None."""
+    """Why `code` cannot be train.py, as one line: its SyntaxError, or that it is empty (a reply all reasoning); None when it compiles."""
+    if not code.strip():
+        return "the file is empty"
     try:
         compile(code, "train.py", "exec")
     except SyntaxError as exc:
@@ -42,11 +47,21 @@ def codegen_prompt(state: ExperimentState, run: int, feedback: str = "") -> str:
     """The user message for codegen: every part clipped to its budget, so it never grows with the runs."""
     return CODEGEN_USER.format(
         **experiment_context(state),
+        machine=clip(state.get("machine") or "(not known)", BUDGET["machine"]),
         previous_code=clip(state.get("code") or "(none: this is the first run)", BUDGET["previous_code"]),
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
         run=run,
     )
+
+
+def second_request(reply: TextReply, code: str, run: int) -> tuple[str, dict] | None:
+    """What to ask once more, and the event saying why: for a reply cut off at the output limit, or a file that does not compile."""
+    if reply.cut_off:
+        return CODEGEN_CUT_OFF_RETRY, {"event": "warning", "message": f"run {run}: the code model's reply was cut off at its output limit; asking once more"}
+    if error := compile_error(code):
+        return CODEGEN_SYNTAX_RETRY.format(error=error), {"event": "syntax_retry", "run": run, "error": error}
+    return None
 
 
 def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
@@ -58,22 +73,23 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     # 1. Ask for the whole file.
     files = ExperimentFiles(state["experiment_dir"])
     audit = AuditLog(files.llm_calls, settings.audit_content)
-    messages = [SystemMessage(CODEGEN_SYSTEM.format(run=run)), HumanMessage(codegen_prompt(state, run, state.get("review_feedback", "")))]
-    reply, usage = ask_text(settings, settings.code_model, messages, "codegen", audit)
-    usages = [usage]
-    code = extract_python(reply)
+    messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(codegen_prompt(state, run, state.get("review_feedback", "")))]
+    reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
+    usages = [reply.usage]
+    code = extract_python(reply.text)
 
-    # 2. A syntax error costs one more request, not a run.
-    if error := compile_error(code):
-        runtime.stream_writer({"event": "syntax_retry", "run": run, "error": error})
-        messages += [AIMessage(reply), HumanMessage(CODEGEN_SYNTAX_RETRY.format(error=error))]
+    # 2. A reply cut off at the output limit, or a file that does not compile, costs one more request, not a run.
+    if retry := second_request(reply, code, run):
+        request, event = retry
+        runtime.stream_writer(event)
+        messages += [AIMessage(reply.text), HumanMessage(request)]
         try:
-            reply, usage = ask_text(settings, settings.code_model, messages, "codegen", audit)
+            reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
         except LLMError as exc:
             exc.usage = [*usages, *exc.usage]  # the first answer was paid for
             raise
-        usages.append(usage)
-        code = extract_python(reply)  # still broken: it runs, fails, and the analyst sees why
+        usages.append(reply.usage)
+        code = extract_python(reply.text)  # still broken: it runs, fails, and the analyst sees why
 
     # 3. Write it where execute will run it.
     write_atomic(files.run_dir(run) / "train.py", code)

@@ -9,6 +9,7 @@ BUDGET = {
     "previous_code": 16_000,
     "previous_run": 6_000,
     "feedback": 2_000,
+    "machine": 1_200,
 }
 
 # What codegen and report both read first: the experiment as it stands.
@@ -41,22 +42,30 @@ PLAN_USER = """<idea>
 {idea}
 </idea>"""
 
-CODEGEN_SYSTEM = """You write train.py for run {run} of an automatic machine-learning experiment.
+# The same text for every run (the run's own facts go in CODEGEN_USER), so providers can cache it.
+CODEGEN_SYSTEM = """You write train.py, the script of one run of an automatic machine-learning experiment.
 Rules:
 - Reply with the whole file in one ```python block. Never a patch or a partial file.
 - The script runs as `python train.py` with its own folder as the working directory, without any input.
+- Where <machine> lists the Python packages and hardware, import only the packages listed there and fit the
+  hardware: use a GPU (CUDA) only when one is listed, and size the model, batches and data loading to its
+  CPU cores and memory.
 - Download datasets and pretrained weights into the folder named by the environment variable DATA_DIR
   (`os.environ["DATA_DIR"]`): it is shared by every run, so reuse what an earlier run left there.
   Write files only there and in the working directory; everything else may be read-only.
 - Print progress as it trains, in lines like `epoch=3 loss=0.41 val_accuracy=0.93`.
 - At the end, print the final metrics and write them as a flat JSON object of numbers to
-  `metrics.json` in the working directory, e.g. {{"test_accuracy": 0.991, "train_seconds": 42.0}}.
+  `metrics.json` in the working directory, e.g. {"test_accuracy": 0.991, "train_seconds": 42.0}.
 - Use the metric names of the goal. Keep runs reasonably short; set seeds for reproducibility.
 - Do not read API keys or other secrets; none are available to the script."""
 
 CODEGEN_USER = (
     EXPERIMENT_CONTEXT
     + """
+<machine>
+{machine}
+</machine>
+
 <previous_code>
 {previous_code}
 </previous_code>
@@ -71,6 +80,9 @@ Write train.py for run {run}: work on the first open task, and fix what went wro
 CODEGEN_SYNTAX_RETRY = """That file does not compile:
 {error}
 Reply with the whole corrected train.py in one ```python block."""
+
+CODEGEN_CUT_OFF_RETRY = """Your reply was cut off at the output limit; answer with the complete file only:
+the whole train.py in one ```python block, with no explanation around it."""
 
 ANALYZE_SYSTEM = """You analyse one run of an automatic machine-learning experiment and keep its records.
 From the run's summary, the code and the current tasks, give:

@@ -10,11 +10,17 @@ reply dict in one of these forms:
 
 Optional keys on a successful reply: ``"usage": {"prompt_tokens": int,
 "completion_tokens": int}`` (default: rough word counts), ``"cost": float``
-(added inside the usage block, as OpenRouter does) and ``"delay": seconds``
-(sleep before answering; honoured for error replies too).
+(added inside the usage block, as OpenRouter does), ``"finish_reason": str``
+(default "stop", or "tool_calls"; "length" says the output limit cut it),
+``"reasoning_content"`` / ``"reasoning"``: str (reasoning sent beside the
+content, as vLLM, DeepSeek and OpenRouter do) and ``"delay": seconds`` (sleep
+before answering; honoured for error replies too). An error reply with
+``"html": "<html>…"`` sends that page instead of an OpenAI-style error body,
+as a web server that is not an LLM server does.
 
 Requests with ``"stream": true`` are answered as server-sent events. ``GET
-/v1/models`` lists ``models`` when given (else 404); other paths give 404.
+/v1/models`` lists ``models`` when given (else 404); other paths give 404,
+as an HTML page with ``html_404=True`` (a web server, not an LLM server).
 
     with FakeLLMServer(lambda body: {"content": "hi"}) as server:
         llm = ChatOpenAI(base_url=server.base_url, api_key="test", model="m")
@@ -50,9 +56,10 @@ def _words(value: Any) -> int:
 
 
 class FakeLLMServer:
-    def __init__(self, responder: Callable[[dict], dict], *, models: list[str] | None = None):
+    def __init__(self, responder: Callable[[dict], dict], *, models: list[str] | None = None, html_404: bool = False):
         self.responder = responder
         self.models = models
+        self.html_404 = html_404
         self.requests: list[dict] = []
         self.base_url = ""
         self._lock = threading.Lock()
@@ -109,6 +116,10 @@ class FakeLLMServer:
             finish = "stop"
         else:
             raise ValueError(f"reply needs 'content', 'tool_call' or 'status': {reply!r}")
+        finish = reply.get("finish_reason", finish)
+        for field in ("reasoning_content", "reasoning"):
+            if field in reply:
+                message[field] = reply[field]
         usage = dict(reply.get("usage") or {})
         usage.setdefault("prompt_tokens", sum(_words(m.get("content")) for m in body.get("messages", [])))
         usage.setdefault("completion_tokens", _words(out_text))
@@ -145,19 +156,33 @@ class _Handler(BaseHTTPRequestHandler):
         error = {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "code": status}
         self._send_json(status, {"error": error}, headers)
 
+    def _send_html(self, status: int, page: str) -> None:
+        data = page.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _no_route(self) -> None:
+        if self.server_ref.html_404:
+            self._send_html(404, f"<html><body><h1>404 Not Found</h1><p>{self.path}</p></body></html>")
+        else:
+            self._send_error(404, f"no route for {self.command} {self.path}")
+
     def do_GET(self) -> None:
         fake = self.server_ref
         if self.path.split("?")[0].rstrip("/") == "/v1/models" and fake.models is not None:
             data = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in fake.models]
             self._send_json(200, {"object": "list", "data": data})
         else:
-            self._send_error(404, f"no route for GET {self.path}")
+            self._no_route()
 
     def do_POST(self) -> None:
         fake = self.server_ref
         body_bytes = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
-            return self._send_error(404, f"no route for POST {self.path}")
+            return self._no_route()
         try:
             body = json.loads(body_bytes or b"{}")
         except json.JSONDecodeError as exc:
@@ -166,6 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             reply = fake.responder(body)
             time.sleep(reply.get("delay", 0))
+            if "html" in reply:
+                return self._send_html(reply.get("status", 500), reply["html"])
             if "status" in reply:
                 return self._send_error(reply["status"], reply.get("error", "error"), reply.get("headers"))
             completion = fake._completion(body, reply)

@@ -13,10 +13,11 @@ from fakes import make_experiment
 from langgraph.checkpoint.memory import InMemorySaver
 
 from adapters import process
-from adapters.llm import is_retryable
+from adapters.llm import LLMError
 from graph import build_graph
-from graph.experiment import LLM_NODE_ATTEMPTS, llm_retry_policy, resume_halted
-from settings import Settings
+from graph import experiment as wiring
+from graph.experiment import LLM_NODE_ATTEMPTS, backoff_seconds, resume_halted
+from settings import ENV_SETTINGS, Settings
 
 PLAN = {
     "tool_call": {
@@ -41,8 +42,8 @@ class Script:
 
 def run_graph(tmp_path: Path, server: FakeLLMServer, monkeypatch, stop_after: str = "initialize", **overrides) -> dict:
     """Run the experiment graph against `server` until `stop_after` has finished (or it ends), and return its state; node retries do not wait."""
-    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
     app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_after=[stop_after])
+    overrides = {"llm_retry_backoff_seconds": 0, **overrides}
     settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key", report_model="my/planner", **overrides)
     config = {"configurable": {"thread_id": "t"}}
     app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
@@ -63,19 +64,17 @@ def assert_halted(state: dict, reason: str, stage: str, says: str, tmp_path: Pat
 # the wiring
 
 
-def test_the_llm_nodes_and_only_they_retry_on_transient_failures():
-    nodes = build_graph().nodes
-    for name in ("initialize", "codegen", "analyze", "report"):
-        assert nodes[name].retry_policy.retry_on is is_retryable, name
-    for name in ("summarize", "review", "execute"):
-        assert nodes[name].retry_policy is None, name
+def test_no_node_has_a_langgraph_retry_policy():  # the tries are stops_cleanly's, which reads its backoff from the invocation's settings
+    for name, node in build_graph().nodes.items():
+        assert not node.retry_policy, name
 
 
-def test_default_retry_policy(monkeypatch):
-    monkeypatch.delenv("LLM_RETRY_BACKOFF_SECONDS", raising=False)
-    policy = llm_retry_policy()
-    assert (policy.max_attempts, policy.initial_interval, policy.backoff_factor, policy.max_interval, policy.jitter) == (3, 2.0, 2.0, 60.0, True)
-    assert llm_retry_policy(0).jitter is False
+def test_the_backoff_doubles_up_to_a_minute_unless_the_server_asks_for_longer():
+    settings = Settings.from_env({}, llm_retry_backoff_seconds=20)
+    busy = LLMError("busy", kind="unavailable", status=503)
+    assert [backoff_seconds(settings, tried, busy) for tried in (1, 2, 3, 4)] == [20, 40, 60, 60]
+    assert backoff_seconds(settings, 1, LLMError("busy", kind="unavailable", status=429, retry_after=90)) == 90
+    assert backoff_seconds(Settings.from_env({}), 1, busy) == 2  # LLM_RETRY_BACKOFF_SECONDS's default
 
 
 # fatal: one request, no retry at any level
@@ -189,6 +188,86 @@ def test_timeouts_end_unavailable_after_every_node_try(tmp_path, llm_server, mon
     time.sleep(0.7)  # let the last late answer hit its closed connection while this test's output is captured
 
 
+def test_a_wrong_base_url_ends_fatal_at_once_and_names_it(tmp_path, llm_server, monkeypatch):
+    # `python -m http.server` at LLM_BASE_URL: a 404 page for GET /models, 501 for any POST.
+    server = llm_server(Script({"status": 501, "html": "<html><body><h1>Error response</h1><p>Error code: 501</p></body></html>"}), html_404=True)
+    started = time.monotonic()
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=0)
+    says = rf"^{server.base_url} does not look like an OpenAI-compatible endpoint \(501: Not Implemented\): check LLM_BASE_URL"
+    assert_halted(state, "fatal", "initialize", says, tmp_path)
+    assert len(server.requests) == 1 and time.monotonic() - started < 5
+
+
+# every node try counts its paid tokens, and waits as the invocation's settings say
+
+
+BROKEN = {"content": "```python\ndef train(:\n```", "usage": {"prompt_tokens": 1000, "completion_tokens": 100}}
+BUSY = {"status": 429, "error": "Rate limit exceeded"}
+
+
+def test_the_tokens_of_a_failed_node_try_count_when_a_later_try_succeeds(tmp_path, llm_server, monkeypatch):
+    # Try 1: a file that does not compile, then its repair is rate-limited through every SDK retry. Try 2: broken again, repaired.
+    fixed = {**CODE, "usage": {"prompt_tokens": 3000, "completion_tokens": 300}}
+    broken_again = {**BROKEN, "usage": {"prompt_tokens": 2000, "completion_tokens": 200}}
+    server = llm_server(Script(PLAN, BROKEN, BUSY, BUSY, broken_again, fixed))
+    state = run_graph(tmp_path, server, monkeypatch, stop_after="codegen", llm_max_retries=1)
+    assert state["code"] == "print('accuracy=0.9')\n" and not state.get("halted")
+    (codegen,) = [u for u in state["usage"] if u["stage"] == "codegen"]
+    assert (codegen["input_tokens"], codegen["output_tokens"], codegen["calls"]) == (6000, 600, 3)
+
+
+def test_the_tokens_of_every_failed_node_try_count_in_the_halt(tmp_path, llm_server, monkeypatch):
+    server = llm_server(Script(PLAN, *[BROKEN, BUSY] * LLM_NODE_ATTEMPTS))  # every try: a file that does not compile, its repair rate-limited
+    state = run_graph(tmp_path, server, monkeypatch, stop_after="codegen", llm_max_retries=0)
+    assert state["stop_reason"] == "llm_unavailable" and state["halted"]["stage"] == "codegen"
+    (codegen,) = [u for u in state["usage"] if u["stage"] == "codegen"]
+    assert (codegen["input_tokens"], codegen["calls"]) == (1000 * LLM_NODE_ATTEMPTS, LLM_NODE_ATTEMPTS)
+    assert len(server.requests) == 1 + 2 * LLM_NODE_ATTEMPTS
+
+
+def record_waits(monkeypatch) -> list[float]:
+    """The waits between node tries, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(wiring, "wait_unless_stopping", lambda seconds: waits.append(seconds) or True)
+    return waits
+
+
+def test_the_backoff_comes_from_the_invocations_settings(tmp_path, llm_server, monkeypatch):
+    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")  # the environment of the process that built the graph: not this invocation's setting
+    waits = record_waits(monkeypatch)
+    server = llm_server(Script(BUSY, BUSY, PLAN))
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=0, llm_retry_backoff_seconds=7)
+    assert state["goal"] == "accuracy >= 0.9"
+    assert waits == [7, 14]
+
+
+def test_without_context_the_experiments_env_file_sets_the_backoff(tmp_path, llm_server, monkeypatch):
+    for name in ENV_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    waits = record_waits(monkeypatch)
+    server = llm_server(Script(BUSY, PLAN))
+    folder = make_experiment(tmp_path / "exp")
+    env = f"LLM_BASE_URL={server.base_url}\nLLM_API_KEY=test-key\nLLM_MAX_RETRIES=0\nLLM_RETRY_BACKOFF_SECONDS=45\n"
+    (tmp_path / "exp" / ".env").write_text(env)
+    app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_after=["initialize"])
+
+    app.invoke({"experiment_dir": folder, "max_runs": 1}, {"configurable": {"thread_id": "t"}})  # no context
+
+    assert app.get_state({"configurable": {"thread_id": "t"}}).values["goal"] == "accuracy >= 0.9"
+    assert waits == [45]
+
+
+def test_ctrl_c_during_the_backoff_stops_at_once(tmp_path, llm_server, monkeypatch):
+    monkeypatch.setattr(process, "_cancelled", threading.Event())  # cancelling is for good: keep it to this test
+    server = llm_server(Script(BUSY, PLAN))
+    threading.Timer(0.5, process.cancel_running_scripts).start()  # what main.py does on Ctrl-C
+    started = time.monotonic()
+    state = run_graph(tmp_path, server, monkeypatch, llm_max_retries=0, llm_retry_backoff_seconds=60)
+    assert time.monotonic() - started < 5
+    assert_halted(state, "interrupted", "initialize", "stopped by the user while initialize waited to try again", tmp_path)
+    assert len(server.requests) == 1
+
+
 def test_an_unreachable_server_ends_unavailable(tmp_path, monkeypatch):
     nowhere = FakeLLMServer(Script(PLAN))
     nowhere.base_url = "http://127.0.0.1:1/v1"
@@ -202,9 +281,8 @@ def test_an_unreachable_server_ends_unavailable(tmp_path, monkeypatch):
 def halted_in_codegen(tmp_path, llm_server, monkeypatch):
     """A graph (paused before execute) whose codegen was cut short by a 402 and succeeds when entered again; with its server."""
     server = llm_server(Script(PLAN, {"status": 402, "error": "Insufficient credits"}, CODE))
-    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
     app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_before=["execute"])
-    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
+    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key", llm_retry_backoff_seconds=0)
     config = {"configurable": {"thread_id": "t"}}
     app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
     return app, config, settings, server
@@ -241,9 +319,8 @@ def test_a_runner_killed_while_the_failed_step_runs_again_keeps_the_halt(tmp_pat
 def test_a_stopping_runner_halts_before_the_next_step(tmp_path, llm_server, monkeypatch):
     monkeypatch.setattr(process, "_cancelled", threading.Event())  # cancelling is for good: keep it to this test
     server = llm_server(Script(PLAN))
-    monkeypatch.setenv("LLM_RETRY_BACKOFF_SECONDS", "0")
     app = build_graph().compile(checkpointer=InMemorySaver(), interrupt_after=["initialize"])
-    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key")
+    settings = Settings.from_env({}, llm_base_url=server.base_url, llm_api_key="test-key", llm_retry_backoff_seconds=0)
     config = {"configurable": {"thread_id": "t"}}
     app.invoke({"experiment_dir": make_experiment(tmp_path / "exp"), "max_runs": 1}, config, context=settings)
 

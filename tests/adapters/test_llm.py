@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx2
 import openai
 import pytest
@@ -10,7 +12,18 @@ from fakes import ScriptedChatModel, make_settings, text_reply, tool_reply
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from adapters.llm import ATTRIBUTION_HEADERS, LLMError, ask_structured, ask_text, chat_model, is_retryable, model_variables, usage_of
+from adapters.llm import (
+    ATTRIBUTION_HEADERS,
+    LLMError,
+    ask_reply,
+    ask_structured,
+    ask_text,
+    chat_model,
+    is_retryable,
+    model_variables,
+    strip_reasoning,
+    usage_of,
+)
 from settings import OPENROUTER_URL
 from state import ExperimentPlan
 
@@ -80,6 +93,21 @@ def test_ask_structured_repairs_a_reply_without_tool_call():
     assert "I think the goal is accuracy." in model.calls[1][-1].content
 
 
+def test_the_repair_request_never_echoes_the_reasoning():
+    said = "<think>SECRET DRAFT of the plan</think>I think the goal is accuracy."
+    model = ScriptedChatModel(responses=[text_reply(said), tool_reply("ExperimentPlan", GOOD_PLAN)])
+    ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    repair = model.calls[1][-1].content
+    assert "I think the goal is accuracy." in repair and "SECRET DRAFT" not in repair and "<think>" not in repair
+
+
+def test_a_json_answer_after_the_reasoning_is_read_without_a_repair():
+    draft = json.dumps({"goal": "a draft", "plan": "never this", "tasks": []})
+    model = ScriptedChatModel(responses=[text_reply(f"<think>First a draft: {draft}</think>\n```json\n{json.dumps(GOOD_PLAN)}\n```")])
+    plan, usages = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    assert plan.goal == "accuracy >= 0.9" and len(model.calls) == 1 and len(usages) == 1
+
+
 def test_ask_structured_gives_up_after_two_bad_replies():
     bad = tool_reply("ExperimentPlan", {"goal": "g"})
     model = ScriptedChatModel(responses=[bad, bad, tool_reply("ExperimentPlan", GOOD_PLAN)])
@@ -89,6 +117,47 @@ def test_ask_structured_gives_up_after_two_bad_replies():
         ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert len(model.calls) == 2
     assert caught.value.kind == "reply" and not is_retryable(caught.value)
+
+
+# reasoning and replies cut off
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer"),
+    [
+        ("<think>\nA draft:\n```python\nx = 1\n```\n</think>\n\nThe answer.", "The answer."),
+        ("<thinking>hmm</thinking>The answer.", "The answer."),
+        ("<THINK>hmm</THINK> The answer.", "The answer."),
+        ("<think>a</think>The <think>b</think>answer.", "The answer."),
+        ("  <think>\nStill thinking when the reply stopped: ```python\nx = 1\n```", ""),
+        ("The template opened the block.\n```python\nx = 1\n```\n</think>\nThe answer.", "The answer."),  # DeepSeek-R1's chat template
+        ("The answer, no reasoning.\n", "The answer, no reasoning.\n"),
+        ("print('<think> is just text here')", "print('<think> is just text here')"),
+    ],
+)
+def test_strip_reasoning(reply, answer):
+    assert strip_reasoning(reply) == answer
+
+
+def test_ask_text_gives_the_answer_without_the_reasoning():
+    reply = {"content": "<think>draft</think>\nThe answer.", "reasoning_content": "separate reasoning", "reasoning": "more reasoning"}
+    with FakeLLMServer(lambda body: reply) as server:
+        assert ask_text(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", MESSAGES, "report")[0] == "The answer."
+
+
+def test_reasoning_content_blocks_are_not_the_answer():
+    content = [{"type": "reasoning", "reasoning": "a draft", "text": "a draft"}, {"type": "thinking", "thinking": "hmm"}, {"type": "text", "text": "answer"}]
+    model = ScriptedChatModel(responses=[AIMessage(content=content)])
+    assert ask_text(make_settings(model), "m", MESSAGES, "report")[0] == "answer"
+
+
+def test_ask_reply_says_whether_the_output_limit_cut_the_reply():
+    replies = iter([{"content": "A long answer that stops mid-", "finish_reason": "length"}, {"content": "A whole answer."}])
+    with FakeLLMServer(lambda body: next(replies)) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
+        cut, whole = ask_reply(settings, "m", MESSAGES, "codegen"), ask_reply(settings, "m", MESSAGES, "codegen")
+    assert (cut.text, cut.cut_off) == ("A long answer that stops mid-", True)
+    assert (whole.text, whole.cut_off) == ("A whole answer.", False)
 
 
 # chat_model
@@ -157,6 +226,25 @@ def test_provider_errors_become_one_line_llm_errors_of_a_kind(status, kind, says
     assert (caught.value.kind, caught.value.status) == (kind, status)
     assert is_retryable(caught.value) == (kind == "unavailable")
     assert "\n" not in str(caught.value) and "nope second line" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        ({"status": 501, "html": "<html><body><h1>Error response</h1><p>Unsupported method ('POST')</p></body></html>"}, 501),
+        ({"status": 405, "html": "<html><title>405 Method Not Allowed</title></html>"}, 405),
+        ({"status": 404, "html": "<!DOCTYPE html><html><body>Page not found</body></html>"}, 404),
+        ({"status": 501, "error": "Not Implemented"}, 501),
+    ],
+)
+def test_a_server_that_is_no_openai_api_is_a_wrong_base_url(reply, status):
+    with FakeLLMServer(lambda body: reply) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, code_model="my/coder")
+        with pytest.raises(LLMError) as caught:
+            ask_text(settings, "my/coder", MESSAGES, "codegen")
+    says = f"{server.base_url} does not look like an OpenAI-compatible endpoint ({status}: "
+    assert str(caught.value).startswith(says) and "check LLM_BASE_URL" in str(caught.value) and "<html" not in str(caught.value)
+    assert (caught.value.kind, caught.value.status) == ("fatal", status) and not is_retryable(caught.value)
 
 
 def test_unreachable_server_is_unavailable():

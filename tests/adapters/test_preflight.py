@@ -202,3 +202,33 @@ def test_openrouter_unknown_model_among_hundreds_says_none_is_close():
 def test_a_key_answer_that_is_not_json_is_ignored():
     routes = {"/api/v1/key": (200, "ok"), "/api/v1/models": (200, json.dumps(model_list(*OFFERED)))}
     assert preflight(openrouter(), transport=fake_provider(routes)) == []
+
+
+# a wrong LLM_BASE_URL
+
+
+def test_a_web_server_at_llm_base_url_fails_at_once_and_names_the_setting():
+    # What `python -m http.server` answers: 404 pages for GET, 501 for POST. The empty probe costs no completion.
+    page = "<html><body><h1>Error response</h1><p>Error code: 501</p><p>Message: Unsupported method ('POST').</p></body></html>"
+    with FakeLLMServer(lambda body: {"status": 501, "html": page}, html_404=True) as server:
+        with pytest.raises(LLMError) as caught:
+            preflight(make_settings(llm_base_url=server.base_url, **MODELS))
+    assert str(caught.value).startswith(f"{server.base_url} does not look like an OpenAI-compatible endpoint (501: Not Implemented): check LLM_BASE_URL")
+    assert caught.value.kind == "fatal"
+    assert server.requests == [{}]
+
+
+@pytest.mark.parametrize("chat_answer", [(400, {"error": {"message": "messages is required"}}), (422, {"detail": [{"msg": "Field required"}]})])
+def test_a_server_without_a_model_list_whose_chat_path_is_an_api_passes(chat_answer):
+    seen: list[httpx.Request] = []
+    routes = {"/v1/models": (404, "<html>404 Not Found</html>"), "/v1/chat/completions": chat_answer}
+    assert preflight(local(), transport=fake_provider(routes, seen)) == []
+    assert [(r.method, r.url.path, r.content) for r in seen] == [("GET", "/v1/models", b""), ("POST", "/v1/chat/completions", b"{}")]
+
+
+@pytest.mark.parametrize("chat_answer", [(405, "Method Not Allowed"), (404, {"detail": "Not Found"}), (404, "")])
+def test_a_base_url_missing_its_v1_is_fatal(chat_answer):  # e.g. http://localhost:8000 for vLLM, whose routes are under /v1
+    routes = {"/models": (404, {"detail": "Not Found"}), "/chat/completions": chat_answer}
+    settings = make_settings(llm_base_url="http://llm.test", llm_api_key="k", **MODELS)
+    with pytest.raises(LLMError, match=r"^http://llm.test does not look like an OpenAI-compatible endpoint \(\d+: .*\): check LLM_BASE_URL"):
+        preflight(settings, transport=fake_provider(routes))

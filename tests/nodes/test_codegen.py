@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fake_llm import FakeLLMServer
 from fakes import ScriptedChatModel, code_reply, events_of, make_experiment, make_run, make_runtime, make_task, text_reply
 from langchain_core.messages import AIMessage
 
 from nodes.codegen import codegen, codegen_prompt, compile_error, extract_python
-from nodes.prompts import BUDGET, CODEGEN_USER
+from nodes.prompts import BUDGET, CODEGEN_SYSTEM, CODEGEN_USER
 from nodes.records import findings_digest
 
 GOOD = "import json\nprint('epoch=1 loss=0.5')\njson.dump({'accuracy': 0.9}, open('metrics.json', 'w'))"
@@ -68,6 +69,10 @@ def test_compile_error_on_null_bytes():
     assert compile_error("x = 1\0") is not None
 
 
+def test_compile_error_on_an_empty_file():
+    assert compile_error("\n") == "the file is empty"
+
+
 # the node
 
 
@@ -82,7 +87,7 @@ def test_writes_train_py_for_the_next_run(tmp_path: Path):
     assert written == GOOD + "\n" == update["code"]
     assert not (tmp_path / "run_1").exists()
     assert update["usage"] == [{"stage": "codegen", "model": runtime.context.code_model, "input_tokens": 100, "output_tokens": 20, "cost_usd": None}]
-    assert "run 3" in model.calls[0][0].content
+    assert "Write train.py for run 3" in model.calls[0][1].content
     assert "IDEA-TEXT" in model.calls[0][1].content
     assert events_of(events, "stage") == [{"event": "stage", "stage": "codegen", "run": 3, "model": runtime.context.code_model}]
     assert events_of(events, "syntax_retry") == []
@@ -124,6 +129,88 @@ def test_still_broken_after_retry_is_written_anyway(tmp_path: Path):
     assert compile_error(written) is not None
 
 
+# reasoning models and replies cut off
+
+
+DRAFT = "import os\n" + "\n".join(f"draft_{i} = {i}" for i in range(40))  # longer than GOOD: the longest block would win
+
+
+def written_by(reply: str, tmp_path: Path) -> str:
+    codegen({"experiment_dir": make_experiment(tmp_path), "runs": []}, make_runtime(ScriptedChatModel(responses=[text_reply(reply)]))[0])
+    return (tmp_path / "run_1" / "train.py").read_text()
+
+
+def test_a_draft_in_the_reasoning_is_never_the_code(tmp_path: Path):
+    reply = f"<think>\nLet me draft it first:\n```python\n{DRAFT}\n```\nNow the real file.\n</think>\n\n```python\n{GOOD}\n```\n"
+    assert written_by(reply, tmp_path) == GOOD + "\n"
+
+
+def test_a_draft_in_a_thinking_block_is_never_the_code(tmp_path: Path):
+    reply = f"<Thinking>```python\n{DRAFT}\n```</Thinking>Here it is:\n```python\n{GOOD}\n```"
+    assert written_by(reply, tmp_path) == GOOD + "\n"
+
+
+def test_a_reply_that_is_all_reasoning_gets_the_one_retry(tmp_path: Path):
+    model = ScriptedChatModel(responses=[text_reply(f"<think>I will write\n```python\n{DRAFT}\n```\nand then"), code_reply(GOOD)])
+    runtime, events = make_runtime(model)
+
+    update = codegen({"experiment_dir": make_experiment(tmp_path), "runs": []}, runtime)
+
+    assert update["code"] == GOOD + "\n"
+    assert DRAFT not in model.prompt(1)  # nor is the reasoning sent back
+    assert events_of(events, "syntax_retry") == [{"event": "syntax_retry", "run": 1, "error": "the file is empty"}]
+
+
+def test_reasoning_sent_beside_the_content_never_becomes_the_code(tmp_path: Path):
+    reply = {"content": f"```python\n{GOOD}\n```", "reasoning_content": f"```python\n{DRAFT}\n```", "reasoning": f"```python\n{DRAFT}\n```"}
+    with FakeLLMServer(lambda body: reply) as server:
+        runtime, _ = make_runtime(llm_base_url=server.base_url, llm_max_retries=0)
+        update = codegen({"experiment_dir": make_experiment(tmp_path), "runs": []}, runtime)
+    assert update["code"] == GOOD + "\n" and len(server.requests) == 1
+
+
+def test_a_reply_cut_off_at_the_output_limit_asks_for_the_complete_file(tmp_path: Path):
+    cut = {
+        "content": "Here is the file.\n```python\nimport json\nfor epoch in range(",
+        "finish_reason": "length",
+        "usage": {"prompt_tokens": 50, "completion_tokens": 4096},
+    }
+    replies = iter([cut, {"content": f"```python\n{GOOD}\n```", "usage": {"prompt_tokens": 60, "completion_tokens": 30}}])
+    with FakeLLMServer(lambda body: next(replies)) as server:
+        runtime, events = make_runtime(llm_base_url=server.base_url, llm_max_retries=0)
+        update = codegen({"experiment_dir": make_experiment(tmp_path), "runs": []}, runtime)
+
+    retry = server.requests[1]["messages"]
+    assert "cut off at the output limit; answer with the complete file only" in retry[-1]["content"]
+    assert "does not compile" not in retry[-1]["content"]
+    assert retry[-2] == {"role": "assistant", "content": cut["content"]}
+    assert update["code"] == GOOD + "\n" == (tmp_path / "run_1" / "train.py").read_text()
+    assert [(u["input_tokens"], u["output_tokens"]) for u in update["usage"]] == [(50, 4096), (60, 30)]
+    assert events_of(events, "syntax_retry") == []
+    assert [e["message"] for e in events_of(events, "warning")] == ["run 1: the code model's reply was cut off at its output limit; asking once more"]
+
+
+# the prompt
+
+
+def test_the_system_prompt_is_the_same_for_every_run(tmp_path: Path):
+    model = ScriptedChatModel(responses=[code_reply(GOOD), code_reply(GOOD)])
+    runtime, _ = make_runtime(model)
+    root = make_experiment(tmp_path)
+    codegen({"experiment_dir": root, "runs": []}, runtime)
+    codegen({"experiment_dir": root, "runs": [make_run(1), make_run(2)]}, runtime)
+    assert model.calls[0][0].content == model.calls[1][0].content == CODEGEN_SYSTEM
+    assert "Write train.py for run 1" in model.calls[0][1].content and "Write train.py for run 3" in model.calls[1][1].content
+
+
+def test_the_prompt_describes_the_machine():
+    machine = "python 3.11 · torch 2.5.1 (CUDA 12.4), scikit-learn 1.5.2\n16 CPU cores · 128 GiB RAM · GPU: NVIDIA H200 (139 GiB)"
+    prompt = codegen_prompt({"experiment_dir": "unused", "machine": machine}, 1)
+    assert f"<machine>\n{machine}\n</machine>" in prompt
+    assert "<machine>\n(not known)\n</machine>" in codegen_prompt({"experiment_dir": "unused"}, 1)
+    assert "import only the packages listed there" in CODEGEN_SYSTEM and "use a GPU (CUDA) only when one is listed" in CODEGEN_SYSTEM
+
+
 # the prompt's size
 
 
@@ -139,6 +226,7 @@ def huge_state(runs: int) -> dict:
         "runs": [make_run(n, error="e" * 50_000) for n in range(1, runs + 1)],
         "last_summary": "s" * 50_000,
         "previous_digest": "DIGEST " + big,
+        "machine": "MACHINE " + big,
     }
 
 
@@ -147,7 +235,7 @@ def test_prompt_is_bounded_whatever_the_state():
     assert len(prompt) <= PROMPT_BOUND
     # Without feedback the unused feedback budget is no excuse either.
     assert len(prompt) <= PROMPT_BOUND - BUDGET["feedback"] - FEEDBACK_WRAPPER
-    for part in ("IDEA", "PLAN", "CODE", "DIGEST", "## Run 30", "(29 earlier sections omitted)", "#1 [todo] task 1", "run 31"):
+    for part in ("IDEA", "PLAN", "CODE", "DIGEST", "MACHINE", "## Run 30", "(29 earlier sections omitted)", "#1 [todo] task 1", "run 31"):
         assert part in prompt
 
 
