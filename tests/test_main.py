@@ -352,7 +352,7 @@ def test_hints_name_the_command_the_user_ran(experiment: Path, llm_server, tmp_p
     elsewhere.mkdir()
     result = subprocess.run([str(console_script), "-d", "../exp"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "`auto-ml-runner -d ../exp --fresh`" in result.stderr and "main.py" not in result.stderr
+    assert f"`auto-ml-runner -d {experiment} --fresh`" in result.stderr and "main.py" not in result.stderr
     status = subprocess.run([str(console_script), "status", "-d", "../exp"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60)
     assert "start it with `auto-ml-runner -d ../exp`" in status.stdout
 
