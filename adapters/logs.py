@@ -189,7 +189,7 @@ def render_summary(number: int, status: str, exit_code: int | None, duration_s: 
 _SIZE = r"\d+(?:\.\d+)?[kMGT]?"
 _TQDM = re.compile(
     rf"(?P<percent>\d{{1,3}})%\|[^|]*\|\s*(?P<done>{_SIZE})/(?P<total>{_SIZE})"
-    r"(?:\s*\[[\d:]+<(?P<left>[\d:]+|\?)(?:,\s*(?:\?|[\d.]+)(?P<unit>[^\s/,\]]+)/s)?)?"
+    r"(?:\s*\[[\d:]+<(?P<left>\d+(?::\d+){0,2}|\?)(?:,\s*(?:\?|[\d.]+)(?P<unit>[^\s/,\]]+)/s)?)?"
 )
 COUNTED = ("epoch", "step", "iter", "batch")
 """What a counter line (`epoch 3/10`, `Epoch [3/10]`, `step: 1200/5000`) counts; `iteration` is read as iter."""

@@ -426,3 +426,10 @@ def test_the_hint_names_the_package_to_install_when_it_differs_from_the_module()
 @pytest.mark.parametrize("error", ["", "ValueError: shapes do not match", "ImportError: cannot import name 'foo' from 'bar'", "timed out after 60 s"])
 def test_other_errors_get_no_missing_package_hint(error):
     assert missing_module(error) is None and missing_package_hint(error, "python") is None
+
+
+@pytest.mark.parametrize("line", ["10%|##| 1/10 [00:01<1::2, 3.0it/s]", "10%|##| 1/10 [00:01<:, 3.0it/s]", "10%|##| 1/10 [::<::]"])
+def test_a_mangled_time_left_never_breaks_the_progress(line: str):
+    progress = parse_progress(line)  # a line train.py prints must never end the run (it used to raise in left_s)
+    assert progress is not None and progress.fraction == pytest.approx(0.1)
+    assert progress.left_s is None or progress.left_s >= 0
