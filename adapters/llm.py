@@ -8,6 +8,7 @@ import time
 from dataclasses import fields
 from typing import Literal, NamedTuple, TypeVar
 
+import httpx
 import openai
 from langchain_core.exceptions import ContextOverflowError
 from langchain_core.language_models import BaseChatModel
@@ -127,6 +128,14 @@ def not_an_api(status: int, body: object) -> bool:
     return status in (405, 501) or (status == 404 and not api_error)
 
 
+def response_json(response: httpx.Response) -> object:
+    """An HTTP answer's body read as JSON, None when it is not (a web page, a plain-text error)."""
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def wrong_url_error(settings: Settings, status: int, detail: str) -> LLMError:
     """The server at LLM_BASE_URL answers, but not as an OpenAI-compatible API would (see not_an_api)."""
     return LLMError(
@@ -242,8 +251,9 @@ def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool 
     if status == 403:
         fix = f"check {key_variable(settings)} and {models}"
         return LLMError(f"the LLM server refuses model {model} with this key (403): {fix} ({detail})", kind="fatal", status=status)
-    if not_an_api(status, exc.body):  # of a web page, only its status line says anything
-        return wrong_url_error(settings, status, detail if isinstance(exc.body, dict) else exc.response.reason_phrase or detail)
+    body = response_json(exc.response)  # the whole body: the SDK's exc.body is only what its "error" holds
+    if not_an_api(status, body):  # of a web page, only its status line says anything
+        return wrong_url_error(settings, status, detail if isinstance(body, dict) else exc.response.reason_phrase or detail)
     if status == 404 or (status == 400 and UNKNOWN_MODEL.search(detail)):
         fix = f"check {models}, or LLM_BASE_URL"
         return LLMError(f"model {model} not found at the LLM server ({status}): {fix} ({detail})", kind="fatal", status=status)

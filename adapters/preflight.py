@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import httpx
 
-from adapters.llm import LLMError, bad_key_error, error_message, model_variables, no_credits_error, not_an_api, wrong_url_error
+from adapters.llm import LLMError, bad_key_error, error_message, model_variables, no_credits_error, not_an_api, response_json, wrong_url_error
 from settings import Settings
 
 PREFLIGHT_TIMEOUT_SECONDS = 10.0
@@ -47,15 +47,8 @@ def _get(client: httpx.Client, url: str, headers: dict[str, str]) -> httpx.Respo
         return f"GET {url} failed ({type(exc).__name__})"
 
 
-def _json(response: httpx.Response) -> object:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _detail(response: httpx.Response) -> str:
-    return error_message(_json(response), response.reason_phrase or str(response.status_code))
+    return error_message(response_json(response), response.reason_phrase or str(response.status_code))
 
 
 def _check_openrouter_key(client: httpx.Client, base: str, headers: dict[str, str], settings: Settings) -> None:
@@ -65,7 +58,7 @@ def _check_openrouter_key(client: httpx.Client, base: str, headers: dict[str, st
         return  # the model list below meets the same trouble and says so
     if response.status_code == 401:
         raise bad_key_error(settings, 401, _detail(response))
-    data = _json(response)
+    data = response_json(response)
     data = data.get("data") if isinstance(data, dict) else None
     remaining = data.get("limit_remaining") if isinstance(data, dict) else None
     if response.status_code == 200 and isinstance(remaining, (int, float)) and remaining <= 0:
@@ -80,12 +73,12 @@ def _check_models(client: httpx.Client, base: str, headers: dict[str, str], sett
     if response.status_code == 401:
         raise bad_key_error(settings, 401, _detail(response))
     if response.status_code in NO_MODEL_LIST:
-        if not_an_api(response.status_code, _json(response)):  # a web page, or no API at all: is LLM_BASE_URL right?
+        if not_an_api(response.status_code, response_json(response)):  # a web page, or no API at all: is LLM_BASE_URL right?
             _check_chat_path(client, base, headers, settings)
         return []
     if response.status_code != 200:
         return [f"could not check the models: GET {url} answered {response.status_code} ({_detail(response)})"]
-    listed = _listed_models(_json(response))
+    listed = _listed_models(response_json(response))
     if listed is None:  # not a model list after all, or llama.cpp, which serves its one model under any name
         return []
     if not listed:
@@ -110,7 +103,7 @@ def _check_chat_path(client: httpx.Client, base: str, headers: dict[str, str], s
         response = client.post(f"{base}/chat/completions", headers=headers, json={})
     except httpx.HTTPError:
         return  # the first LLM call meets the same trouble and says so
-    if not_an_api(response.status_code, _json(response)):
+    if not_an_api(response.status_code, response_json(response)):
         raise wrong_url_error(settings, response.status_code, _detail(response))
 
 

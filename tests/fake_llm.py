@@ -7,6 +7,7 @@ reply dict in one of these forms:
     {"content": "text"}                                   # assistant message
     {"tool_call": {"name": "Fn", "arguments": {...}}}     # one tool call
     {"status": 500, "error": "msg", "headers": {...}}     # HTTP error (headers optional)
+    {"status": 404, "body": {...}}                        # HTTP error with a body of its own
 
 Optional keys on a successful reply: ``"usage": {"prompt_tokens": int,
 "completion_tokens": int}`` (default: rough word counts), ``"cost": float``
@@ -193,6 +194,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(reply.get("delay", 0))
             if "html" in reply:
                 return self._send_html(reply.get("status", 500), reply["html"])
+            if "status" in reply and "body" in reply:  # an error body of another shape than OpenAI's
+                return self._send_json(reply["status"], reply["body"], reply.get("headers"))
             if "status" in reply:
                 return self._send_error(reply["status"], reply.get("error", "error"), reply.get("headers"))
             completion = fake._completion(body, reply)

@@ -247,6 +247,15 @@ def test_a_server_that_is_no_openai_api_is_a_wrong_base_url(reply, status):
     assert (caught.value.kind, caught.value.status) == ("fatal", status) and not is_retryable(caught.value)
 
 
+@pytest.mark.parametrize("body", [{"error": "model 'my/coder' not found, try pulling it first"}, {"message": "The model `my/coder` does not exist."}])
+def test_a_404_with_an_api_error_body_of_any_shape_is_an_unknown_model_not_a_wrong_url(body):
+    with FakeLLMServer(lambda request: {"status": 404, "body": body}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, code_model="my/coder")
+        with pytest.raises(LLMError) as caught:
+            ask_text(settings, "my/coder", MESSAGES, "codegen")
+    assert str(caught.value).startswith("model my/coder not found at the LLM server (404)") and "my/coder" in str(caught.value)
+
+
 def test_unreachable_server_is_unavailable():
     with pytest.raises(LLMError, match="cannot reach the LLM server at http://127.0.0.1:1/v1: check LLM_BASE_URL") as caught:
         ask_text(make_settings(llm_max_retries=0), "m", MESSAGES, "report")
