@@ -24,7 +24,7 @@ from adapters.llm import LLMError
 from adapters.machine import check_python
 from adapters.preflight import preflight
 from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts, check_limit_tools
-from adapters.sandbox import resolve_mode
+from adapters.sandbox import python_installation, resolve_mode
 from adapters.tracking import local_store_uri, mlflow_installed
 from goal import best_run, goal_from_idea, parse_goal
 from graph import build_graph
@@ -58,9 +58,10 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
     settings.check()
     # What no run could work without stops here, before any LLM call: the training interpreter, the limits' tools, the sandbox.
     if settings.train_python:
-        check_python(settings.train_python)
+        settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
     check_limit_tools()
-    resolve_mode(settings.sandbox, no_network=settings.no_network)
+    if resolve_mode(settings.sandbox, no_network=settings.no_network)[0] == "bwrap":
+        python_installation(settings.python)
     return settings
 
 

@@ -95,14 +95,20 @@ class Machine(TypedDict):
 
 
 def check_python(path: str) -> str:
-    """The version of the Python at `path` (a path, or a name on PATH); SettingsError when it is missing, not executable or does not run."""
-    found = shutil.which(path)
-    if not found:
-        problem = "does not exist" if not os.path.exists(path) else "is not an executable file"
+    """The Python at `path` (a path, relative to here or with ~, or a name on PATH) as it names itself: its sys.executable,
+    absolute; SettingsError when it is missing, not executable or does not run.
+
+    Its own name, not the one given: a relative path would break in the run's folder, and a wrapper (pyenv's shims)
+    would need its own installation in the sandbox, while the interpreter it starts is what runs train.py.
+    """
+    given = os.path.expanduser(path)
+    found = os.path.abspath(given) if os.sep in given else shutil.which(given)
+    if not found or not (os.path.isfile(found) and os.access(found, os.X_OK)):
+        problem = "does not exist" if not found or not os.path.exists(found) else "is not an executable file"
         raise SettingsError(f"TRAIN_PYTHON (--python) {path} {problem}: set it to a Python interpreter, e.g. ~/venvs/torch/bin/python")
     try:
         done = subprocess.run(
-            [found, "-I", "-c", "import platform; print(platform.python_version())"],
+            [found, "-I", "-c", "import platform, sys; print(platform.python_version(), sys.executable)"],
             capture_output=True,
             text=True,
             timeout=CHECK_TIMEOUT_S,
@@ -111,10 +117,11 @@ def check_python(path: str) -> str:
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SettingsError(f"TRAIN_PYTHON (--python) {path} does not run Python ({exc})") from None
-    if done.returncode != 0 or not done.stdout.strip():
+    version, _, executable = done.stdout.strip().partition(" ")
+    if done.returncode != 0 or not version:
         said = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
         raise SettingsError(f"TRAIN_PYTHON (--python) {path} does not run Python: {said[:200]}")
-    return done.stdout.strip()
+    return executable if os.path.isabs(executable) else found
 
 
 def describe_machine(python: str) -> Machine:

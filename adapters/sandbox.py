@@ -159,12 +159,7 @@ def sandbox_command(
         view.tmpfs(folder)
     # 3. The Python installation that runs train.py, read-only (it may live under a home, but not hold one).
     python = os.path.abspath(python or sys.executable)
-    for folder in python_dirs(python):
-        if held := [h for h in homes if h == folder or folder in h.parents]:
-            raise SandboxError(
-                f"the Python that runs train.py ({python}) is installed in {folder}, which holds the home folder {held[0]} that the"
-                " sandbox hides: set TRAIN_PYTHON (--python) to an interpreter installed in a folder of its own, or set SANDBOX=none"
-            )
+    for folder in python_installation(python, homes):
         if not view.covers(folder):
             view.bind(folder)
     if not view.covers(Path(python)):  # a link from a folder of its own, such as ~/bin/python: that link alone
@@ -327,6 +322,20 @@ def _passwd_home() -> str:
         return pwd.getpwuid(os.geteuid()).pw_dir
     except KeyError:
         return ""
+
+
+def python_installation(python: str, homes: list[Path] | None = None) -> list[Path]:
+    """The folders of `python`'s installation that the sandbox shows read-only; SandboxError when one holds a home folder,
+    which the sandbox must hide. Checked at start too, so that no LLM call is spent on an experiment that cannot run."""
+    homes = _real_homes() if homes is None else homes
+    folders = python_dirs(python)
+    for folder in folders:
+        if held := [h for h in homes if h == folder or folder in h.parents]:
+            raise SandboxError(
+                f"the Python that runs train.py ({python}) is installed in {folder}, which holds the home folder {held[0]} that the"
+                " sandbox hides: set TRAIN_PYTHON (--python) to an interpreter installed in a folder of its own, or set SANDBOX=none"
+            )
+    return folders
 
 
 def python_dirs(python: str) -> list[Path]:

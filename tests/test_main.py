@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -371,3 +372,15 @@ def test_one_model_flag_sets_every_stage_and_a_stage_variable_still_overrides_mo
     assert run_main(["-d", str(other), "-r", "1"], env).returncode == 0
     by_stage = {("codegen" if "You write train.py" in r["messages"][0]["content"] else "other"): r["model"] for r in server.requests}
     assert by_stage == {"codegen": "local/coder", "other": "local/every-stage"}
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
+def test_a_training_python_whose_installation_holds_the_home_is_refused_at_start(experiment: Path, llm_server, tmp_path: Path):
+    home = tmp_path / "home"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home)], check=True, timeout=120)  # a venv that is the home itself
+    server = llm_server(ScriptedBrain())
+    env = runner_env(server.base_url, HOME=str(home), SANDBOX="bwrap", TRAIN_PYTHON=str(home / "bin" / "python"))
+    result = run_main(["-d", str(experiment)], env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"holds the home folder {home}" in result.stderr and "TRAIN_PYTHON" in result.stderr
+    assert server.requests == []  # refused before anything is spent

@@ -43,14 +43,23 @@ def nvidia_smi(tmp_path: Path, monkeypatch):
 # check_python
 
 
-def test_the_runners_own_interpreter_passes_with_its_version():
-    assert check_python(sys.executable) == platform.python_version()
+def test_the_runners_own_interpreter_passes_as_it_names_itself():
+    assert check_python(sys.executable) == sys.executable
 
 
-def test_a_name_on_path_is_found(tmp_path: Path, monkeypatch):
+def test_a_wrapper_on_path_is_replaced_by_the_interpreter_it_starts(tmp_path: Path, monkeypatch):
+    # pyenv's shims are such wrappers: the sandbox would need pyenv itself to run one, the interpreter alone suffices.
     executable(tmp_path / "bin" / "python3", f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
-    assert check_python("python3") == platform.python_version()
+    assert check_python("python3") == sys.executable
+
+
+def test_a_relative_path_or_one_with_a_tilde_becomes_absolute(tmp_path: Path, monkeypatch):
+    venv_python = Path(sys.executable)  # a venv's python names itself by its venv path
+    monkeypatch.chdir(venv_python.parent.parent)
+    assert check_python(f"bin/{venv_python.name}") == sys.executable
+    monkeypatch.setenv("HOME", str(venv_python.parent.parent))
+    assert check_python(f"~/bin/{venv_python.name}") == sys.executable
 
 
 @pytest.mark.parametrize(
