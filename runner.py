@@ -19,7 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 
-from adapters.files import ExperimentBusy, ExperimentFiles
+from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
 from adapters.machine import check_python
 from adapters.preflight import preflight
@@ -67,9 +67,8 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
 
 def prepare(
     experiment_dir: str, resume: bool, overrides: dict, mlflow: bool = False, export: bool = False, fresh: bool = False
-) -> tuple[ExperimentFiles, Settings, Path | None]:
-    """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise),
-    and with `fresh`, the folder the earlier experiment's outputs were moved into (None when there were none)."""
+) -> tuple[ExperimentFiles, Settings]:
+    """The experiment's files and settings, once everything that can be checked before any LLM call is (UsageError otherwise)."""
     files = ExperimentFiles(experiment_dir)
     if not files.root.is_dir():
         raise UsageError(f"experiment directory {experiment_dir} does not exist")
@@ -78,18 +77,13 @@ def prepare(
         raise UsageError("--fresh starts anew and --resume goes on: give one of them")
     if resume and not files.checkpoints.is_file():
         raise UsageError(f"nothing to resume in {files.root}: {_no_checkpoint(files, settings, experiment_dir)}")
-    if resume:
-        return files, settings, None
-    idea = files.read_idea()  # ExperimentInputError when missing or empty
-    try:
-        goal_from_idea(idea)
-    except ValueError as exc:  # a goal line that does not parse
-        raise UsageError(f"{files.idea}: {exc}") from None
-    if not fresh:
-        return files, settings, None
-    if runner := files.runner():
-        raise ExperimentBusy(f"{files.root} is being run now by process {runner['pid']}: --fresh moves nothing while it works")
-    return files, settings, files.move_aside()
+    if not resume:
+        idea = files.read_idea()  # ExperimentInputError when missing or empty
+        try:
+            goal_from_idea(idea)
+        except ValueError as exc:  # a goal line that does not parse
+            raise UsageError(f"{files.idea}: {exc}") from None
+    return files, settings
 
 
 def _no_checkpoint(files: ExperimentFiles, settings: Settings, experiment_dir: str) -> str:
@@ -103,9 +97,9 @@ def _no_checkpoint(files: ExperimentFiles, settings: Settings, experiment_dir: s
 
 
 @contextmanager
-def opened(files: ExperimentFiles) -> Iterator[tuple[CompiledStateGraph, dict]]:
-    """The experiment graph on the folder's own checkpoint database, held under the runner lock."""
-    with files.runner_lock(), SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
+def checkpointed(files: ExperimentFiles) -> Iterator[tuple[CompiledStateGraph, dict]]:
+    """The experiment graph on the folder's own checkpoint database (the caller holds the runner lock)."""
+    with SqliteSaver.from_conn_string(str(files.checkpoints)) as checkpointer:
         yield build_graph().compile(checkpointer=checkpointer, name="experiment"), {"configurable": {"thread_id": THREAD_ID}}
 
 
@@ -164,21 +158,31 @@ def session(
     fresh: bool = False,
     check: Callable[[Settings], None] | None = None,
 ) -> Iterator[Session]:
-    """The one way an experiment is started or resumed, for main.py and run_experiment alike:
-    prepare (settings and input checked, then the caller's own `check` of the settings) → lock → start or resume →
-    preflight (key and models), before anything is spent."""
-    files, settings, moved_aside = prepare(experiment_dir, resume, overrides, mlflow, export, fresh)
+    """The one way an experiment is started or resumed, for main.py and run_experiment alike: prepare (settings and input
+    checked, then the caller's own `check` of the settings) → lock → start or resume → preflight (key and models), before
+    anything is spent. With `fresh`, preflight comes first and only then, under the lock, are the earlier outputs moved aside."""
+    files, settings = prepare(experiment_dir, resume, overrides, mlflow, export, fresh)
     if check:
         check(settings)
-    with opened(files) as (app, config):
-        opened_session = Session(files, settings, app, config, start_or_resume(app, config, files, resume, max_runs, settings), moved_aside=moved_aside)
-        if not opened_session.finished:
-            try:
-                opened_session.warnings = preflight(settings)
-            except LLMError as exc:
-                exc.nothing_saved = isinstance(opened_session.stream_input, dict)  # a fresh start: the same command again, not --resume
-                raise
-        yield opened_session
+    with files.runner_lock():
+        warnings, moved_aside = [], None
+        if fresh:
+            warnings = _checked_before_spending(settings, nothing_saved=True)
+            moved_aside = files.move_aside()
+        with checkpointed(files) as (app, config):
+            started = Session(files, settings, app, config, start_or_resume(app, config, files, resume, max_runs, settings), warnings, moved_aside)
+            if not fresh and not started.finished:
+                started.warnings = _checked_before_spending(settings, nothing_saved=isinstance(started.stream_input, dict))
+            yield started
+
+
+def _checked_before_spending(settings: Settings, nothing_saved: bool) -> list[str]:
+    """Preflight's warnings; its LLMError says whether anything is saved (a fresh start: the same command again, not --resume)."""
+    try:
+        return preflight(settings)
+    except LLMError as exc:
+        exc.nothing_saved = nothing_saved
+        raise
 
 
 def run_experiment(

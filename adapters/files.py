@@ -127,12 +127,13 @@ class ExperimentFiles:
 
     def outputs(self) -> list[Path]:
         """What earlier experiments left in the folder: the runner's files and every run; IDEA.md, data/ and .env are the user's."""
-        named = [self.plan, self.tasks, self.findings, self.report, self.root / "report", self.private]
+        runner_files = self.private.is_dir() and any(entry != self.lock for entry in self.private.iterdir())
+        named = [self.plan, self.tasks, self.findings, self.report, self.root / "report"] + ([self.private] if runner_files else [])
         return [path for path in named if path.exists()] + [self.run_dir(number) for number in self.existing_runs()]
 
     def move_aside(self) -> Path | None:
         """Move every output of earlier experiments into a new dated folder `earlier-YYYYmmdd-HHMMSS/`, deleting nothing;
-        that folder, or None when there was nothing to move."""
+        that folder, or None when there was nothing to move. Called under the runner lock, which stays in .runner/."""
         outputs = self.outputs()
         if not outputs:
             return None
@@ -145,7 +146,13 @@ class ExperimentFiles:
             except FileExistsError:
                 aside = self.root / f"earlier-{stamp}-{suffix}"
         for path in outputs:
-            path.rename(aside / path.name)
+            if path == self.private:  # the runner's files, but the lock this runner holds stays where every runner looks for it
+                (aside / path.name).mkdir()
+                for entry in path.iterdir():
+                    if entry != self.lock:
+                        entry.rename(aside / path.name / entry.name)
+            else:
+                path.rename(aside / path.name)
         return aside
 
     def read_idea(self) -> str:

@@ -330,12 +330,17 @@ def test_run_folders_without_a_checkpoint_name_the_cause_and_fresh_moves_them_as
         assert f"`python main.py -d {experiment} --fresh`" in refused.stderr
     assert server.requests == []
 
+    unreachable = run_main(["-d", str(experiment), "--fresh", "-r", "1"], {**env, "LLM_BASE_URL": "http://127.0.0.1:1/v1"})
+    assert unreachable.returncode == 1 and "Nothing was spent" in unreachable.stderr  # and nothing was moved: the checks come first
+    assert not [p for p in experiment.iterdir() if p.name.startswith("earlier-")] and (experiment / "run_1" / "train.py").is_file()
+
     started = run_main(["-d", str(experiment), "--fresh", "-r", "1"], env)
     assert started.returncode == 0, started.stderr
     aside = [p for p in experiment.iterdir() if p.name.startswith("earlier-")]
     assert len(aside) == 1 and f"moved to {aside[0]}" in started.stderr
     assert (aside[0] / "run_1" / "train.py").read_text() == "print('an old experiment')\n"  # nothing deleted
     assert (aside[0] / "PLAN.md").read_text() == "an old plan\n"
+    assert (experiment / ".runner" / "lock").is_file()  # the lock stays where every runner looks for it
     assert (experiment / "data" / "cache.bin").read_text() == "kept" and (experiment / "IDEA.md").is_file()
     assert "accuracy >= 0.9" in (experiment / "PLAN.md").read_text() and (experiment / "run_1" / "output.log").is_file()
 
