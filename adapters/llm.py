@@ -330,24 +330,28 @@ def answer_text(message: BaseMessage) -> str:
     return strip_reasoning("".join(parts))
 
 
-REASONING_BLOCK = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL | re.IGNORECASE)
-REASONING_END = re.compile(r"</(?:think|thinking)>", re.IGNORECASE)
-REASONING_START = re.compile(r"\s*<(?:think|thinking)>", re.IGNORECASE)
+LEADING_REASONING = re.compile(r"\s*<(think|thinking)>.*?</\1>", re.DOTALL | re.IGNORECASE)
+UNCLOSED_REASONING = re.compile(r"\s*<(?:think|thinking)>", re.IGNORECASE)
+OPENING_TAG = re.compile(r"<(?:think|thinking)>", re.IGNORECASE)
+CLOSING_LINE = re.compile(r"^[ \t]*</(?:think|thinking)>[ \t]*$", re.MULTILINE | re.IGNORECASE)
 
 
 def strip_reasoning(text: str) -> str:
     """`text` without the reasoning local reasoning models (DeepSeek-R1, Qwen3 without a reasoning parser) write before their answer.
 
-    Removed: closed <think> and <thinking> blocks; everything up to a closing tag whose opening tag the chat
-    template wrote; and an unclosed block at the start, which is all reasoning (the reply stopped while thinking).
-    The reasoning often holds drafts of the answer: none of it may be taken for the answer.
+    Removed: the <think> or <thinking> blocks the reply starts with; an unclosed one at the start, which is all reasoning
+    (the reply stopped while thinking); and, where the chat template wrote the opening tag, everything up to the first
+    closing tag alone on its line. The reasoning often holds drafts of the answer: none of it may be taken for the answer.
+    Tags further on are left alone: they may be the answer's own text (a script that handles a reasoning model's output).
     """
-    answer = REASONING_BLOCK.sub("", text)
-    if ends := list(REASONING_END.finditer(answer)):
-        answer = answer[ends[-1].end() :]
-    if REASONING_START.match(answer):
+    answer = text
+    while leading := LEADING_REASONING.match(answer):
+        answer = answer[leading.end() :]
+    if UNCLOSED_REASONING.match(answer):
         return ""
-    return answer.lstrip() if answer != text else text
+    if answer is text and (closing := CLOSING_LINE.search(answer)) and not OPENING_TAG.search(answer, 0, closing.start()):
+        answer = answer[closing.end() :]
+    return answer.lstrip() if answer is not text else text
 
 
 def ask_structured(

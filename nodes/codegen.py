@@ -82,7 +82,8 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if retry := second_request(reply, code, run):
         request, event = retry
         runtime.stream_writer(event)
-        messages += [AIMessage(reply.text), HumanMessage(request)]
+        said = [AIMessage(reply.text)] if reply.text.strip() else []  # a reply all reasoning: some servers refuse an empty turn
+        messages += [*said, HumanMessage(request)]
         try:
             reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
         except LLMError as exc:

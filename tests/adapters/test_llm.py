@@ -128,7 +128,10 @@ def test_ask_structured_gives_up_after_two_bad_replies():
         ("<think>\nA draft:\n```python\nx = 1\n```\n</think>\n\nThe answer.", "The answer."),
         ("<thinking>hmm</thinking>The answer.", "The answer."),
         ("<THINK>hmm</THINK> The answer.", "The answer."),
-        ("<think>a</think>The <think>b</think>answer.", "The answer."),
+        ("<think>a</think>\n<think>b</think>The answer.", "The answer."),
+        ("<think>a</think>The <think>b</think> tags of a chat template.", "The <think>b</think> tags of a chat template."),
+        ("```python\nanswer = text.split('</think>')[-1]\n```", "```python\nanswer = text.split('</think>')[-1]\n```"),
+        ('```python\nEMPTY = """<think>\n</think>\n"""\n```', '```python\nEMPTY = """<think>\n</think>\n"""\n```'),
         ("  <think>\nStill thinking when the reply stopped: ```python\nx = 1\n```", ""),
         ("The template opened the block.\n```python\nx = 1\n```\n</think>\nThe answer.", "The answer."),  # DeepSeek-R1's chat template
         ("The answer, no reasoning.\n", "The answer, no reasoning.\n"),

@@ -158,6 +158,7 @@ def test_a_reply_that_is_all_reasoning_gets_the_one_retry(tmp_path: Path):
 
     assert update["code"] == GOOD + "\n"
     assert DRAFT not in model.prompt(1)  # nor is the reasoning sent back
+    assert [message.type for message in model.calls[1]] == ["system", "human", "human"]  # no empty assistant turn either
     assert events_of(events, "syntax_retry") == [{"event": "syntax_retry", "run": 1, "error": "the file is empty"}]
 
 
