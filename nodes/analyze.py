@@ -8,7 +8,7 @@ from langgraph.runtime import Runtime
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, section_run
 from adapters.llm import ask_structured
-from adapters.logs import clip, missing_package_hint, one_line
+from adapters.logs import clip, one_line
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
 from nodes.records import CHANGED_LABEL, findings_digest, tasks_text
 from nodes.stop_rules import decide_stop
@@ -51,16 +51,12 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     run = state["runs"][-1]
     runtime.stream_writer({"event": "stage", "stage": "analyze", "run": run["number"], "model": settings.summarize_model})
-    summary = state.get("last_summary", "")
-    if hint := missing_package_hint(run["error"], settings.python):  # a fix outside the code: the person watching is told too
-        runtime.stream_writer({"event": "warning", "message": f"run {run['number']}: {hint}"})
-        summary = f"Run {run['number']} failed because {hint}.\n{summary}"
 
     prompt = ANALYZE_USER.format(
         goal=state.get("goal", ""),
         tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
         code=clip(state.get("code", ""), BUDGET["previous_code"]),
-        run=summary,
+        run=state.get("last_summary", ""),
     )
     files = ExperimentFiles(state["experiment_dir"])
     messages = [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)]

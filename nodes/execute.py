@@ -9,7 +9,7 @@ import shutil
 from langgraph.runtime import Runtime
 
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.logs import render_summary, summarize_log
+from adapters.logs import missing_package_hint, render_summary, summarize_log
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
 from adapters.sandbox import child_environment, resolve_mode, sandbox_command, workspace
 from adapters.tracking import TrackingError, log_run
@@ -100,6 +100,9 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         error=log.error,
     )
     summary = render_summary(number, status, result.exit_code, result.duration_s, log)
+    if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said first, to the analyst, codegen and the user
+        summary = f"Run {number} failed because {hint}.\n{summary}"
+        runtime.stream_writer({"event": "warning", "message": f"run {number}: {hint}"})
     files.write_result(record)
     runtime.stream_writer({"event": "run_done", "run": number, "status": status, "duration_s": record["duration_s"], "metrics": log.metrics})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from adapters.logs import clip, missing_package_hint
+from adapters.logs import clip
 from goal import best_run
 from nodes.prompts import BUDGET
 from nodes.records import run_line
@@ -25,8 +25,6 @@ def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if not runs:
         return {"previous_digest": "No run yet: this is the first one."}
     parts = [state.get("last_summary", "")]
-    if hint := missing_package_hint(runs[-1]["error"], runtime.context.python):
-        parts.insert(0, f"Run {runs[-1]['number']} failed because {hint}.")  # first: the digest is clipped in its middle
     earlier = runs[-RECENT_RUNS - 1 : -1]
     if earlier:
         parts.append("Earlier runs:\n" + "\n".join(run_line(r) for r in earlier))

@@ -172,33 +172,3 @@ def test_node_stops_at_max_runs(tmp_path: Path):
 def test_node_goes_on_below_max_runs(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply()]))
     assert analyze(state_after_run(make_experiment(tmp_path), runs=2, max_runs=3), runtime)["stop_reason"] is None
-
-
-MISSING_XGBOOST = "ModuleNotFoundError: No module named 'xgboost'"
-
-
-def test_a_run_missing_a_package_tells_the_analyst_and_the_person_watching_where_to_install_it(tmp_path: Path):
-    model = ScriptedChatModel(responses=[analysis_reply(summary="xgboost is missing.")])
-    runtime, events = make_runtime(model, train_python="/opt/envs/train/bin/python")
-    state = state_after_run(make_experiment(tmp_path), runs=2)
-    state["runs"][-1] = make_run(2, "failed", error=MISSING_XGBOOST)
-
-    analyze(state, runtime)
-
-    hint = (
-        "module 'xgboost' is not installed in the training environment (TRAIN_PYTHON: /opt/envs/train/bin/python): "
-        "install it there, e.g. `/opt/envs/train/bin/python -m pip install xgboost`, or tell the model not to use it"
-    )
-    assert f"Run 2 failed because {hint}." in model.prompt() and "RUN-2-SUMMARY" in model.prompt()
-    assert events_of(events, "warning") == [{"event": "warning", "message": f"run 2: {hint}"}]
-
-
-def test_a_run_failing_otherwise_gets_no_package_hint(tmp_path: Path):
-    model = ScriptedChatModel(responses=[analysis_reply()])
-    runtime, events = make_runtime(model)
-    state = state_after_run(make_experiment(tmp_path), runs=1)
-    state["runs"][-1] = make_run(1, "failed", error="ValueError: shapes do not match")
-
-    analyze(state, runtime)
-
-    assert "not installed" not in model.prompt() and events_of(events, "warning") == []

@@ -265,3 +265,17 @@ def test_bwrap_asked_for_but_missing_stops_before_running(tmp_path: Path, monkey
         execute({"experiment_dir": root, "runs": []}, runtime)
     assert not (tmp_path / "run_1" / "output.log").exists()
     assert events == []
+
+
+def test_a_missing_module_is_named_first_in_the_runs_summary_with_where_to_install_it(tmp_path: Path):
+    runtime, events = make_runtime(train_python=sys.executable)
+    update = execute({"experiment_dir": scratch_run(tmp_path, "import amrmissingpackage\n"), "runs": []}, runtime)
+    hint = (
+        f"module 'amrmissingpackage' is not installed in the training environment (TRAIN_PYTHON: {sys.executable}): "
+        f"install it there, e.g. `{sys.executable} -m pip install amrmissingpackage`, or tell the model not to use it"
+    )
+    # First in the summary that the analyst reads and codegen's digest starts with (its head survives the clipping).
+    assert update["last_summary"].startswith(f"Run 1 failed because {hint}.\n")
+    assert events_of(events, "warning") == [{"event": "warning", "message": f"run 1: {hint}"}]
+    crash = execute({"experiment_dir": scratch_run(tmp_path / "other", TRAIN_CRASH), "runs": []}, make_runtime()[0])
+    assert "not installed" not in crash["last_summary"]

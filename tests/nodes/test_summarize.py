@@ -91,18 +91,3 @@ def test_digest_is_bounded_with_many_huge_runs():
     text = digest({"runs": runs, "goal": "accuracy >= 0.99", "last_summary": f"run 100 summary {huge}"})
     assert len(text) <= BUDGET["previous_run"]
     assert text.startswith("run 100 summary")
-
-
-def test_a_run_missing_a_package_puts_where_to_install_it_first_in_the_digest_for_codegen():
-    runtime, _ = make_runtime(train_python="/opt/envs/train/bin/python")
-    failed = make_run(2, "failed", error="ModuleNotFoundError: No module named 'lightgbm'")
-    state = {"experiment_dir": "unused", "max_runs": 9, "runs": [make_run(1), failed], "last_summary": "x" * 20_000}
-
-    text = summarize(state, runtime)["previous_digest"]
-
-    assert text.startswith(
-        "Run 2 failed because module 'lightgbm' is not installed in the training environment (TRAIN_PYTHON: /opt/envs/train/bin/python): "
-        "install it there, e.g. `/opt/envs/train/bin/python -m pip install lightgbm`, or tell the model not to use it."
-    )
-    assert len(text) <= BUDGET["previous_run"]
-    assert "not installed" not in digest({"runs": [make_run(1, "failed", error="ValueError: bad shape")], "last_summary": "S"})
