@@ -42,7 +42,8 @@ def dev_server(llm_server, tmp_path: Path):
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
-        while "Application started" not in log.read_text() and time.monotonic() < deadline:
+        # langgraph-api says "Application started"; older ones only uvicorn's "Application startup complete".
+        while not any(ready in log.read_text() for ready in ("Application started", "Application startup complete")) and time.monotonic() < deadline:
             assert proc.poll() is None, log.read_text()[-3000:]
             time.sleep(0.3)
         assert re.search(rf"127\.0\.0\.1:{port}\b", log.read_text()), "langgraph dev did not take the port it was given"
