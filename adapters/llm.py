@@ -14,7 +14,7 @@ from langchain_core.exceptions import ContextOverflowError
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_openai import ChatOpenAI
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from adapters.audit import AuditLog
 from adapters.logs import clip, one_line
@@ -366,6 +366,9 @@ def ask_structured(
         except LLMError as exc:
             exc.usage = [*usages, *exc.usage]
             raise
+        except ValidationError as exc:  # json_schema: the SDK parses the reply itself, and refuses one with reasoning before its JSON
+            said = next((error["input"] for error in exc.errors() if isinstance(error.get("input"), str)), "")
+            result = {"raw": AIMessage(said), "parsed": None, "parsing_error": exc}  # what the reply cost is lost with it
         raw = result.get("raw")
         if isinstance(raw, BaseMessage):
             usages.append(usage_of(raw, stage, model))

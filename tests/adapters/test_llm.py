@@ -391,3 +391,13 @@ def test_is_retryable_for_transport_errors_and_others():
 def test_model_variables_lists_every_model_setting():
     settings = make_settings(summarize_model="a", code_model="b", report_model="c")
     assert model_variables(settings) == {"SUMMARIZE_MODEL": "a", "CODE_MODEL": "b", "REPORT_MODEL": "c"}
+
+
+def test_json_schema_mode_reads_the_json_after_a_reasoning_block():
+    # With json_schema the openai SDK parses the reply itself and refuses text before the JSON: it is read here instead.
+    reply = "<think>The plan could be {not json yet}.</think>\n" + json.dumps(GOOD_PLAN)
+    with FakeLLMServer(lambda body: {"content": reply}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, structured_output="json_schema")
+        plan, _ = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
+        assert len(server.requests) == 1  # no repair request needed
+    assert plan == ExperimentPlan.model_validate(GOOD_PLAN)
