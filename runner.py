@@ -21,7 +21,7 @@ from langgraph.types import Command, StateSnapshot
 
 from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
-from adapters.machine import check_python
+from adapters.machine import check_python, describe_machine, machine_text
 from adapters.preflight import preflight
 from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts, check_limit_tools
 from adapters.sandbox import python_installation, resolve_mode
@@ -278,6 +278,8 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
     update: dict = {}
     if values.get("experiment_dir") != str(files.root):  # the folder was moved or renamed
         update["experiment_dir"] = str(files.root)
+    if (machine := values.get("machine")) and not machine.partition("\n")[0].endswith(f" at {settings.python}"):
+        update["machine"] = machine_text(describe_machine(settings.python))  # resumed with another TRAIN_PYTHON: tell the model anew
     runs_done = len(values.get("runs", []))
     halted = values.get("halted")
     pending = unfinished(snapshot)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -145,3 +148,17 @@ def test_one_experiments_env_file_does_not_leak_into_the_next(tmp_path: Path, ll
     models = [r["model"] for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
     assert models == ["first/coder", "anthropic/claude-sonnet-4.6"]
     assert "CODE_MODEL" not in os.environ
+
+
+def test_a_resume_with_another_training_python_tells_the_code_model_about_it(experiment: Path, llm_server, tmp_path: Path):
+    server = llm_server(ScriptedBrain())
+    assert run_experiment(experiment, max_runs=1, sandbox="none", **llm(server))["stop_reason"] == "max_runs"
+    venv = tmp_path / "train-env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+
+    final = run_experiment(experiment, max_runs=2, resume=True, sandbox="none", train_python=str(venv / "bin" / "python"), **llm(server))
+
+    assert final["machine"].startswith(f"Python {platform.python_version()} at {venv / 'bin' / 'python'}")
+    codegen = [r for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
+    assert f"at {sys.executable}" in codegen[0]["messages"][1]["content"]
+    assert f"at {venv / 'bin' / 'python'}" in codegen[1]["messages"][1]["content"]
