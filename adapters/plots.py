@@ -177,9 +177,8 @@ def plot_metric_per_run(
     _save(figure, path)
 
 
-@_literal_text
 def plot_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: str, path: Path) -> None:
-    """One panel per curve (name -> (x label, xs, ys)), as read_curves gives them."""
+    """One panel per curve (name -> (x label, xs, ys)), as read_curves gives them; its labels as written (see draw_curves)."""
     _save(draw_curves(curves, title), path)
 
 

@@ -75,3 +75,10 @@ def test_fractional_epochs_keep_their_fractional_ticks(tmp_path: Path):
 
     assert curves["loss"][:2] == ("epoch", [0.5, 1.0, 1.5])
     assert any(t != int(t) for t in x_ticks(curves)[0])
+
+
+def test_a_curve_named_like_broken_tex_is_drawn_as_written(tmp_path):
+    # Labels are made under text.parse_math=False and keep it when the figure is saved afterwards.
+    path = tmp_path / "curves.png"
+    plot_curves({"$\\frac{$ loss": ("epoch", [1.0, 2.0, 3.0], [0.5, 0.4, 0.3])}, "run 1: $x", path)
+    assert path.stat().st_size > 0
