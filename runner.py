@@ -26,13 +26,14 @@ from adapters.preflight import preflight
 from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts, check_limit_tools
 from adapters.sandbox import python_installation, resolve_mode
 from adapters.tracking import local_store_uri, mlflow_installed
-from goal import best_run, goal_from_idea, parse_goal
+from goal import goal_from_idea, parse_goal
 from graph import build_graph
 from graph.experiment import halt, resume_halted
 from nodes.report import report
 from nodes.review import ReviewError, parse_decision
 from nodes.stop_rules import run_limit
 from settings import ENV_SETTINGS, Settings, UsageError, settings_env
+from state import RunRecord
 
 THREAD_ID = "experiment"
 """One experiment folder, one checkpoint database, one thread."""
@@ -141,6 +142,10 @@ class Session:
     def values(self) -> dict:
         return self.app.get_state(self.config).values
 
+    def runs(self, values: dict | None = None) -> list[RunRecord]:
+        """Every finished run's record, from run_N/result.json (the state only counts them)."""
+        return self.files.read_runs((values if values is not None else self.values()).get("run_count", 0))
+
     def drive(self, *, on_event: Callable[[dict], None], on_update: Callable[[str, dict], None], answer: Callable[[dict], dict]) -> dict:
         """Stream the graph to its end (see drive); the final state."""
         return drive(self.app, self.config, self.stream_input, self.settings, on_event=on_event, on_update=on_update, answer=answer)
@@ -195,7 +200,8 @@ def run_experiment(
     on_review: Callable[[dict], dict] | None = None,
     **settings,
 ) -> dict:
-    """What `python main.py` does, without the terminal: start (or with resume=True, continue) an experiment; its final state.
+    """What `python main.py` does, without the terminal: start (or with resume=True, continue) an experiment; its final state,
+    with `runs`: every run's record (draft, improve or debug, its parent, status and metrics), in order.
 
     `settings` are Settings fields (e.g. code_model="...", max_cost_usd=2.0, sandbox="none") over the
     environment and .env files. `on_event` receives the progress events the nodes emit. With review on
@@ -224,13 +230,18 @@ def run_experiment(
                 raise UsageError(f"on_review answered {decision!r}: {exc}") from None
 
         if started.finished:
-            return started.values()
+            return with_runs(started, started.values())
         if started.moved_aside:
             on_event({"event": "warning", "message": f"the earlier experiment's outputs were moved to {started.moved_aside}"})
         for warning in started.warnings:
             on_event({"event": "warning", "message": warning})
         with _stopped_by_ctrl_c():
-            return started.drive(on_event=on_event, on_update=lambda node, update: None, answer=answer)
+            return with_runs(started, started.drive(on_event=on_event, on_update=lambda node, update: None, answer=answer))
+
+
+def with_runs(started: Session, values: dict) -> dict:
+    """The final state as run_experiment returns it: with `runs`, every run's record (read from the run folders)."""
+    return {**values, "runs": started.runs(values)}
 
 
 @contextmanager
@@ -280,7 +291,7 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
         update["experiment_dir"] = str(files.root)
     if (machine := values.get("machine")) and not machine.partition("\n")[0].endswith(f" at {settings.python}"):
         update["machine"] = machine_text(describe_machine(settings.python))  # resumed with another TRAIN_PYTHON: tell the model anew
-    runs_done = len(values.get("runs", []))
+    runs_done = values.get("run_count", 0)
     halted = values.get("halted")
     pending = unfinished(snapshot)
     if pending or halted:
@@ -334,16 +345,14 @@ def record_interrupt(app, config: dict, settings: Settings) -> None:
 def outcome(values: dict) -> str:
     """The last word of every run: why it stopped, the best run and its goal metric, and where the report is."""
     reason = values.get("stop_reason") or "max_runs"
-    runs = values.get("runs", [])
     if halted := values.get("halted"):
         why = f"{reason} during {halted['stage']}"
     else:
         why = f"{reason} ({values['stop_detail']})" if values.get("stop_detail") else reason
-    parts = [f"Stopped: {why} after {len(runs)} runs"]
-    best = best_run(runs, values.get("goal", ""))
-    if best is not None:
-        metric = parse_goal(values["goal"]).metric
-        parts.append(f"best: run {best['number']} ({metric}={best['metrics'][metric]:.6g})")
+    parts = [f"Stopped: {why} after {values.get('run_count', 0)} runs"]
+    best, goal = values.get("best_run"), parse_goal(values.get("goal", ""))
+    if best is not None and goal is not None and goal.metric in best["metrics"]:
+        parts.append(f"best: run {best['number']} ({goal.metric}={best['metrics'][goal.metric]:.6g})")
     if values.get("report_path"):
         parts.append(f"report: {values['report_path']}" + (" (unfinished)" if halted else ""))
     return " · ".join(parts)

@@ -141,7 +141,28 @@ class Settings:
     max_cost_usd: float = _setting("MAX_COST_USD", 0.0, "LLM spend in USD after which no new run starts (`--max-cost`); 0: no limit.", _amount)
     max_tokens: int = _setting("MAX_TOKENS", 0, "LLM tokens (input + output) after which no new run starts (`--max-tokens`); 0: no limit.", _whole_number(0))
     max_hours: float = _setting("MAX_HOURS", 0.0, "Hours of runs (train.py time) after which no new run starts (`--max-hours`); 0: no limit.", _amount)
-    max_consecutive_failures: int = _setting("MAX_CONSECUTIVE_FAILURES", 3, "Stop as stuck after this many runs in a row fail the same way.", _whole_number(1))
+    max_consecutive_failures: int = _setting(
+        "MAX_CONSECUTIVE_FAILURES",
+        3,
+        "Runs in a row failing the same way that abandon a failed line of the tree, and stop the experiment as stuck when they span lines.",
+        _whole_number(1),
+    )
+    search: str = _setting(
+        "SEARCH",
+        "tree",
+        "How each run's code comes about (`--search`): tree (draft, debug a failed run, else improve the best) or linear (build on the run before).",
+        _choice("tree", "linear"),
+    )
+    drafts: int = _setting("DRAFTS", 1, "How many of the first runs are fresh solutions (drafts) in the tree search (`--drafts`).", _whole_number(1))
+    debug_depth: int = _setting(
+        "DEBUG_DEPTH", 3, "Fixes in a row that may fail before the tree search abandons a failed run's line (`--debug-depth`).", _whole_number(0)
+    )
+    keep_checkpoints: int = _setting(
+        "KEEP_CHECKPOINTS",
+        50,
+        "Checkpoints kept in .runner/checkpoints.sqlite, the latest ones (a run makes about five); older ones are pruned. 0: keep all.",
+        _whole_number(0),
+    )
     model_prices: dict = _setting(
         "MODEL_PRICES", {}, "USD per million tokens for providers that report no cost: `model=INPUT/OUTPUT`, comma-separated.", _prices
     )

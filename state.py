@@ -6,7 +6,6 @@ need no custom serializer and the Markdown/JSON files can always be rewritten fr
 
 from __future__ import annotations
 
-import operator
 from typing import Annotated, Literal, NotRequired
 
 from pydantic import BaseModel, Field
@@ -43,6 +42,25 @@ class RunRecord(TypedDict):
     """Final metrics: metrics.json if the script wrote one, else the last values in the log."""
     error: str
     """Last line of the traceback, or empty."""
+    operator: str
+    """How the run's code came about: draft (a fresh solution), improve (one change to a good parent) or debug (a fix of a failed parent)."""
+    parent: int | None
+    """The run whose code this one builds on; None for a draft."""
+
+
+class NextRun(TypedDict):
+    """The search's choice for the coming run (see search.next_choice), made before its code is written."""
+
+    number: int
+    """N of run_N/: runs are numbered in the order they start."""
+    operator: str
+    """draft, improve or debug."""
+    parent: int | None
+    """The run it builds on; None for a draft."""
+    reason: str
+    """Why the search chose it, in words."""
+    change: NotRequired[str]
+    """The one change the code model named in advance (improve), once it has written the code."""
 
 
 class Usage(TypedDict):
@@ -128,8 +146,10 @@ class OutputState(TypedDict):
     """The stop reason in words."""
     report_path: str
     """Path of REPORT.md."""
-    runs: list[RunRecord]
-    """Every run, in order."""
+    run_count: int
+    """How many runs finished; each one's record is run_N/result.json (ExperimentFiles.read_runs)."""
+    best_run: RunRecord | None
+    """The best run by the goal's metric, if any run reported it."""
 
 
 class ExperimentState(InputState):
@@ -142,24 +162,35 @@ class ExperimentState(InputState):
     goal: NotRequired[str]
     """The goal the planner read from the idea, in one line."""
     tasks: NotRequired[list[Task]]
-    """The task list, replaced whole at each update (as tasks.json is)."""
+    """The working tasks: the open ones and the latest finished ones, what prompts read (see nodes.records.working_tasks).
+    tasks.json holds every task; the older finished ones live there only, so the state does not grow with the runs."""
+    tasks_created: NotRequired[int]
+    """How many tasks were ever created (the highest id): tasks.json's tasks past it come from a step cut short."""
     machine: NotRequired[str]
     """What train.py runs on, as the code model is told: the interpreter, its ML packages, CPUs, memory and GPUs
     (adapters.machine.machine_text), gathered once when the experiment begins."""
     findings_digest: NotRequired[str]
     """KEY_FINDINGS.md as prompts read it, within its budget (see nodes.records.findings_digest); made by analyze.
     The sections themselves live in the file only: every checkpoint holds the whole state."""
-    runs: Annotated[list[RunRecord], operator.add]
-    """Finished runs, appended by execute."""
+    run_count: NotRequired[int]
+    """How many runs finished. Their records are run_N/result.json, never the state: every checkpoint holds the whole
+    state, and a search runs hundreds of runs (ExperimentFiles.read_runs reads them)."""
+    latest_run: NotRequired[RunRecord | None]
+    """The record of the run that finished last, as analyze and the views read it."""
+    best_run: NotRequired[RunRecord | None]
+    """The best run so far by the goal's metric, kept up to date by analyze."""
+    next_run: NotRequired[NextRun | None]
+    """What the coming run does (draft, improve or debug) and on which parent: chosen by summarize, read by codegen and execute."""
     usage: Annotated[list[Usage], add_usage]
     """LLM tokens and cost so far, summed per stage and model (see add_usage)."""
     last_summary: NotRequired[str]
-    """The latest run's bounded mechanical summary (status, metrics, traceback, the log's tail), as analyze and the
-    next codegen read it. Only the latest: every checkpoint holds the whole state, so per-run records stay small."""
+    """The latest run's bounded mechanical summary (status, metrics, traceback, the log's tail), as analyze reads it.
+    Only the latest: a parent's summary is made again from its files (nodes.records.run_summary)."""
     previous_digest: NotRequired[str]
-    """Bounded text about earlier runs that codegen reads, made by summarize."""
+    """Bounded text that codegen reads besides the parent's code: the parent's summary and a line for recent runs and
+    the best (improve, debug), or one line for each other draft's approach (draft); made by summarize."""
     code: NotRequired[str]
-    """The train.py that codegen wrote (or the reviewer edited) for the coming run."""
+    """The train.py that codegen wrote (or the reviewer edited) for the coming run; a parent's code is read from run_P/train.py."""
     review_feedback: NotRequired[str]
     """Why the reviewer rejected the last train.py; empty once a version is approved."""
     goal_met: NotRequired[bool]
@@ -207,7 +238,7 @@ class RunAnalysis(BaseModel):
     summary: str = Field(description="What the run did and how it went, one or two sentences.")
     change: str = Field(
         default="",
-        description="What this run changed compared with the previous run (for the first run: what it set up), in one short line.",
+        description="What this run changed compared with the run it builds on (for a draft: the approach it set up), in one short line.",
     )
     findings: list[str] = Field(default_factory=list, description="Facts this run established, one line each.")
     task_updates: list[TaskUpdate] = Field(default_factory=list)

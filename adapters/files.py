@@ -16,7 +16,12 @@ from pathlib import Path
 from state import RunRecord, Task
 
 RESULT_FIELDS = tuple(RunRecord.__annotations__)
-"""What run_N/result.json holds: every field of the run's record (number, status, exit_code, duration_s, metrics, error)."""
+"""What run_N/result.json holds: every field of the run's record (number, status, exit_code, duration_s, metrics, error, operator, parent)."""
+TREE_FIELDS = ("operator", "parent")
+"""Fields a result.json written before the tree search lacks: read_runs gives such a run the parent of the linear loop."""
+
+_READ: dict[Path, tuple[tuple[int, int, int], RunRecord]] = {}
+"""Every result.json read_runs has read, with the (inode, size, mtime) it had: a file is parsed once while it stays the same."""
 
 
 class ExperimentInputError(ValueError):
@@ -197,6 +202,35 @@ class ExperimentFiles:
         """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
         result = {name: record[name] for name in RESULT_FIELDS}
         write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
+
+    def read_runs(self, count: int) -> list[RunRecord]:
+        """The records of runs 1 to `count` (the finished ones, as the state counts them), from their result.json, in order.
+
+        The records live in these files, not in the state, so that a checkpoint stays small however many runs there
+        are; a file unchanged since it was last read is not parsed again, so a step costs a stat per run.
+        ExperimentInputError when one is missing or unreadable.
+        """
+        runs: list[RunRecord] = []
+        for number in range(1, count + 1):
+            path = self.run_dir(number) / "result.json"
+            try:
+                info = path.stat()
+                key = (info.st_ino, info.st_size, info.st_mtime_ns)
+                cached = _READ.get(path)
+                if cached is None or cached[0] != key:
+                    record = json.loads(path.read_text(encoding="utf-8"))
+                    if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS):
+                        raise ValueError("not a run record")
+                    cached = _READ[path] = (key, record)
+            except (OSError, ValueError) as exc:
+                raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
+            record = cached[1]
+            if "operator" not in record:  # written before the tree search: the linear loop's parent
+                before = runs[-1] if runs else None
+                operator = "draft" if before is None else "improve" if before["status"] == "ok" else "debug"
+                record = {**record, "operator": operator, "parent": before["number"] if before else None}
+            runs.append(RunRecord(**{name: record[name] for name in RESULT_FIELDS}))
+        return runs
 
     def read_results(self) -> list[dict]:
         """Every finished run's result.json, in run order; a run still going (or unreadable) is left out."""

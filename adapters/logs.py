@@ -337,3 +337,18 @@ def missing_package_hint(error: str, python: str) -> str | None:
         f"module {module!r} is not installed in the training environment (TRAIN_PYTHON: {python}): "
         f"install it there, e.g. `{shlex.quote(python)} -m pip install {package}`, or tell the model not to use it"
     )
+
+
+def run_summary(run_dir: Path, number: int, status: str, exit_code: int | None, duration_s: float, error: str, python: str) -> str:
+    """The bounded summary of a finished run as the LLM reads it, made from its folder (output.log, metrics.json) and its record.
+
+    `error` is the record's (a limit the runner enforced wins over the log's own); a module the training
+    environment lacks is said first, with what to do about it.
+    """
+    log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
+    if error and error != log.error:
+        log = LogSummary(**{**log.__dict__, "error": error})
+    summary = render_summary(number, status, exit_code, duration_s, log)
+    if hint := missing_package_hint(error, python):
+        summary = f"Run {number} failed because {hint}.\n{summary}"
+    return summary

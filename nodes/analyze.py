@@ -9,15 +9,17 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, section_run
 from adapters.llm import ask_structured
 from adapters.logs import clip, one_line
+from goal import best_run
 from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
-from nodes.records import CHANGED_LABEL, findings_digest, tasks_text
+from nodes.records import CHANGED_LABEL, RECENT_CLOSED, findings_digest, tasks_text
 from nodes.stop_rules import decide_stop
+from search import origin_words
 from settings import Settings
 from state import ExperimentState, RunAnalysis, RunRecord, Task
 
 
-def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[Task]:
-    """The task list after the analyst's updates and new tasks; unknown ids are ignored."""
+def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int, created: int | None = None) -> list[Task]:
+    """The task list after the analyst's updates and new tasks (numbered after the `created` ones); unknown ids are ignored."""
     updates = {u.id: u for u in analysis.task_updates}
     result = []
     for task in tasks:
@@ -27,15 +29,40 @@ def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int) -> list[T
             continue
         runs = task["runs"] if run in task["runs"] else [*task["runs"], run]
         result.append(Task(id=task["id"], title=task["title"], status=update.status, notes=update.notes.strip() or task["notes"], runs=runs))
-    next_id = max((t["id"] for t in tasks), default=0) + 1
+    next_id = max(created or 0, *(t["id"] for t in tasks), 0) + 1
     for offset, new in enumerate(analysis.new_tasks):
         result.append(Task(id=next_id + offset, title=new.title.strip(), status="todo", notes=new.notes.strip(), runs=[]))
     return result
 
 
+def working_tasks(tasks: list[Task]) -> list[Task]:
+    """The tasks the state keeps: every open one and the RECENT_CLOSED latest finished ones, what prompts read (tasks_text).
+
+    Older finished tasks never change again; they live in tasks.json only, so the state does not grow with the runs.
+    """
+    closed = [task for task in tasks if task["status"] in ("done", "dropped")]
+    kept = {task["id"] for task in sorted(closed, key=lambda t: (max(t["runs"], default=0), t["id"]))[-RECENT_CLOSED:]}
+    return [task for task in tasks if task["status"] not in ("done", "dropped") or task["id"] in kept]
+
+
+def all_tasks(files: ExperimentFiles, working: list[Task], created: int) -> list[Task]:
+    """Every task: the finished ones tasks.json keeps beside the state's working ones, then the working ones as the state has them.
+
+    tasks.json's copies of working tasks, and tasks numbered past `created`, are left out: they come from an
+    analysis whose step was cut short, and this one is made again from the state.
+    """
+    try:
+        saved = files.read_tasks()
+    except (OSError, ValueError, KeyError):
+        saved = []
+    working_ids = {task["id"] for task in working}
+    archived = [task for task in saved if task["id"] not in working_ids and task["id"] <= created]
+    return sorted([*archived, *working], key=lambda task: task["id"])
+
+
 def findings_section(run: RunRecord, analysis: RunAnalysis) -> str:
-    """The KEY_FINDINGS.md section of one run: what it changed, how it went, what it established."""
-    lines = [f"## Run {run['number']} ({run['status']})", ""]
+    """The KEY_FINDINGS.md section of one run: how it came about, what it changed, how it went, what it established."""
+    lines = [f"## Run {run['number']} ({run['status']}, {origin_words(run)})", ""]
     if change := one_line(analysis.change):
         lines += [f"{CHANGED_LABEL} {change}", ""]
     lines.append(analysis.summary.strip())
@@ -49,31 +76,39 @@ def findings_section(run: RunRecord, analysis: RunAnalysis) -> str:
 def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     """Read the run's summary, update tasks.json and KEY_FINDINGS.md, judge the goal."""
     settings = runtime.context
-    run = state["runs"][-1]
+    files = ExperimentFiles(state["experiment_dir"])
+    runs = files.read_runs(state["run_count"])
+    run = runs[-1]
     runtime.stream_writer({"event": "stage", "stage": "analyze", "run": run["number"], "model": settings.summarize_model})
 
+    coming = state.get("next_run") or {}
+    how = f"Run {run['number']} came about as: {origin_words(run)}" + (f"; the change it named in advance: {coming['change']}" if coming.get("change") else "")
     prompt = ANALYZE_USER.format(
         goal=state.get("goal", ""),
+        origin=how,
         tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
         code=clip(state.get("code", ""), BUDGET["previous_code"]),
         run=state.get("last_summary", ""),
     )
-    files = ExperimentFiles(state["experiment_dir"])
     messages = [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)]
     analysis, usage = ask_structured(settings, settings.summarize_model, RunAnalysis, messages, "analyze", AuditLog(files.llm_calls, settings.audit_content))
 
-    tasks = apply_analysis(state.get("tasks", []), analysis, run["number"])
+    created = state.get("tasks_created") or max((task["id"] for task in state.get("tasks", [])), default=0)
+    tasks = apply_analysis(state.get("tasks", []), analysis, run["number"], created)
+    created = max(created, *(task["id"] for task in tasks), 0)
     section = findings_section(run, analysis)
-    files.write_tasks(tasks)
+    files.write_tasks(all_tasks(files, tasks, created))
     sections = [s for s in files.read_findings() if section_run(s) != run["number"]]  # analysed again: replaced
     sections.append(section)
     files.write_findings(sections)
     goal = state.get("goal", "")
-    stop = decide_stop(state["runs"], [*state.get("usage", []), *usage], goal, analysis.goal_achieved, state["max_runs"], settings)
+    stop = decide_stop(runs, [*state.get("usage", []), *usage], goal, analysis.goal_achieved, state["max_runs"], settings)
     goal_met = stop is not None and stop.reason == "goal_met"
     runtime.stream_writer({"event": "analysis", "run": run["number"], "summary": analysis.summary, "goal_met": goal_met})
     return {
-        "tasks": tasks,
+        "tasks": working_tasks(tasks),
+        "tasks_created": created,
+        "best_run": best_run(runs, goal),
         "findings_digest": findings_digest(sections, BUDGET["findings"]),
         "goal_met": goal_met,
         "stop_reason": stop.reason if stop else None,

@@ -10,11 +10,21 @@ from langgraph.runtime import Runtime
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.llm import LLMError, TextReply, ask_reply
-from adapters.logs import clip
-from nodes.prompts import BUDGET, CODEGEN_CUT_OFF_RETRY, CODEGEN_SYNTAX_RETRY, CODEGEN_SYSTEM, CODEGEN_USER
+from adapters.logs import clip, one_line
+from nodes.prompts import (
+    BUDGET,
+    CODEGEN_CUT_OFF_RETRY,
+    CODEGEN_INSTRUCTION,
+    CODEGEN_SYNTAX_RETRY,
+    CODEGEN_SYSTEM,
+    CODEGEN_USER,
+    DRAFTS_DIFFER,
+    PARENT_CODE,
+)
 from nodes.records import experiment_context
+from nodes.summarize import coming_run
 from settings import Settings
-from state import ExperimentState
+from state import ExperimentState, NextRun
 
 FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 PYTHON_TAGS = ("", "python", "py", "python3")
@@ -43,16 +53,39 @@ def compile_error(code: str) -> str | None:
     return None
 
 
-def codegen_prompt(state: ExperimentState, run: int, feedback: str = "") -> str:
-    """The user message for codegen: every part clipped to its budget, so it never grows with the runs."""
+def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "") -> str:
+    """The user message for codegen, as the coming run's operator asks (a draft sees no parent code): every part clipped
+    to its budget, so it never grows with the runs."""
+    run, parent = coming["number"], coming["parent"]
+    others = run > 1  # run 1 is always a draft: a later draft has others to differ from
     return CODEGEN_USER.format(
         **experiment_context(state),
         machine=clip(state.get("machine") or "(not known)", BUDGET["machine"]),
-        previous_code=clip(state.get("code") or "(none: this is the first run)", BUDGET["previous_code"]),
+        parent_code=PARENT_CODE.format(parent=parent, code=clip(parent_code, BUDGET["previous_code"])) if parent is not None else "",
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
-        run=run,
+        instruction=CODEGEN_INSTRUCTION[coming["operator"]].format(run=run, parent=parent, differ=DRAFTS_DIFFER if others else ""),
     )
+
+
+CHANGE_LINE = re.compile(r"^[ \t*_#>-]*change[ \t*_]*:[ \t*_]*(.+?)[ \t*_]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def named_change(reply: str) -> str:
+    """The change an improve named before its code (`Change: ...`), or empty."""
+    before_code = reply.split("```", 1)[0]
+    match = CHANGE_LINE.search(before_code)
+    return one_line(match.group(1), 300) if match else ""
+
+
+def parent_code(files: ExperimentFiles, coming: NextRun) -> str:
+    """The train.py the coming run builds on (as it ran, reviewer's edits included); empty for a draft."""
+    if coming["parent"] is None:
+        return ""
+    try:
+        return (files.run_dir(coming["parent"]) / "train.py").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"(run {coming['parent']}'s train.py is missing)"
 
 
 def second_request(reply: TextReply, code: str, run: int) -> tuple[str, dict] | None:
@@ -67,16 +100,21 @@ def second_request(reply: TextReply, code: str, run: int) -> tuple[str, dict] | 
 def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     """Write run_N/train.py."""
     settings = runtime.context
-    run = len(state.get("runs", [])) + 1
-    runtime.stream_writer({"event": "stage", "stage": "codegen", "run": run, "model": settings.code_model})
+    coming = coming_run(state)
+    run = coming["number"]
+    runtime.stream_writer(
+        {"event": "stage", "stage": "codegen", "run": run, "model": settings.code_model, "operator": coming["operator"], "parent": coming["parent"]}
+    )
 
-    # 1. Ask for the whole file.
+    # 1. Ask for the whole file: a fresh one (draft), or the parent's with one change (improve) or its failure fixed (debug).
     files = ExperimentFiles(state["experiment_dir"])
     audit = AuditLog(files.llm_calls, settings.audit_content)
-    messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(codegen_prompt(state, run, state.get("review_feedback", "")))]
+    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""))
+    messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(prompt)]
     reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
     usages = [reply.usage]
     code = extract_python(reply.text)
+    change = named_change(reply.text)
 
     # 2. A reply cut off at the output limit, or a file that does not compile, costs one more request, not a run.
     if retry := second_request(reply, code, run):
@@ -91,7 +129,9 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             raise
         usages.append(reply.usage)
         code = extract_python(reply.text)  # still broken: it runs, fails, and the analyst sees why
+        change = named_change(reply.text) or change
 
     # 3. Write it where execute will run it.
     write_atomic(files.run_dir(run) / "train.py", code)
-    return {"code": code, "usage": usages}
+    change = change if coming["operator"] == "improve" else ""
+    return {"code": code, "usage": usages, "next_run": {**coming, "change": change} if change else coming}

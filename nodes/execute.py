@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 
 from langgraph.runtime import Runtime
 
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.logs import missing_package_hint, render_summary, summarize_log
+from adapters.logs import missing_package_hint, run_summary, summarize_log
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
 from adapters.sandbox import child_environment, resolve_mode, sandbox_command, workspace
 from adapters.tracking import TrackingError, log_run
+from nodes.summarize import coming_run
 from settings import Settings
 from state import ExperimentState, RunRecord
 
@@ -28,7 +28,8 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     """Execute the run's train.py with its folder as working directory, log to output.log."""
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
-    number = len(state.get("runs", [])) + 1
+    coming = coming_run(state)
+    number = coming["number"]
     run_dir = files.run_dir(number)
     data_dir = files.root / "data"
     script = run_dir / "train.py"
@@ -89,22 +90,31 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     # 4. Record what happened: a limit the runner enforced wins over whatever the log says.
     log = summarize_log(log_path, run_dir / "metrics.json")
     status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-    if stop_reason := _stop_reason(result, settings):
-        log = dataclasses.replace(log, error=stop_reason)
     record = RunRecord(
         number=number,
         status=status,
         exit_code=result.exit_code,
         duration_s=round(result.duration_s, 3),
         metrics=log.metrics,
-        error=log.error,
+        error=_stop_reason(result, settings) or log.error,
+        operator=coming["operator"],
+        parent=coming["parent"],
     )
-    summary = render_summary(number, status, result.exit_code, result.duration_s, log)
-    if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said first, to the analyst, codegen and the user
-        summary = f"Run {number} failed because {hint}.\n{summary}"
+    summary = run_summary(run_dir, number, status, result.exit_code, record["duration_s"], record["error"], settings.python)
+    if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said to the user too
         runtime.stream_writer({"event": "warning", "message": f"run {number}: {hint}"})
     files.write_result(record)
-    runtime.stream_writer({"event": "run_done", "run": number, "status": status, "duration_s": record["duration_s"], "metrics": log.metrics})
+    runtime.stream_writer(
+        {
+            "event": "run_done",
+            "run": number,
+            "status": status,
+            "duration_s": record["duration_s"],
+            "metrics": log.metrics,
+            "operator": record["operator"],
+            "parent": record["parent"],
+        }
+    )
 
     # 5. With tracking on, log it to MLflow too: a tracking failure costs that record only, never the run.
     if settings.mlflow_tracking_uri:
@@ -121,7 +131,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             log_run(settings.mlflow_tracking_uri, files.root, record, params=params, artifacts=[script, log_path], log_path=log_path, description=summary)
         except TrackingError as exc:
             runtime.stream_writer({"event": "warning", "message": str(exc)})
-    return {"runs": [record], "last_summary": summary}
+    return {"latest_run": record, "run_count": number, "last_summary": summary}
 
 
 def _stop_reason(result: ProcessResult, settings: Settings) -> str:

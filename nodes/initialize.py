@@ -43,6 +43,7 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         "plan": plan,
         "goal": goal,
         "tasks": tasks,
+        "tasks_created": len(tasks),
         "machine": machine,
         "max_runs": state.get("max_runs") or settings.max_runs,
         "stop_reason": None,

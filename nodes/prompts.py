@@ -6,8 +6,8 @@ BUDGET = {
     "plan": 6_000,
     "tasks": 4_000,
     "findings": 6_000,
-    "previous_code": 16_000,
-    "previous_run": 6_000,
+    "previous_code": 16_000,  # the parent's train.py
+    "previous_run": 6_000,  # the parent's summary and the other runs' lines (or the other drafts')
     "feedback": 2_000,
     "machine": 1_200,
 }
@@ -65,17 +65,29 @@ CODEGEN_USER = (
 <machine>
 {machine}
 </machine>
-
-<previous_code>
-{previous_code}
-</previous_code>
-
-<previous_run>
+{parent_code}
+<runs>
 {previous_run}
-</previous_run>
+</runs>
 {feedback}
-Write train.py for run {run}: work on the first open task, and fix what went wrong before."""
+{instruction}"""
 )
+
+PARENT_CODE = """
+<parent_code run="{parent}">
+{code}
+</parent_code>
+"""
+
+# What each operator of the search asks for (see search.py); {run} is the coming run, {parent} the one it builds on.
+CODEGEN_INSTRUCTION = {
+    "draft": "Write train.py for run {run}: a new solution from scratch (a draft), not built on any earlier run's code{differ}. Work on the first open task.",
+    "improve": "Write train.py for run {run} by making one focused change to run {parent}'s code (in <parent_code>), chosen from "
+    "the open tasks and the findings. Name the change first, on a line of its own: `Change: <the one change>`; then the whole file.",
+    "debug": "Run {parent} failed (its error and log tail are in <runs>). Write train.py for run {run}: run {parent}'s code "
+    "(in <parent_code>) with that failure fixed, and nothing else changed.",
+}
+DRAFTS_DIFFER = ", with an approach different from the other drafts listed in <runs>"
 
 CODEGEN_SYNTAX_RETRY = """That file does not compile:
 {error}
@@ -87,8 +99,8 @@ the whole train.py in one ```python block, with no explanation around it."""
 ANALYZE_SYSTEM = """You analyse one run of an automatic machine-learning experiment and keep its records.
 From the run's summary, the code and the current tasks, give:
 - summary: what the run did and how it went, in one or two sentences,
-- change: what this run changed compared with the previous run, in one short line
-  (e.g. "hidden layer 64 -> 128 units, lr 1e-3 -> 3e-4"; for the first run, what it set up),
+- change: what this run changed compared with the run it builds on (its parent), in one short line
+  (e.g. "hidden layer 64 -> 128 units, lr 1e-3 -> 3e-4"; for a draft, the approach it set up),
 - findings: the few facts this run established (numbers included), each one line,
 - task_updates: for existing tasks whose status or notes change (status: todo, in_progress, done or dropped),
 - new_tasks: tasks worth adding, if any,
@@ -97,6 +109,10 @@ From the run's summary, the code and the current tasks, give:
 ANALYZE_USER = """<goal>
 {goal}
 </goal>
+
+<origin>
+{origin}
+</origin>
 
 <tasks>
 {tasks}

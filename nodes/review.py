@@ -9,6 +9,7 @@ from langgraph.types import interrupt
 
 from adapters.files import ExperimentFiles, write_atomic
 from nodes.codegen import compile_error
+from nodes.summarize import coming_run
 from settings import Settings
 from state import ExperimentState
 
@@ -19,20 +20,23 @@ class ReviewError(ValueError):
     """A resume value the review cannot use."""
 
 
-def code_diff(previous: str, current: str, run: int) -> str:
-    """Unified diff of train.py against the previous run's."""
-    lines = difflib.unified_diff(previous.splitlines(keepends=True), current.splitlines(keepends=True), f"run_{run - 1}/train.py", f"run_{run}/train.py")
+def code_diff(previous: str, current: str, run: int, parent: int | None = None) -> str:
+    """Unified diff of train.py against the one of the run it builds on (`parent`, by default the run before)."""
+    parent = run - 1 if parent is None else parent
+    lines = difflib.unified_diff(previous.splitlines(keepends=True), current.splitlines(keepends=True), f"run_{parent}/train.py", f"run_{run}/train.py")
     return "".join(lines)
 
 
-def diff_note(previous: str | None, current: str, run: int) -> str:
-    """Why the review shows no diff (the first run, no previous file, the same code), or "" when it shows one."""
+def diff_note(previous: str | None, current: str, run: int, parent: int | None) -> str:
+    """Why the review shows no diff (a draft, no parent file, the same code), or "" when it shows one."""
     if run <= 1:
         return "first run: nothing to compare"
+    if parent is None:
+        return "a draft, a new solution: nothing to compare"
     if previous is None:
-        return f"run_{run - 1}/train.py is missing: nothing to compare"
+        return f"run_{parent}/train.py is missing: nothing to compare"
     if previous == current:
-        return f"unchanged: the same code as run {run - 1}"
+        return f"unchanged: the same code as run {parent}"
     return ""
 
 
@@ -53,12 +57,13 @@ def review(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if not runtime.context.review:
         return {"review_feedback": ""}
     files = ExperimentFiles(state["experiment_dir"])
-    run = len(state.get("runs", [])) + 1
+    coming = coming_run(state)
+    run = coming["number"]
     code = state.get("code", "")
-    previous_file = files.run_dir(run - 1) / "train.py"
-    previous = previous_file.read_text(encoding="utf-8") if previous_file.is_file() else None
-    note = diff_note(previous, code, run)
-    diff = "" if note else code_diff(previous or "", code, run)
+    previous_file = files.run_dir(coming["parent"]) / "train.py" if coming["parent"] is not None else None
+    previous = previous_file.read_text(encoding="utf-8") if previous_file is not None and previous_file.is_file() else None
+    note = diff_note(previous, code, run, coming["parent"])
+    diff = "" if note else code_diff(previous or "", code, run, coming["parent"])
     runtime.stream_writer({"event": "stage", "stage": "review", "run": run})
 
     # Resuming re-runs this node from the top; interrupt() then returns the answer.

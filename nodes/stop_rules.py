@@ -1,12 +1,12 @@
-"""When the loop ends: the goal checked against metrics, the run limit, plateau, budgets and repeated failures."""
+"""When the loop ends: the goal checked against metrics, the run limit, plateau, budgets and repeated failures (search.stuck)."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from adapters.logs import missing_package_hint
 from goal import goal_reached, runs_without_improvement
+from search import Policy, stuck
 from settings import Settings
 from state import RunRecord, Usage, spend
 
@@ -18,16 +18,6 @@ class Stop:
     reason: str
     """goal_met, max_runs, plateau, budget or stuck."""
     detail: str
-
-
-def failure_signature(run: RunRecord) -> str | None:
-    """The run's failure with numbers, paths and quoted values blurred, so reruns of one bug compare equal."""
-    if run["status"] == "ok":
-        return None
-    text = run["error"] or f"{run['status']} with exit code {run['exit_code']}"
-    text = re.sub(r"(['\"]).*?\1", "'…'", text)
-    text = re.sub(r"(/[\w.-]+)+", "/…", text)
-    return re.sub(r"\d+(\.\d+)?", "N", text).strip()
 
 
 def budget_stop(runs: list[RunRecord], usage: list[Usage], settings: Settings) -> Stop | None:
@@ -52,10 +42,8 @@ def decide_stop(runs: list[RunRecord], usage: list[Usage], goal: str, analyst_sa
     if reached or (reached is None and analyst_says_met):
         judged = "metrics" if reached else "the analyst's judgement (the goal names no metric)"
         return Stop("goal_met", f"run {latest['number']} met the goal {goal!r} by {judged}")
-    failures = [failure_signature(r) for r in runs[-settings.max_consecutive_failures :]]
-    if len(failures) == settings.max_consecutive_failures and failures[0] is not None and len(set(failures)) == 1:
-        limit = f"MAX_CONSECUTIVE_FAILURES={settings.max_consecutive_failures}"
-        detail = f"the last {len(failures)} runs failed the same way ({limit}): {latest['error'] or latest['status']}"
+    if why := stuck(runs, Policy.of(settings)):  # within one failed line, the search abandons the line instead
+        detail = f"{why}: {latest['error'] or latest['status']}"
         if hint := missing_package_hint(latest["error"], settings.python):
             detail += f"; {hint}"
         return Stop("stuck", detail)

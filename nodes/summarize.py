@@ -1,34 +1,70 @@
-"""Before each run: whether it may start (run limit, budgets), and a mechanical digest of the runs so far for codegen."""
+"""Before each run: whether it may start (run limit, budgets), what it does (the search's choice), and what codegen reads about it."""
 
 from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from adapters.logs import clip
+from adapters.files import ExperimentFiles
+from adapters.logs import clip, run_summary
 from goal import best_run
 from nodes.prompts import BUDGET
-from nodes.records import run_line
+from nodes.records import changes_by_run, run_line
 from nodes.stop_rules import before_run
+from search import Choice, Policy, lineage_text, next_choice, origin
 from settings import Settings
-from state import ExperimentState
+from state import ExperimentState, NextRun, RunRecord
 
 RECENT_RUNS = 10
-"""Earlier runs listed a line each, besides the best one."""
+"""Earlier runs listed a line each, besides the parent and the best one."""
 
 
 def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-    """Stop if no new run may start; else condense the previous run (and a line for each recent one) into a bounded text."""
-    runs = state.get("runs", [])
-    if stop := before_run(runs, state.get("usage", []), state.get("max_runs") or runtime.context.max_runs, runtime.context):
+    """Stop if no new run may start; else choose the coming run's operator and parent, and digest for codegen what it builds on."""
+    settings = runtime.context
+    files = ExperimentFiles(state["experiment_dir"])
+    runs = files.read_runs(state.get("run_count", 0))
+    if stop := before_run(runs, state.get("usage", []), state.get("max_runs") or settings.max_runs, settings):
         return {"stop_reason": stop.reason, "stop_detail": stop.detail}
-    runtime.stream_writer({"event": "stage", "stage": "summarize", "run": len(runs) + 1})
+    choice = next_choice(runs, state.get("goal", ""), Policy.of(settings))
+    number = len(runs) + 1
+    runtime.stream_writer(
+        {"event": "stage", "stage": "summarize", "run": number, "operator": choice.operator, "parent": choice.parent, "reason": choice.reason}
+    )
+    coming = NextRun(number=number, operator=choice.operator, parent=choice.parent, reason=choice.reason)
+    return {"next_run": coming, "previous_digest": clip(digest(files, runs, choice, state.get("goal", ""), settings.python), BUDGET["previous_run"])}
+
+
+def digest(files: ExperimentFiles, runs: list[RunRecord], choice: Choice, goal: str, python: str) -> str:
+    """What codegen reads besides the parent's code: for a draft, a line for each other draft's approach (so drafts differ);
+    for improve and debug, the parent's summary (its metrics, error and log tail), its lineage, recent runs and the best."""
     if not runs:
-        return {"previous_digest": "No run yet: this is the first one."}
-    parts = [state.get("last_summary", "")]
-    earlier = runs[-RECENT_RUNS - 1 : -1]
+        return "No run yet: this is the first one."
+    changes = changes_by_run(files.read_findings())
+    if choice.operator == "draft":
+        drafts = [run for run in runs if run["operator"] == "draft"]
+        if not drafts:
+            return "No draft yet."
+        return "The other drafts (write a different approach):\n" + "\n".join(
+            f"{run_line(run)}; approach: {changes.get(run['number'], '(not analysed)')}" for run in drafts
+        )
+    parent = runs[choice.parent - 1]
+    parts = [
+        run_summary(files.run_dir(parent["number"]), parent["number"], parent["status"], parent["exit_code"], parent["duration_s"], parent["error"], python),
+        f"Lineage: {lineage_text(runs, parent['number'])}",
+    ]
+    if change := changes.get(parent["number"]):
+        parts.append(f"Run {parent['number']} changed: {change}")
+    earlier = [run for run in runs[-RECENT_RUNS:] if run["number"] != parent["number"]]
     if earlier:
-        parts.append("Earlier runs:\n" + "\n".join(run_line(r) for r in earlier))
-    best = best_run(runs, state.get("goal", ""))
-    if best is not None:
-        parts.append(f"Best so far for the goal ({state.get('goal')}): {run_line(best)}")
-    return {"previous_digest": clip("\n\n".join(parts), BUDGET["previous_run"])}
+        parts.append("Recent runs:\n" + "\n".join(f"{run_line(run)} ({origin(run)})" for run in earlier))
+    if (best := best_run(runs, goal)) is not None and best["number"] != parent["number"]:
+        parts.append(f"Best so far for the goal ({goal}): {run_line(best)}")
+    return "\n\n".join(parts)
+
+
+def coming_run(state: ExperimentState) -> NextRun:
+    """The coming run as summarize chose it; for a state saved before the tree search, the linear loop's next run."""
+    if coming := state.get("next_run"):
+        return coming
+    done = state.get("run_count", 0)
+    return NextRun(number=done + 1, operator="improve" if done else "draft", parent=done or None, reason="the run before it")

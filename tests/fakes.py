@@ -98,8 +98,11 @@ def make_experiment(root: Path, idea: str = "Classify iris flowers; reach accura
     return str(root)
 
 
-def make_run(number: int, status: str = "ok", metrics: dict[str, float] | None = None, error: str = "") -> RunRecord:
-    """A finished run's record."""
+def make_run(
+    number: int, status: str = "ok", metrics: dict[str, float] | None = None, error: str = "", operator: str | None = None, parent: int | None = -1
+) -> RunRecord:
+    """A finished run's record; by default it builds on the run before it, as in the linear loop."""
+    parent = (number - 1 or None) if parent == -1 else parent
     return RunRecord(
         number=number,
         status=status,
@@ -107,6 +110,8 @@ def make_run(number: int, status: str = "ok", metrics: dict[str, float] | None =
         duration_s=1.5,
         metrics=metrics or {},
         error=error,
+        operator=operator or ("draft" if parent is None else "improve"),
+        parent=parent,
     )
 
 

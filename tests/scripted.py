@@ -89,7 +89,7 @@ class ScriptedBrain:
             return {"tool_call": {"name": "RunAnalysis", "arguments": analysis}, **usage}
         if "You write train.py" in system:
             self.stages.append("codegen")
-            run = int(re.search(r"for run (\d+)", body["messages"][1]["content"]).group(1))  # the run number is in the user message
+            run = int(re.findall(r"for run (\d+)", body["messages"][1]["content"])[-1])  # the run number ends the user message
             code = self.codes[min(run, len(self.codes)) - 1]
             return {"content": f"Here is the script.\n\n```python\n{code}```\n", **usage}
         if "REPORT.md" in system:

@@ -34,7 +34,7 @@ def test_input_schema_requires_only_the_experiment_dir():
 
 
 def test_output_schema():
-    assert {"stop_reason", "report_path", "runs"} <= set(graph.get_output_jsonschema()["properties"])
+    assert {"stop_reason", "report_path", "run_count", "best_run"} <= set(graph.get_output_jsonschema()["properties"])
 
 
 def test_after_analyze_routing():

@@ -77,10 +77,11 @@ def test_edit_runs_the_edited_code_and_keeps_state_and_file_in_step(tmp_path: Pa
 
 
 def test_diff_note_says_why_there_is_no_diff():
-    assert diff_note(None, FIRST, 1) == "first run: nothing to compare"
-    assert diff_note(None, FIRST, 3) == "run_2/train.py is missing: nothing to compare"
-    assert diff_note(FIRST, FIRST, 2) == "unchanged: the same code as run 1"
-    assert diff_note(FIRST, SECOND, 2) == ""
+    assert diff_note(None, FIRST, 1, None) == "first run: nothing to compare"
+    assert diff_note(None, FIRST, 3, None) == "a draft, a new solution: nothing to compare"
+    assert diff_note(None, FIRST, 3, 2) == "run_2/train.py is missing: nothing to compare"
+    assert diff_note(FIRST, FIRST, 5, 2) == "unchanged: the same code as run 2"
+    assert diff_note(FIRST, SECOND, 2, 1) == ""
 
 
 def test_the_first_run_is_shown_without_a_diff_and_an_unchanged_one_says_so(tmp_path: Path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fakes import make_run, make_settings
 
-from nodes.stop_rules import budget_stop, decide_stop, failure_signature, spend
+from nodes.stop_rules import budget_stop, decide_stop, spend
+from search import failure_signature
 from state import Usage, add_usage
 
 
