@@ -138,9 +138,9 @@ def wait_until(condition, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
-def start_until_run(experiment: Path, env: dict[str, str], max_runs: int, run: int):
-    """Start main.py in the background and wait until run `run` of HOLDING_TRAIN is executing."""
-    runner = start_main(["-d", str(experiment), "-r", str(max_runs)], env)
+def start_until_run(experiment: Path, env: dict[str, str], max_runs: int, run: int, extra: list[str] | None = None):
+    """Start main.py (with `extra` arguments) in the background and wait until run `run` of HOLDING_TRAIN is executing."""
+    runner = start_main(["-d", str(experiment), "-r", str(max_runs), *(extra or [])], env)
     log = experiment / f"run_{run}" / "output.log"
     wait_until(lambda: log.exists() and "starting" in log.read_text())
     return runner
