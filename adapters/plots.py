@@ -1,4 +1,4 @@
-"""The report's plots as PNG files: a metric per run with the best so far, and the training curves a log holds.
+"""The report's plots as PNG files: a metric per run with the best so far, the search tree, and the training curves a log holds.
 
 matplotlib is imported only when a plot is drawn, and only its Agg canvas is used: no window, no global
 pyplot state, nothing that needs a display.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 from adapters.files import write_atomic
 from adapters.logs import log_lines, parse_metrics, parse_progress
+from search import lineage, lineage_text, origin
+from state import RunRecord
 
 X_NAMES = ("global_step", "step", "iteration", "iter", "epoch")
 """Names in a log line that give the x of the other values in it, the finest first; else a progress form (`epoch 3/10`) does."""
@@ -138,10 +140,10 @@ def _figure(width: float, height: float):
     return figure
 
 
-def _save(figure, path: Path) -> None:
-    """Write the PNG as every file of the experiment is written: whole or not at all (write_atomic)."""
+def _save(figure, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the PNG as every file of the experiment is written: whole or not at all (write_atomic); `metadata` as its text chunks."""
     png = io.BytesIO()
-    figure.savefig(png, format="png")
+    figure.savefig(png, format="png", metadata=metadata)
     write_atomic(path, png.getvalue())
 
 
@@ -175,6 +177,175 @@ def plot_metric_per_run(
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     _save(figure, path)
+
+
+STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "timeout": "tab:orange"}
+"""A tree node's fill by its run's status; any other status is grey."""
+OTHER_COLOUR = "tab:gray"
+PATH_COLOUR = "tab:blue"
+"""The line from the best run back to its draft: its edges and the outlines of its nodes."""
+MAX_TREE_INCHES = (30.0, 30.0)
+"""The tree figure's largest width and height (3000 px a side at 100 dpi): past them nodes and labels shrink instead."""
+MIN_LABEL_POINTS = 4.5
+"""Where a node's label would be smaller than this, it keeps only the run number."""
+
+
+def tree_layout(runs: list[RunRecord]) -> dict[int, tuple[float, int]]:
+    """Where each run sits in the tree figure: run number -> (x, depth).
+
+    A draft (or a run whose parent is not an earlier run) is a root at depth 0, each other run one level below its
+    parent. Leaves take x = 0, 1, 2... in depth-first order, children by run number; a parent sits midway over its
+    first and last child; each draft's tree starts half a step after the one before.
+    """
+    children: dict[int, list[int]] = {}
+    roots: list[int] = []
+    for run in runs:
+        parent = run["parent"]
+        (children[parent] if parent is not None and parent in children else roots).append(run["number"])
+        children[run["number"]] = []
+    places: dict[int, tuple[float, int]] = {}
+    next_x = 0.0
+    for root in roots:
+        stack: list[tuple[int, int, bool]] = [(root, 0, False)]  # by hand, not recursion: a linear search is one line hundreds deep
+        while stack:
+            number, depth, placed_children = stack.pop()
+            kids = children[number]
+            if placed_children:
+                places[number] = ((places[kids[0]][0] + places[kids[-1]][0]) / 2, depth)
+            elif not kids:
+                places[number] = (next_x, depth)
+                next_x += 1
+            else:
+                stack.append((number, depth, True))
+                stack.extend((kid, depth + 1, False) for kid in reversed(kids))
+        next_x += 0.5
+    return places
+
+
+def short_number(value: float) -> str:
+    """A value in a node's few characters: exactly when that is short (0.981, 42), else to 4 significant digits."""
+    exact = repr(value).removesuffix(".0")
+    return exact if len(exact) <= 7 else f"{value:.4g}"
+
+
+def node_label(run: RunRecord, metric: str | None, with_value: bool = True) -> str:
+    """`7` over `acc=0.981` (the metric's name left to the title when long), or over the status of a run that did not end ok."""
+    number = str(run["number"])
+    if not with_value:
+        return number
+    if run["status"] != "ok":
+        return f"{number}\n{run['status']}"
+    if metric is None:
+        return number
+    value = run["metrics"].get(metric)
+    name = f"{metric}=" if len(metric) <= 8 else ""
+    return f"{number}\n{name}{'—' if value is None else short_number(value)}"
+
+
+def tree_description(runs: list[RunRecord], metric: str | None, best: int | None = None) -> str:
+    """A line per run, as the tree PNG's Description holds it: `7: improve ← 3, ok, acc=0.981` (the value exactly as recorded)."""
+    lines = []
+    for run in runs:
+        parts = [f"{run['number']}: {origin(run)}", run["status"]]
+        if metric is not None and metric in run["metrics"]:
+            parts.append(f"{metric}={run['metrics'][metric]!r}")
+        if run["number"] == best:
+            parts.append("best")
+        lines.append(", ".join(parts))
+    return "\n".join(lines)
+
+
+def path_text(runs: list[RunRecord], best: int) -> str:
+    """The best run's line for the legend: search.lineage_text, its middle left out when it is long."""
+    chain = [run["number"] for run in lineage(runs, best)]
+    if len(chain) <= 8:
+        return lineage_text(runs, best)
+    return f"run {' ← '.join(map(str, chain[:4]))} ← … ← {chain[-1]} ({len(chain)} runs)"
+
+
+def label_points(labels: list[str], room_x: float, room_y: float) -> float:
+    """The largest font size (at most 9 points) at which every label fits the room a node has, in points."""
+    chars = max((len(line) for label in labels for line in label.splitlines()), default=1)
+    lines = max((label.count("\n") + 1 for label in labels), default=1)
+    return min(9.0, room_x * 0.9 / (0.62 * chars), room_y * 0.85 / (1.2 * lines))
+
+
+@_literal_text
+def plot_tree(runs: list[RunRecord], metric: str | None, higher_is_better: bool, path: Path, *, best: int | None = None) -> None:
+    """The search tree: each run under the run it builds on, filled by status and labelled with its number and `metric`,
+    the line from the best run back to its draft marked; the PNG's Description names every run (tree_description).
+
+    The figure grows with the tree up to MAX_TREE_INCHES, then its nodes and labels shrink; labels too small to read
+    keep only the run number.
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
+
+    places = tree_layout(runs)
+    xs = [x for x, _ in places.values()] or [0.0]
+    span, levels = max(xs) - min(xs) + 1, max((depth for _, depth in places.values()), default=0) + 1
+    width = min(max(6.0, 1.0 + 0.6 * span), MAX_TREE_INCHES[0])
+    height = min(max(3.5, 2.0 + 0.9 * levels), MAX_TREE_INCHES[1])
+    figure = _figure(width, height)
+    ax = figure.add_subplot()
+    ax.set_axis_off()
+
+    # 1. Sizes from the room each node has, in points (72 an inch; about 2 inches go to the title and the legend).
+    #    Labels go below their node or, where that leaves them larger (a deep, narrow tree), beside it.
+    room_x, room_y = (width - 0.5) * 72 / span, (height - 2.0) * 72 / levels
+    marker = min(max(min(room_x, room_y) * 0.35, 3.0), 14.0)
+    labels = {run["number"]: node_label(run, metric) for run in runs}
+    below, beside = label_points(list(labels.values()), room_x, room_y - marker), label_points(list(labels.values()), room_x - marker, room_y)
+    with_values = max(below, beside) >= MIN_LABEL_POINTS
+    if not with_values:
+        labels = {run["number"]: node_label(run, metric, with_value=False) for run in runs}
+        below, beside = label_points(list(labels.values()), room_x, room_y - marker), label_points(list(labels.values()), room_x - marker, room_y)
+    size = max(below, beside, 2.0)
+
+    # 2. Edges parent -> child, the best run's line over the others.
+    on_path = {run["number"] for run in lineage(runs, best)} if best is not None else set()
+    edges, path_edges = [], []
+    for run in runs:
+        if places[run["number"]][1] > 0:  # not a root
+            (px, pd), (cx, cd) = places[run["parent"]], places[run["number"]]
+            (path_edges if run["number"] in on_path and run["parent"] in on_path else edges).append([(px, -pd), (cx, -cd)])
+    ax.add_collection(LineCollection(edges, colors="0.6", linewidths=1.0, zorder=1))
+    ax.add_collection(LineCollection(path_edges, colors=PATH_COLOUR, linewidths=3.0, zorder=2))
+
+    # 3. Nodes by status, the best run's line outlined, and their labels.
+    for status in dict.fromkeys(run["status"] for run in runs):
+        group = [run["number"] for run in runs if run["status"] == status]
+        ax.scatter(
+            [places[n][0] for n in group],
+            [-places[n][1] for n in group],
+            s=[(marker * (1.4 if n == best else 1.0)) ** 2 for n in group],
+            c=STATUS_COLOURS.get(status, OTHER_COLOUR),
+            edgecolors=[PATH_COLOUR if n in on_path else "white" for n in group],
+            linewidths=[max(1.0, min(2.5, marker / 5)) if n in on_path else 0.5 for n in group],
+            zorder=3,
+        )
+    box = {"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}  # edges pass behind labels
+    for number, (x, depth) in places.items():
+        gap = marker * (1.4 if number == best else 1.0) / 2 + (3 if number in on_path else 1)
+        offset, align = ((0, -gap), {"ha": "center", "va": "top"}) if below >= beside else ((gap, 0), {"ha": "left", "va": "center"})
+        ax.annotate(labels[number], (x, -depth), xytext=offset, textcoords="offset points", fontsize=size, bbox=box, zorder=4, **align)
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 0.6)
+    ax.set_ylim(-(levels - 1) - 0.9, 0.4)
+
+    # 4. Title and legend.
+    drafts = sum(depth == 0 for _, depth in places.values())
+    shown = f"run number and {metric} ({'higher' if higher_is_better else 'lower'} is better)" if metric and with_values else "run number"
+    roots = f"{drafts} draft{'s' if drafts != 1 else ''}"
+    figure.suptitle(f"Search tree: {len(runs)} runs from {roots}, each under the run it builds on\nLabels: {shown}", fontsize="medium")
+    handles = [
+        Line2D([], [], marker="o", linestyle="", markersize=8, color=STATUS_COLOURS.get(status, OTHER_COLOUR), label=status)
+        for status in dict.fromkeys(run["status"] for run in runs)
+    ]
+    if on_path:
+        handles.append(Line2D([], [], color=PATH_COLOUR, linewidth=3, label=f"best run's line: {path_text(runs, best)}"))
+    if handles:
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize="small", frameon=False)
+    _save(figure, path, metadata={"Title": f"Search tree of {len(runs)} runs", "Description": tree_description(runs, metric, best)})
 
 
 def plot_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: str, path: Path) -> None:

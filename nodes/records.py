@@ -153,13 +153,14 @@ def cell(text: str, limit: int | None = CELL_CHARS) -> str:
 
 
 def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
-    """Markdown table of every run, with exact metric values and what each changed; ★ marks the best run."""
+    """Markdown table of every run: the run it builds on and how (— for a draft), exact metric values and what each changed; ★ marks the best run."""
     rank = ranking(runs, goal)
     best = best_ranked(runs, rank)
     names = list(dict.fromkeys([*([rank.metric] if rank else []), *(name for run in runs for name in run["metrics"])]))
     columns, others = names[:MAX_METRIC_COLUMNS], names[MAX_METRIC_COLUMNS:]
     with_error = any(run["error"] for run in runs)
-    head = ["Run", "Status", "Duration", *columns, *(["Other metrics"] if others else []), *(["Error"] if with_error else []), "What changed"]
+    extra = [*(["Other metrics"] if others else []), *(["Error"] if with_error else [])]
+    head = ["Run", "Parent", "Operator", "Status", "Duration", *columns, *extra, "What changed"]
     rows = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         mark = " ★" if best is not None and run["number"] == best["number"] else ""
@@ -169,5 +170,7 @@ def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | 
         if with_error:
             values.append(cell(run["error"]))
         change = cell((changes or {}).get(run["number"], ""))
-        rows.append(f"| {run['number']}{mark} | {run['status']} | {exact_number(run['duration_s'])} s | " + " | ".join([*values, change]) + " |")
+        parent = "—" if run["parent"] is None else run["parent"]
+        start = f"| {run['number']}{mark} | {parent} | {run['operator']} | {run['status']} | {exact_number(run['duration_s'])} s | "
+        rows.append(start + " | ".join([*values, change]) + " |")
     return "\n".join(rows)

@@ -1,8 +1,9 @@
-"""REPORT.md: goal and outcome, the best run, the LLM's findings, every run, plots, tokens and cost, how to reproduce the best run.
+"""REPORT.md: goal and outcome, the best run and its lineage, the LLM's findings, every run, plots (the search tree
+among them), tokens and cost, how to reproduce the best run.
 
-Every table, number and plot is made here from the runs' records, which hold what metrics.json, result.json
-and the logs say; REPORT_MODEL writes only the narrative between them. An experiment cut short gets the same
-record without asking the LLM.
+Every table, number and plot is made here from the runs' records (run_N/result.json, read once per report), which
+hold what metrics.json and the logs say; REPORT_MODEL writes only the narrative between them. An experiment cut
+short gets the same record without asking the LLM.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_text
 from adapters.logs import clip, one_line
-from adapters.plots import plot_curves, plot_metric_per_run, read_curves
+from adapters.plots import plot_curves, plot_metric_per_run, plot_tree, read_curves
 from goal import Ranking, best_ranked, goal_reached, ranking
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
 from nodes.records import changes_by_run, exact_number, experiment_context, metrics_text, runs_table
+from search import lineage_text, origin
 from settings import Settings
 from state import ExperimentState, Halt, RunRecord, Usage, spend
 
@@ -32,6 +34,7 @@ PLOTS_DIR = "report"
 """The plots' folder in the experiment folder; REPORT.md links them by this relative path."""
 GOAL_PLOT = "goal_metric.png"
 CURVES_PLOT = "best_run_curves.png"
+TREE_PLOT = "tree.png"
 
 
 def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
@@ -39,14 +42,15 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     reason = state.get("stop_reason") or "max_runs"
     files = ExperimentFiles(state["experiment_dir"])
+    runs = files.read_runs(state.get("run_count", 0))
     if halted := state.get("halted"):
         runtime.stream_writer({"event": "stage", "stage": "report", "model": None, "stop_reason": reason})
-        files.write_report(report_text(state, settings, [], head=halt_notice(state, halted, settings)))
+        files.write_report(report_text(state, settings, runs, [], head=halt_notice(state, halted, settings)))
         return {"report_path": str(files.report)}
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
     # 1. The narrative: findings and what to try next, from the experiment as it stands and the runs' exact lines.
-    runs, goal, changes = state.get("runs", []), state.get("goal", ""), changes_by_run(files.read_findings())
+    goal, changes = state.get("goal", ""), changes_by_run(files.read_findings())
     best = best_ranked(runs, ranking(runs, goal))
     prompt = REPORT_USER.format(
         **experiment_context(state),
@@ -60,7 +64,7 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     # 2. The record around it, computed from the runs.
     if narrative := narrative_body(narrative):
         narrative = f"_The account below is written by {settings.report_model}; the tables and plots are computed from the run files._\n\n{narrative}"
-    files.write_report(report_text(state, settings, [usage], head="# Report", narrative=narrative))
+    files.write_report(report_text(state, settings, runs, [usage], head="# Report", narrative=narrative))
     return {"report_path": str(files.report), "stop_reason": reason, "usage": [usage]}
 
 
@@ -83,17 +87,18 @@ def halt_notice(state: ExperimentState, halted: Halt, settings: Settings) -> str
     return "\n".join(lines)
 
 
-def report_text(state: ExperimentState, settings: Settings, usage: list[Usage], head: str, narrative: str = "") -> str:
-    """The whole of REPORT.md: `head`, then the record with `narrative` after the best run; draws the plots it links."""
+def report_text(state: ExperimentState, settings: Settings, runs: list[RunRecord], usage: list[Usage], head: str, narrative: str = "") -> str:
+    """The whole of REPORT.md about `runs` (every finished run): `head`, then the record with `narrative` after the best run;
+    draws the plots it links."""
     files = ExperimentFiles(state["experiment_dir"])
-    runs, goal = state.get("runs", []), state.get("goal", "")
+    goal = state.get("goal", "")
     rank = ranking(runs, goal)
     best = best_ranked(runs, rank)
     all_usage = [*state.get("usage", []), *usage]
     parts = [
         head,
-        outcome_section(state),
-        best_section(best, rank, goal),
+        outcome_section(state, len(runs)),
+        best_section(best, rank, goal, runs),
         narrative,
         "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
         plots_section(files, runs, rank, best),
@@ -105,7 +110,7 @@ def report_text(state: ExperimentState, settings: Settings, usage: list[Usage], 
 
 def report_line(run: RunRecord, changes: dict[int, str]) -> str:
     """One run for the report prompt, every number exactly as the record holds it."""
-    parts = [f"run {run['number']}: {run['status']}", f"{exact_number(run['duration_s'])} s", metrics_text(run["metrics"])]
+    parts = [f"run {run['number']} ({origin(run)}): {run['status']}", f"{exact_number(run['duration_s'])} s", metrics_text(run["metrics"])]
     if changes.get(run["number"]):
         parts.append(f"changed: {changes[run['number']]}")
     if run["error"]:
@@ -121,9 +126,8 @@ def narrative_body(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def outcome_section(state: ExperimentState) -> str:
-    """Why the experiment stopped, after how many runs, against which goal."""
-    runs = state.get("runs", [])
+def outcome_section(state: ExperimentState, runs: int) -> str:
+    """Why the experiment stopped, after how many (`runs`) finished, against which goal."""
     reason = state.get("stop_reason") or "max_runs"
     if halted := state.get("halted"):
         detail = f" during {halted['stage']} (see above)"
@@ -132,13 +136,13 @@ def outcome_section(state: ExperimentState) -> str:
     return "\n\n".join(
         [
             "## Goal and outcome",
-            f"Stopped because: **{reason}**{detail} after {len(runs)} of {state.get('max_runs', len(runs))} runs. Goal: {state.get('goal') or '(none)'}",
+            f"Stopped because: **{reason}**{detail} after {runs} of {state.get('max_runs', runs)} runs. Goal: {state.get('goal') or '(none)'}",
         ]
     )
 
 
-def best_section(best: RunRecord | None, rank: Ranking | None, goal: str) -> str:
-    """The best run with every metric it reported, exactly, and whether it meets the goal."""
+def best_section(best: RunRecord | None, rank: Ranking | None, goal: str, runs: list[RunRecord]) -> str:
+    """The best run with every metric it reported, exactly, whether it meets the goal, and the line of runs it grew from."""
     if best is None or rank is None:
         return "## Best run\n\nNo run reported a metric, so none can be called best."
     lines = [
@@ -152,6 +156,7 @@ def best_section(best: RunRecord | None, rank: Ranking | None, goal: str) -> str
         met = goal_reached(goal, best["metrics"])
         value = f"{rank.metric}={exact_number(best['metrics'][rank.metric])}"
         lines += ["", f"Goal `{goal}`: {'met' if met else 'not met'} ({value})."]
+    lines += ["", f"Lineage: {lineage_text(runs, best['number'])}."]
     return "\n".join(lines)
 
 
@@ -159,26 +164,33 @@ def plots_section(files: ExperimentFiles, runs: list[RunRecord], rank: Ranking |
     """Draw the plots into report/ and link them; a plot that cannot be drawn is said so, never fatal to the report."""
     folder = files.root / PLOTS_DIR
     lines, drawn = ["## Plots"], set[str]()
+    best_number = best["number"] if best else None
+
+    def draw(name: str, plot: Callable[..., None], *args: Any, alt: str, **kwargs: Any) -> None:
+        """Draw report/`name` with `plot` (its path the last positional argument) and link it, or say why it could not be drawn."""
+        failure = try_plot(plot, *args, folder / name, **kwargs)
+        if not failure:
+            drawn.add(name)
+        lines.append(failure or f"![{alt}]({PLOTS_DIR}/{name})")
+
     if rank is None:
-        lines.append("No run reported a metric: nothing to plot.")
+        lines.append("No run reported a metric: no metric to plot.")
     else:
         values = {run["number"]: run["metrics"].get(rank.metric) for run in runs}
-        best_number = best["number"] if best else None
         target = rank.goal.written if rank.goal else None  # the number as written, on the plot too
-        failure = try_plot(plot_metric_per_run, values, rank.metric, rank.higher_is_better, folder / GOAL_PLOT, target=target, best=best_number)
-        if not failure:
-            drawn.add(GOAL_PLOT)
-        lines.append(failure or f"![{rank.metric} per run, with the best so far]({PLOTS_DIR}/{GOAL_PLOT})")
+        alt = f"{rank.metric} per run, with the best so far"
+        draw(GOAL_PLOT, plot_metric_per_run, values, rank.metric, rank.higher_is_better, alt=alt, target=target, best=best_number)
+    if runs:
+        metric, higher = (rank.metric, rank.higher_is_better) if rank else (None, True)
+        alt = "The search tree: each run under the run it builds on, by status, the best run's line marked"
+        draw(TREE_PLOT, plot_tree, runs, metric, higher, alt=alt, best=best_number)
     if best is not None:
         curves = read_curves(files.run_dir(best["number"]) / "output.log").plottable(first=rank.metric if rank else None)
         if not curves:
             lines.append(f"Run {best['number']}'s output.log prints no metric twice or more: no training curves to draw.")
         else:
-            failure = try_plot(plot_curves, curves, f"Run {best['number']}: metrics in its output.log", folder / CURVES_PLOT)
-            if not failure:
-                drawn.add(CURVES_PLOT)
-            lines.append(failure or f"![Training curves of run {best['number']}]({PLOTS_DIR}/{CURVES_PLOT})")
-    for name in {GOAL_PLOT, CURVES_PLOT} - drawn:  # a plot of an earlier report that no longer applies
+            draw(CURVES_PLOT, plot_curves, curves, f"Run {best['number']}: metrics in its output.log", alt=f"Training curves of run {best['number']}")
+    for name in {GOAL_PLOT, TREE_PLOT, CURVES_PLOT} - drawn:  # a plot of an earlier report that no longer applies
         with contextlib.suppress(OSError):
             (folder / name).unlink(missing_ok=True)
     return "\n\n".join(lines)

@@ -8,6 +8,7 @@ from pathlib import Path
 from fakes import ScriptedChatModel, analysis_reply, code_reply, make_experiment, make_settings, plan_reply, text_reply
 from langgraph.checkpoint.memory import InMemorySaver
 
+from adapters.files import ExperimentFiles
 from graph import build_graph, graph
 from graph.experiment import after_analyze
 
@@ -74,10 +75,12 @@ def test_two_runs_end_to_end(tmp_path: Path):
 
     final = compiled.get_state(config).values
     assert final["stop_reason"] == "max_runs"
-    assert [r["number"] for r in final["runs"]] == [1, 2]
-    assert all(r["status"] == "ok" and r["metrics"] == {"accuracy": 0.8} for r in final["runs"])
+    runs = ExperimentFiles(root).read_runs(final["run_count"])
+    assert [(r["number"], r["operator"], r["parent"]) for r in runs] == [(1, "draft", None), (2, "improve", 1)]
+    assert all(r["status"] == "ok" and r["metrics"] == {"accuracy": 0.8} for r in runs)
+    assert final["latest_run"] == runs[-1] and final["best_run"] == runs[0]  # the earliest of equal values
     assert final["report_path"] == str(exp.resolve() / "REPORT.md")
-    assert final["findings_digest"].count("## Run ") == 2 and "## Run 2 (ok)" in (exp / "KEY_FINDINGS.md").read_text()
+    assert final["findings_digest"].count("## Run ") == 2 and "## Run 2 (ok, improve of run 1)" in (exp / "KEY_FINDINGS.md").read_text()
     # Summed per stage and model: the state stays a few entries however many calls (the audit log has each).
     assert [(u["stage"], u["calls"]) for u in final["usage"]] == [("initialize", 1), ("codegen", 2), ("analyze", 2), ("report", 1)]
     tasks = json.loads((exp / "tasks.json").read_text())["tasks"]

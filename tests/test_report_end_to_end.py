@@ -1,7 +1,8 @@
 """A finished experiment's REPORT.md, end to end: main.py against the local LLM server.
 
-Every run's measured values appear exactly as in run_N/metrics.json and result.json, the plots it links are
-PNG files that exist, and its reproduce section runs the best run's train.py again to the same metrics.
+Every run's measured values, and the run it builds on, appear exactly as in run_N/metrics.json and result.json,
+the plots it links are PNG files that exist (the search tree's naming every run), and its reproduce section runs
+the best run's train.py again to the same metrics.
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ def test_the_report_holds_every_measured_value_valid_plots_and_a_reproducible_be
     assert result.returncode == 0, result.stderr
     report = (experiment / "REPORT.md").read_text()
 
-    # 1. The runs table: each run's status, duration and every metric, exactly as its files hold them.
+    # 1. The runs table: each run's parent, operator, status, duration and every metric, exactly as its files hold them.
     rows = {int(row["Run"].rstrip(" ★")): row for row in table_rows(report, "Run")}
     assert sorted(rows) == [1, 2, 3, 4]
+    records = {number: json.loads((experiment / f"run_{number}" / "result.json").read_text()) for number in rows}
     for number, row in rows.items():
-        run = experiment / f"run_{number}"
-        recorded = json.loads((run / "result.json").read_text())
+        run, recorded = experiment / f"run_{number}", records[number]
+        assert (row["Parent"], row["Operator"]) == (str(recorded["parent"] or "—"), recorded["operator"])
         assert row["Status"] == recorded["status"]
         assert float(row["Duration"].removesuffix(" s")) == recorded["duration_s"]
         if (run / "metrics.json").exists():
@@ -81,10 +83,15 @@ def test_the_report_holds_every_measured_value_valid_plots_and_a_reproducible_be
     assert "Metrics: accuracy=0.8765432109876543, loss=1.25e-07, n_params=120000, lr=0.0003" in report
     assert {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.e+]+)", report.split("Metrics: ")[1].splitlines()[0])} == best
     assert "Goal `accuracy >= 0.9`: not met (accuracy=0.8765432109876543)." in report
+    line, number = ["run 2"], 2
+    while records[number]["parent"] is not None:
+        number = records[number]["parent"]
+        line.append(str(number))
+    assert f"Lineage: {' ← '.join(line)}, {records[number]['operator']}." in report
 
     # 3. The plots: relative links to PNG files that exist and read back as images.
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert links == ["report/goal_metric.png", "report/best_run_curves.png"]
+    assert links == ["report/goal_metric.png", "report/tree.png", "report/best_run_curves.png"]
     for link in links:
         path = experiment / link
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -92,6 +99,12 @@ def test_the_report_holds_every_measured_value_valid_plots_and_a_reproducible_be
             image.verify()
         with Image.open(path) as image:
             assert image.width > 100 and image.height > 100
+    with Image.open(experiment / "report" / "tree.png") as image:  # the tree names every run, how it came about and how it ended
+        image.load()
+        named = image.text["Description"].splitlines()
+    origins = {n: r["operator"] if r["parent"] is None else f"{r['operator']} ← {r['parent']}" for n, r in records.items()}
+    assert [line.split(", accuracy=")[0] for line in named] == [f"{n}: {origins[n]}, {records[n]['status']}" for n in (1, 2, 3, 4)]
+    assert named[1] == f"2: {origins[2]}, ok, accuracy=0.8765432109876543, best"
 
     # 4. Tokens by stage and model, and the findings with what each run changed.
     usage = {row["Stage"]: row for row in table_rows(report, "Stage")}

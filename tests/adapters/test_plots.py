@@ -1,10 +1,18 @@
-"""Tests for adapters/plots.py: what best_run_curves.png is drawn from (x values and their label) and its axis ticks."""
+"""Tests for adapters/plots.py: what best_run_curves.png is drawn from (x values and their label) and its axis ticks;
+where tree.png places each run, and that it is a real PNG naming every run in the colours of their statuses."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from adapters.plots import LINE_X, draw_curves, plot_curves, read_curves
+import pytest
+from fakes import make_run
+from matplotlib.colors import to_rgb
+from PIL import Image
+
+from adapters.plots import LINE_X, PATH_COLOUR, STATUS_COLOURS, draw_curves, node_label, plot_curves, plot_tree, read_curves, tree_layout
+from state import RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -82,3 +90,135 @@ def test_a_curve_named_like_broken_tex_is_drawn_as_written(tmp_path):
     path = tmp_path / "curves.png"
     plot_curves({"$\\frac{$ loss": ("epoch", [1.0, 2.0, 3.0], [0.5, 0.4, 0.3])}, "run 1: $x", path)
     assert path.stat().st_size > 0
+
+
+# the search tree
+
+
+def search_tree() -> list[RunRecord]:
+    """Three drafts; draft 2 failed and was debugged; the best line improved further, one improve timing out."""
+    return [
+        make_run(1, metrics={"acc": 0.9}, parent=None),
+        make_run(2, status="failed", error="KeyError: 'label'", parent=None),
+        make_run(3, metrics={"acc": 0.88}, parent=None),
+        make_run(4, metrics={"acc": 0.93}, operator="debug", parent=2),
+        make_run(5, metrics={"acc": 0.95}, parent=4),
+        make_run(6, status="timeout", parent=5),
+        make_run(7, metrics={"acc": 0.981}, parent=5),
+        make_run(8, metrics={"acc": 0.9712345678}, parent=7),
+    ]
+
+
+def described_runs(path: Path) -> list[str]:
+    """The lines of the PNG's Description text chunk: one per run."""
+    with Image.open(path) as image:
+        image.load()
+        return image.text["Description"].splitlines()
+
+
+def colour_pixels(path: Path, colour: str) -> int:
+    """How many pixels of the PNG are exactly `colour` (a matplotlib colour name)."""
+    rgb = tuple(round(c * 255) for c in to_rgb(colour))
+    with Image.open(path) as image:
+        counts = image.convert("RGB").getcolors(maxcolors=1 << 24)
+    return sum(count for count, pixel in counts if pixel == rgb)
+
+
+def test_tree_layout_puts_each_run_below_its_parent_and_drafts_side_by_side():
+    places = tree_layout(search_tree())
+
+    assert {number: depth for number, (_, depth) in places.items()} == {1: 0, 2: 0, 3: 0, 4: 1, 5: 2, 6: 3, 7: 3, 8: 4}
+    x = {number: x for number, (x, _) in places.items()}
+    assert x[1] < x[6] < x[8] < x[3]  # leaves in depth-first order, draft by draft
+    assert x[7] == x[8] and x[5] == (x[6] + x[7]) / 2 and x[2] == x[4] == x[5]  # a parent over the middle of its children
+    assert x[6] - x[1] == 1.5 and x[3] - x[8] == 1.5  # half a step between drafts' trees
+
+
+def test_tree_layout_takes_a_run_whose_parent_is_not_an_earlier_run_as_a_root():
+    places = tree_layout([make_run(1, parent=None), make_run(2, parent=9), make_run(3, parent=2)])
+    assert [places[n][1] for n in (1, 2, 3)] == [0, 0, 1]
+
+
+def test_node_labels_are_the_run_number_over_its_value_or_status():
+    runs = search_tree()
+    assert node_label(runs[6], "acc") == "7\nacc=0.981"
+    assert node_label(runs[7], "acc") == "8\nacc=0.9712"  # a long value shortened; the PNG's text holds it whole
+    assert node_label(runs[1], "acc") == "2\nfailed" and node_label(runs[5], "acc") == "6\ntimeout"
+    assert node_label(make_run(7, metrics={"validation_accuracy": 0.981}), "validation_accuracy") == "7\n0.981"  # a long name is left to the title
+    assert node_label(make_run(9, metrics={"loss": 1.0}), "acc") == "9\nacc=—"
+    assert node_label(runs[6], "acc", with_value=False) == "7"
+
+
+def test_the_tree_is_a_png_naming_every_run_in_the_colours_of_their_statuses(tmp_path: Path):
+    path = tmp_path / "report" / "tree.png"
+    plot_tree(search_tree(), "acc", True, path, best=7)
+
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and 500 <= image.width <= 3000 and 300 <= image.height <= 3000
+    assert described_runs(path) == [
+        "1: draft, ok, acc=0.9",
+        "2: draft, failed",
+        "3: draft, ok, acc=0.88",
+        "4: debug ← 2, ok, acc=0.93",
+        "5: improve ← 4, ok, acc=0.95",
+        "6: improve ← 5, timeout",
+        "7: improve ← 5, ok, acc=0.981, best",
+        "8: improve ← 7, ok, acc=0.9712345678",
+    ]
+    for colour in (STATUS_COLOURS["ok"], STATUS_COLOURS["failed"], STATUS_COLOURS["timeout"], PATH_COLOUR):
+        assert colour_pixels(path, colour) > 150, colour  # a node's fill besides the legend's marker (under 100 pixels)
+    assert [p.name for p in path.parent.iterdir()] == ["tree.png"]  # no temporary file left
+
+
+def test_colours_appear_only_for_what_the_tree_holds(tmp_path: Path):
+    # The pixel checks above mean something: without a failed run or a best run, their colours are nowhere.
+    path = tmp_path / "tree.png"
+    plot_tree([make_run(1, metrics={"acc": 0.5}, parent=None), make_run(2, metrics={"acc": 0.6})], "acc", True, path)
+
+    assert colour_pixels(path, STATUS_COLOURS["ok"]) > 50
+    assert colour_pixels(path, STATUS_COLOURS["failed"]) == 0 and colour_pixels(path, PATH_COLOUR) == 0
+    assert described_runs(path) == ["1: draft, ok, acc=0.5", "2: improve ← 1, ok, acc=0.6"]
+
+
+def test_a_tree_without_a_metric_and_a_metric_named_like_broken_tex(tmp_path: Path):
+    runs = [make_run(1, status="failed", error="OSError: x", parent=None), make_run(2, status="failed", operator="debug")]
+    plot_tree(runs, None, True, tmp_path / "none.png")
+    assert described_runs(tmp_path / "none.png") == ["1: draft, failed", "2: debug ← 1, failed"]
+
+    plot_tree(search_tree(), "$x_1", False, tmp_path / "tex.png", best=3)
+    assert described_runs(tmp_path / "tex.png")[0] == "1: draft, ok"  # no run reports $x_1
+    assert colour_pixels(tmp_path / "tex.png", PATH_COLOUR) > 0
+
+
+def random_tree(count: int) -> list[RunRecord]:
+    """A bushy search of `count` runs: three drafts, then runs on one of the 20 latest (or any earlier) run, some failing."""
+    import random
+
+    pick = random.Random(7)
+    runs = [make_run(n, metrics={"val_accuracy": pick.random()}, parent=None) for n in (1, 2, 3)]
+    for number in range(4, count + 1):
+        parent = pick.choice(runs[-20:] if pick.random() < 0.8 else runs)
+        status = pick.choice(["ok", "ok", "ok", "failed", "timeout"])
+        operator = "improve" if parent["status"] == "ok" else "debug"
+        metrics = {"val_accuracy": pick.random()} if status == "ok" else None
+        runs.append(make_run(number, status=status, metrics=metrics, operator=operator, parent=parent["number"]))
+    return runs
+
+
+@pytest.mark.parametrize("shape", ["bushy", "linear"])
+def test_a_tree_of_400_runs_draws_within_seconds_at_a_bounded_size(tmp_path: Path, shape: str):
+    runs = random_tree(400) if shape == "bushy" else [make_run(n, metrics={"val_accuracy": n / 1000}) for n in range(1, 401)]
+    path = tmp_path / "tree.png"
+
+    started = time.monotonic()
+    plot_tree(runs, "val_accuracy", True, path, best=400)
+    assert time.monotonic() - started < 15  # about a second here
+
+    with Image.open(path) as image:
+        assert image.width <= 3000 and image.height <= 3000
+    lines = described_runs(path)
+    assert [int(line.split(":")[0]) for line in lines] == list(range(1, 401))
+    assert lines[-1].endswith(", best")

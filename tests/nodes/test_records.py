@@ -65,9 +65,14 @@ def test_tasks_text_without_tasks():
 
 
 def section(run: int, change: str = "", findings: tuple[str, ...] = (), summary: str = "It ran.") -> str:
-    """A KEY_FINDINGS section as analyze writes it."""
+    """A KEY_FINDINGS section as analyze writes it, of a run improving the one before it (run 1 a draft)."""
     analysis = RunAnalysis(summary=summary, change=change, findings=list(findings), goal_achieved=False)
     return findings_section(make_run(run), analysis)
+
+
+def heading(run: int) -> str:
+    """How section(run) names its run."""
+    return f"Run {run} (ok, {'draft' if run == 1 else f'improve of run {run - 1}'})"
 
 
 def test_digest_is_every_section_when_they_fit():
@@ -79,13 +84,13 @@ def test_digest_empty():
 
 
 def test_digest_keeps_the_newest_in_full_and_condenses_the_older():
-    sections = [section(n, change=f"change {n}", findings=(f"finding {n}", "second point"), summary="x" * 300) for n in range(1, 11)]
+    sections = [section(n, change=f"change {n}", findings=(f"finding {n}", "second point"), summary="x" * 280) for n in range(1, 11)]
     text = findings_digest(sections, 1_500)
     assert len(text) <= 1_500
     assert text.endswith(sections[-2] + "\n\n" + sections[-1])  # the newest whole, as many as fit in half the budget
     head = text.split("\n\n")[0].splitlines()
     assert head[0] == "(8 earlier sections omitted) — a line each, oldest first:"
-    assert head[1:] == [f"Run {n} (ok): change {n} — finding {n}" for n in range(1, 9)]
+    assert head[1:] == [f"{heading(n)}: change {n} — finding {n}" for n in range(1, 9)]
 
 
 def test_digest_at_run_50_stays_within_budget_and_still_names_the_early_runs():
@@ -95,11 +100,11 @@ def test_digest_at_run_50_stays_within_budget_and_still_names_the_early_runs():
     ]
     text = findings_digest(sections, BUDGET["findings"])
     assert len(text) <= BUDGET["findings"]
-    assert "## Run 50 (ok)" in text and sections[-1] in text  # the latest findings keep their detail
+    assert f"## {heading(50)}" in text and sections[-1] in text  # the latest findings keep their detail
     for n in (1, 2, 3, 25):
-        assert f"\nRun {n} (ok): lr {n}e-4 and width {n * 8} — val_accuracy {n / 100}" in text
-    assert all(f"Run {n} (ok)" in text for n in range(1, 51))  # every run named, the newest in full
-    assert text.index("Run 1 (ok)") < text.index("Run 2 (ok)") < text.index("## Run 50")
+        assert f"\n{heading(n)}: lr {n}e-4 and width {n * 8} — val_" in text  # the heading's origin leaves the finding little room
+    assert all(heading(n) in text for n in range(1, 51))  # every run named, the newest in full
+    assert text.index(heading(1)) < text.index(heading(2)) < text.index("## Run 50")
     # And it does not grow with the runs: 50 more sections take the same room.
     assert len(findings_digest(sections + sections, BUDGET["findings"])) <= BUDGET["findings"]
 
@@ -108,10 +113,13 @@ def test_digest_drops_the_oldest_lines_with_a_note_when_even_short_lines_overflo
     sections = [section(n, change="c" * 100) for n in range(1, 401)]
     text = findings_digest(sections, 6_000)
     assert len(text) <= 6_000
-    match = re.match(r"\((\d+) earlier sections omitted\) — a line each, oldest first; the (\d+) oldest only in KEY_FINDINGS.md:\nRun (\d+) \(ok\): ccc", text)
+    match = re.match(
+        r"\((\d+) earlier sections omitted\) — a line each, oldest first; the (\d+) oldest only in KEY_FINDINGS.md:\nRun (\d+) \(ok, improve of run \d+\): ccc",
+        text,
+    )
     condensed, dropped, first_shown = map(int, match.groups())
     assert first_shown == dropped + 1 and condensed > dropped > 0
-    assert all(f"Run {n} (ok)" in text for n in range(first_shown, 401)) and "Run 1 (ok)" not in text
+    assert all(heading(n) in text for n in range(first_shown, 401)) and heading(1) not in text
 
 
 def test_digest_cuts_one_huge_newest_section_to_what_is_left():
@@ -143,11 +151,11 @@ def test_run_line_and_table():
     ]
     assert run_line(runs[1]) == "run 2: failed, 2 s, none found, error: OSError: x|y"
     table = runs_table(runs, "accuracy >= 0.9", {1: "baseline", 3: "wider | deeper\nnet"}).splitlines()
-    assert table[0] == "| Run | Status | Duration | accuracy | loss | Error | What changed |"
+    assert table[0] == "| Run | Parent | Operator | Status | Duration | accuracy | loss | Error | What changed |"
     assert table[2:] == [
-        "| 1 | ok | 1.5 s | 0.5 | — |  | baseline |",
-        "| 2 | failed | 1.5 s | — | — | OSError: x\\|y |  |",
-        "| 3 ★ | ok | 1.5 s | 0.7 | 0.123456789 |  | wider \\| deeper net |",
+        "| 1 | — | draft | ok | 1.5 s | 0.5 | — |  | baseline |",
+        "| 2 | 1 | improve | failed | 1.5 s | — | — | OSError: x\\|y |  |",
+        "| 3 ★ | 2 | improve | ok | 1.5 s | 0.7 | 0.123456789 |  | wider \\| deeper net |",
     ]
     assert "★" not in runs_table([make_run(1)], "")
 
@@ -155,5 +163,25 @@ def test_run_line_and_table():
 def test_runs_table_puts_metrics_past_the_columns_together():
     metrics = {f"m{i}": float(i) for i in range(8)}
     table = runs_table([make_run(1, metrics=metrics)], "m7 >= 1").splitlines()
-    assert table[0] == "| Run | Status | Duration | m7 | m0 | m1 | m2 | m3 | m4 | Other metrics | What changed |"
-    assert table[2] == "| 1 ★ | ok | 1.5 s | 7 | 0 | 1 | 2 | 3 | 4 | m5=5, m6=6 |  |"
+    assert table[0] == "| Run | Parent | Operator | Status | Duration | m7 | m0 | m1 | m2 | m3 | m4 | Other metrics | What changed |"
+    assert table[2] == "| 1 ★ | — | draft | ok | 1.5 s | 7 | 0 | 1 | 2 | 3 | 4 | m5=5, m6=6 |  |"
+
+
+def test_runs_table_says_which_run_each_builds_on_and_how():
+    runs = [
+        make_run(1, metrics={"accuracy": 0.6}, parent=None),
+        make_run(2, status="failed", error="KeyError: 'label'", parent=None),
+        make_run(3, status="timeout", parent=None),
+        make_run(4, metrics={"accuracy": 0.8}, operator="debug", parent=2),
+        make_run(5, metrics={"accuracy": 0.9}, operator="improve", parent=4),
+        make_run(6, metrics={"accuracy": 0.7}, operator="improve", parent=1),
+    ]
+    rows = [line.split(" | ")[:4] for line in runs_table(runs, "accuracy >= 0.95").splitlines()[2:]]
+    assert rows == [
+        ["| 1", "—", "draft", "ok"],
+        ["| 2", "—", "draft", "failed"],
+        ["| 3", "—", "draft", "timeout"],
+        ["| 4", "2", "debug", "ok"],
+        ["| 5 ★", "4", "improve", "ok"],
+        ["| 6", "1", "improve", "ok"],
+    ]

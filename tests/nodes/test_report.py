@@ -18,7 +18,7 @@ from adapters.llm import LLMError
 from adapters.plots import MAX_POINTS, plot_curves, plot_metric_per_run, read_curves
 from nodes import report as report_module
 from nodes.report import report, usage_table
-from state import Usage
+from state import RunRecord, Usage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -40,21 +40,29 @@ def linked_images(text: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
 
 
+def recorded(root: str, runs: list[RunRecord]) -> dict:
+    """The runs written to run_N/result.json as execute leaves them, and the state's count of them."""
+    for run in runs:
+        ExperimentFiles(root).write_result(run)
+    return {"run_count": len(runs)}
+
+
 def finished_state(root: str, stop_reason: str | None = "goal_met") -> dict:
     changes = ("baseline logistic regression", "MLP, 128 hidden units", "deeper MLP")  # KEY_FINDINGS.md holds what each run changed
     ExperimentFiles(root).write_findings([f"## Run {n} (ok)\n\nChanged: {change}\n\nIt ran." for n, change in enumerate(changes, start=1)])
+    runs = [
+        make_run(1, metrics={"accuracy": 0.81, "loss": 0.5}),
+        make_run(2, metrics={"accuracy": 0.9312345678901234, "loss": 1.5e-07, "train_seconds": 3000.0}),
+        make_run(3, status="failed", error="ValueError: boom"),
+    ]
     return {
+        **recorded(root, runs),
         "experiment_dir": root,
         "idea": "IDEA-TEXT",
         "plan": "PLAN-TEXT",
         "goal": "accuracy >= 0.9",
         "tasks": [make_task(1, "Baseline", status="done", runs=[1])],
         "findings_digest": "## Run 1 (ok)\n\nFINDING-ONE",
-        "runs": [
-            make_run(1, metrics={"accuracy": 0.81, "loss": 0.5}),
-            make_run(2, metrics={"accuracy": 0.9312345678901234, "loss": 1.5e-07, "train_seconds": 3000.0}),
-            make_run(3, status="failed", error="ValueError: boom"),
-        ],
         "max_runs": 5,
         "stop_reason": stop_reason,
         "stop_detail": "run 2 met the goal 'accuracy >= 0.9' by metrics" if stop_reason == "goal_met" else "",
@@ -70,7 +78,7 @@ def finished_state(root: str, stop_reason: str | None = "goal_met") -> dict:
 def write_run_files(root: Path) -> None:
     """run_2's train.py and a log with per-epoch lines, as execute leaves them."""
     run = root / "run_2"
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)
     (run / "train.py").write_text("print('train')\n")
     lines = [f"epoch={e} loss={1 / e:.4f} accuracy={0.5 + e / 25:.4f}" for e in range(1, 11)]
     (run / "output.log").write_text("loading data\n" + "\n".join(lines) + "\nTest accuracy: 0.93\n")
@@ -105,13 +113,14 @@ def test_report_is_the_record_around_the_narrative(tmp_path: Path):
     assert "**Run 2** (ok, 1.5 s), best by accuracy, the goal's metric (higher is better)." in text
     assert "Metrics: accuracy=0.9312345678901234, loss=1.5e-07, train_seconds=3000" in text
     assert "Goal `accuracy >= 0.9`: met (accuracy=0.9312345678901234)." in text
-    # Every run: status, duration, metrics, error, what it changed.
-    assert "| Run | Status | Duration | accuracy | loss | train_seconds | Error | What changed |" in text
-    assert "| 1 | ok | 1.5 s | 0.81 | 0.5 | — |  | baseline logistic regression |" in text
-    assert "| 2 ★ | ok | 1.5 s | 0.9312345678901234 | 1.5e-07 | 3000 |  | MLP, 128 hidden units |" in text
-    assert "| 3 | failed | 1.5 s | — | — | — | ValueError: boom | deeper MLP |" in text
+    assert "Lineage: run 2 ← 1, draft." in text
+    # Every run: the run it builds on and how, status, duration, metrics, error, what it changed.
+    assert "| Run | Parent | Operator | Status | Duration | accuracy | loss | train_seconds | Error | What changed |" in text
+    assert "| 1 | — | draft | ok | 1.5 s | 0.81 | 0.5 | — |  | baseline logistic regression |" in text
+    assert "| 2 ★ | 1 | improve | ok | 1.5 s | 0.9312345678901234 | 1.5e-07 | 3000 |  | MLP, 128 hidden units |" in text
+    assert "| 3 | 2 | improve | failed | 1.5 s | — | — | — | ValueError: boom | deeper MLP |" in text
     # Plots that exist, linked relatively.
-    assert linked_images(text) == ["report/goal_metric.png", "report/best_run_curves.png"]
+    assert linked_images(text) == ["report/goal_metric.png", "report/tree.png", "report/best_run_curves.png"]
     for link in linked_images(text):
         assert_png(tmp_path / link)
     # Tokens and cost by stage and model, the report's own call included.
@@ -132,9 +141,10 @@ def test_report_is_the_record_around_the_narrative(tmp_path: Path):
         "PLAN-TEXT",
         "FINDING-ONE",
         "#1 [done] Baseline",
-        "run 2: ok, 1.5 s, accuracy=0.9312345678901234, loss=1.5e-07, train_seconds=3000, changed: MLP, 128 hidden units",
-        "run 3: failed, 1.5 s, none, changed: deeper MLP, error: ValueError: boom",
-        "<best_run>\nrun 2: ok",
+        "run 1 (draft): ok, 1.5 s, accuracy=0.81, loss=0.5, changed: baseline logistic regression",
+        "run 2 (improve ← 1): ok, 1.5 s, accuracy=0.9312345678901234, loss=1.5e-07, train_seconds=3000, changed: MLP, 128 hidden units",
+        "run 3 (improve ← 2): failed, 1.5 s, none, changed: deeper MLP, error: ValueError: boom",
+        "<best_run>\nrun 2 (improve ← 1): ok",
         "stopped because: goal_met",
         "Do not repeat those tables",
     ):
@@ -178,61 +188,139 @@ def test_a_halted_experiment_gets_the_same_record_without_asking_the_llm(tmp_pat
     assert "had ended before that: goal_met (accuracy=0.93 meets accuracy >= 0.9)" in text
     assert f"resume with `python main.py -d {tmp_path} --resume`; it goes on with report" in text
     assert "Stopped because: **fatal** during report (see above) after 3 of 5 runs" in text
-    assert "| 2 ★ | ok | 1.5 s | 0.9312345678901234 |" in text and "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
+    assert "| 2 ★ | 1 | improve | ok | 1.5 s | 0.9312345678901234 |" in text and "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
     assert "Metrics: accuracy=0.9312345678901234" in text and f"cd run_2 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
-    assert "written by" not in text
-    assert linked_images(text) == ["report/goal_metric.png", "report/best_run_curves.png"]
+    assert "Lineage: run 2 ← 1, draft." in text and "written by" not in text
+    assert linked_images(text) == ["report/goal_metric.png", "report/tree.png", "report/best_run_curves.png"]
     for link in linked_images(text):
         assert_png(tmp_path / link)
     assert events_of(events, "stage")[0]["model"] is None
 
 
-def test_a_plot_that_fails_is_said_so_and_the_report_goes_on(tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize(("plot", "name"), [("plot_metric_per_run", "goal_metric.png"), ("plot_tree", "tree.png")])
+def test_a_plot_that_fails_is_said_so_and_the_report_goes_on(tmp_path: Path, monkeypatch, plot: str, name: str):
     def broken(*args, **kwargs):
         raise RuntimeError("no backend")
 
-    monkeypatch.setattr(report_module, "plot_metric_per_run", broken)
+    monkeypatch.setattr(report_module, plot, broken)
     runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
     root = make_experiment(tmp_path)
     write_run_files(tmp_path)
     (tmp_path / "report").mkdir()
-    (tmp_path / "report" / "goal_metric.png").write_bytes(b"an old plot")
+    (tmp_path / "report" / name).write_bytes(b"an old plot")
 
     report(finished_state(root), runtime)
 
     text = (tmp_path / "REPORT.md").read_text()
     assert "This plot could not be drawn (RuntimeError: no backend)." in text
-    assert linked_images(text) == ["report/best_run_curves.png"]
-    assert not (tmp_path / "report" / "goal_metric.png").exists()  # no stale plot beside the report
+    assert linked_images(text) == [link for link in ("report/goal_metric.png", "report/tree.png", "report/best_run_curves.png") if link != f"report/{name}"]
+    assert not (tmp_path / "report" / name).exists()  # no stale plot beside the report
 
 
-def test_without_any_metric_there_is_no_best_run_and_no_plot(tmp_path: Path):
+def test_without_any_metric_there_is_no_best_run_and_only_the_tree_is_drawn(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
-    state = {**finished_state(make_experiment(tmp_path)), "runs": [make_run(1, status="failed", error="OSError: x")]}
+    root = make_experiment(tmp_path)
+    state = {**finished_state(root), **recorded(root, [make_run(1, status="failed", error="OSError: x")])}
     ExperimentFiles(tmp_path).write_findings([])
-    (tmp_path / "run_1").mkdir()
     (tmp_path / "run_1" / "train.py").write_text("raise OSError('x')\n")
 
     report(state, runtime)
 
     text = (tmp_path / "REPORT.md").read_text()
-    assert "No run reported a metric, so none can be called best." in text
-    assert "No run reported a metric: nothing to plot." in text and linked_images(text) == []
+    assert "No run reported a metric, so none can be called best." in text and "Lineage" not in text
+    assert "No run reported a metric: no metric to plot." in text and linked_images(text) == ["report/tree.png"]
+    assert_png(tmp_path / "report" / "tree.png")
     assert "## Reproduce the latest run" in text and f"cd run_1 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
 
 
 def test_without_a_numeric_goal_the_first_metric_ranks_the_runs(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
     runs = [make_run(1, metrics={"val_loss": 0.4}), make_run(2, metrics={"val_loss": 0.2}), make_run(3, metrics={"val_loss": 0.3})]
-    state = {**finished_state(make_experiment(tmp_path)), "goal": "a convincing qualitative result", "runs": runs}
+    root = make_experiment(tmp_path)
+    state = {**finished_state(root), "goal": "a convincing qualitative result", **recorded(root, runs)}
 
     report(state, runtime)
 
     text = (tmp_path / "REPORT.md").read_text()
     assert "**Run 2** (ok, 1.5 s), best by val_loss, the first metric reported (the goal names no metric), lower taken as better." in text
-    assert "| 2 ★ | ok |" in text and "Goal `" not in text
+    assert "| 2 ★ | 1 | improve | ok |" in text and "Goal `" not in text
     assert "Run 2's output.log prints no metric twice or more: no training curves to draw." in text
     assert_png(tmp_path / "report" / "goal_metric.png")
+
+
+def described_runs(path: Path) -> dict[int, str]:
+    """The runs a tree PNG names in its Description text, by number: `7: improve ← 5, ok, accuracy=0.93, best`."""
+    with Image.open(path) as image:
+        image.load()
+        lines = image.text["Description"].splitlines()
+    return {int(line.split(":")[0]): line for line in lines}
+
+
+def test_a_tree_of_runs_gets_the_best_runs_lineage_and_the_tree_figure(tmp_path: Path):
+    model = ScriptedChatModel(responses=[text_reply("Narrative")])
+    runtime, _ = make_runtime(model)
+    root = make_experiment(tmp_path)
+    runs = [
+        make_run(1, metrics={"accuracy": 0.7}, parent=None),
+        make_run(2, status="failed", error="KeyError: 'label'", parent=None),
+        make_run(3, status="timeout", parent=None),
+        make_run(4, metrics={"accuracy": 0.8}, operator="debug", parent=2),
+        make_run(5, metrics={"accuracy": 0.85}, parent=4),
+        make_run(6, status="failed", error="RuntimeError: CUDA out of memory", parent=5),
+        make_run(7, metrics={"accuracy": 0.93}, parent=5),
+        make_run(8, metrics={"accuracy": 0.75}, parent=1),
+    ]
+    state = {**finished_state(root), **recorded(root, runs), "max_runs": 8}
+    ExperimentFiles(root).write_findings([])
+
+    report(state, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**Run 7** (ok, 1.5 s)" in text and "\n\nLineage: run 7 ← 5 ← 4 ← 2, draft.\n" in text
+    assert "after 8 of 8 runs" in text
+    rows = [line.split(" | ")[:4] for line in text.splitlines() if re.match(r"\| \d", line) and "| 1.5 s |" in line]
+    assert [row[1:] for row in rows] == [
+        ["—", "draft", "ok"],
+        ["—", "draft", "failed"],
+        ["—", "draft", "timeout"],
+        ["2", "debug", "ok"],
+        ["4", "improve", "ok"],
+        ["5", "improve", "failed"],
+        ["5", "improve", "ok"],
+        ["1", "improve", "ok"],
+    ]
+    assert "![The search tree: each run under the run it builds on, by status, the best run's line marked](report/tree.png)" in text
+    assert_png(tmp_path / "report" / "tree.png")
+    assert described_runs(tmp_path / "report" / "tree.png") == {
+        1: "1: draft, ok, accuracy=0.7",
+        2: "2: draft, failed",
+        3: "3: draft, timeout",
+        4: "4: debug ← 2, ok, accuracy=0.8",
+        5: "5: improve ← 4, ok, accuracy=0.85",
+        6: "6: improve ← 5, failed",
+        7: "7: improve ← 5, ok, accuracy=0.93, best",
+        8: "8: improve ← 1, ok, accuracy=0.75",
+    }
+    prompt = model.prompt()
+    for line in (
+        "run 2 (draft): failed, 1.5 s, none, error: KeyError: 'label'",
+        "run 4 (debug ← 2): ok, 1.5 s, accuracy=0.8",
+        "<best_run>\nrun 7 (improve ← 5): ok",
+    ):
+        assert line in prompt, line
+
+
+def test_a_report_without_runs_draws_no_tree_and_removes_an_old_one(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
+    root = make_experiment(tmp_path)
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "tree.png").write_bytes(b"the tree of an earlier experiment")
+
+    report({**finished_state(root), "run_count": 0}, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "No run finished." in text and "after 0 of 5 runs" in text and linked_images(text) == []
+    assert not (tmp_path / "report" / "tree.png").exists()
 
 
 def test_usage_table_without_reported_cost_and_with_model_prices():
