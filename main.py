@@ -82,6 +82,16 @@ def parse_args(argv: list[str] | None, prog: str = "main.py") -> argparse.Namesp
     parser.add_argument("--model", metavar="NAME", help="the model of every stage (default: MODEL; CODE_MODEL etc. set one stage's)")
     parser.add_argument("--python", metavar="PATH", help="the Python that runs train.py, e.g. a conda env's (default: TRAIN_PYTHON, else this one)")
     parser.add_argument("--patience", type=_like("PATIENCE", "--patience"), help="stop after N runs without improving the goal metric")
+    parser.add_argument(
+        "--search", choices=("tree", "linear"), help="tree: draft, debug, improve the best; linear: build on the run before (default: SEARCH, tree)"
+    )
+    parser.add_argument("--drafts", type=_like("DRAFTS", "--drafts"), metavar="N", help="how many of the first runs are fresh solutions (default: DRAFTS, 1)")
+    parser.add_argument(
+        "--debug-depth",
+        type=_like("DEBUG_DEPTH", "--debug-depth"),
+        metavar="D",
+        help="failed fixes in a row before a line is abandoned (default: DEBUG_DEPTH, 3)",
+    )
     parser.add_argument("--max-cost", type=_like("MAX_COST_USD", "--max-cost"), metavar="USD", help="LLM spend after which no new run starts")
     parser.add_argument("--max-tokens", type=_like("MAX_TOKENS", "--max-tokens"), metavar="N", help="LLM tokens after which no new run starts")
     parser.add_argument("--max-hours", type=_like("MAX_HOURS", "--max-hours"), metavar="H", help="hours of runs after which no new run starts")
@@ -110,6 +120,9 @@ def flag_settings(args: argparse.Namespace) -> dict:
         "no_network": args.no_network or None,
         "review": args.review or None,
         "patience": args.patience,
+        "search": args.search,
+        "drafts": args.drafts,
+        "debug_depth": args.debug_depth,
         "max_cost_usd": args.max_cost,
         "max_tokens": args.max_tokens,
         "max_hours": args.max_hours,
@@ -138,7 +151,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
         resume_hint = settings.resume_command(args.experiment_dir)
         if started.finished:  # only a higher run limit gives it more to do
             values = started.values()
-            runs_done = len(values.get("runs", []))
+            runs_done = values.get("run_count", 0)
             console.print(
                 f"Experiment already finished ({values.get('stop_reason')}, {runs_done} runs); report: {values.get('report_path')}. "
                 f"To go on: `{resume_hint} --max-runs M` with M above {runs_done}.",
@@ -158,7 +171,8 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
             sandbox=resolve_mode(settings.sandbox, no_network=settings.no_network)[0] + (", no network" if settings.no_network else ""),
             model_prices=settings.model_prices,
         )
-        progress.seed(started.values())
+        values = started.values()
+        progress.seed(values, started.runs(values))
         view = _view(args, console, errors, progress)
         on_leave.append(view.stop)
         view.start()
@@ -217,6 +231,7 @@ def status(args: argparse.Namespace, console: Console) -> int:
     from adapters.logs import run_progress
     from adapters.views import Progress, runs_table
     from runner import outcome, read_state, unfinished
+    from search import lineage_text, origin
     from settings import Settings, settings_env
 
     files = ExperimentFiles(args.experiment_dir)
@@ -230,10 +245,13 @@ def status(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{files.root}: not started yet; start it with `{settings.start_command(args.experiment_dir)}`", soft_wrap=True)
         return EXIT_FINISHED
     values = snapshot.values
-    runs = values.get("runs", [])
+    runs = files.read_runs(values.get("run_count", 0))
     progress = Progress(experiment=str(files.root), max_runs=values.get("max_runs", 0), models={}, sandbox="", model_prices=settings.model_prices)
-    progress.seed(values)
+    progress.seed(values, runs)
     pending = unfinished(snapshot)
+    coming = values.get("next_run") if pending or runner else None
+    if coming and coming["number"] != len(runs) + 1:  # chosen before the last run finished: not the coming one
+        coming = None
 
     if runner:
         state = f"running (process {runner['pid']}, since {runner['started']})"
@@ -245,10 +263,15 @@ def status(args: argparse.Namespace, console: Console) -> int:
         state = "finished" if not values.get("halted") else "cut short"
     console.print(f"[bold]{escape(str(files.root))}[/]: {state}", soft_wrap=True)
     console.print(f"goal: {escape(values.get('goal') or '(not planned yet)')} · runs: {len(runs)} of {values.get('max_runs', '?')}", soft_wrap=True)
+    if coming:
+        why = f": {coming['reason']}" if coming.get("reason") else ""
+        console.print(escape(f"run {coming['number']} · {origin(coming)}{why}"), soft_wrap=True)
     if runner and (where := run_progress(files.run_dir(len(runs) + 1) / "output.log")):
         console.print(f"run {len(runs) + 1} in progress: {escape(where)}", soft_wrap=True)
     if runs:
         console.print(runs_table(progress))
+    if (best := progress.best) is not None:
+        console.print(f"best: {lineage_text(runs, best['number'])}", soft_wrap=True)
     console.print(f"LLM use: {progress.spent()}", soft_wrap=True)
     if values.get("stop_reason") and not pending:
         console.print(escape(outcome(values)), soft_wrap=True)

@@ -1,4 +1,4 @@
-"""Show an experiment's tasks and runs from its files; it only reads, so it works while the runner is busy."""
+"""Show an experiment's tasks and runs (a table, or the tree the search grew) from its files; it only reads, so it works while the runner is busy."""
 
 from __future__ import annotations
 
@@ -15,16 +15,26 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from adapters.files import ExperimentFiles
 from adapters.logs import format_metrics
-from goal import best_run, goal_from_plan, parse_goal
+from adapters.views import run_origin
+from goal import Goal, best_run, goal_from_plan, parse_goal
+from search import origin
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WATCH_INTERVAL_S = 2.0
 """How often --watch rereads the files when no interval is given."""
 ERROR_CHARS = 80
 """Characters of a run's error shown in the runs table."""
+TREE_ERROR_CHARS = 50
+"""Characters of a failed run's error shown in the tree."""
+TREE_RUNS = 60
+"""Runs the tree shows whole. Past it, a long line of runs shows its ends and a run's many attempts their latest ones,
+the rest counted in one line each; the best run and the latest stay in sight."""
+TREE_KEEP = 3
+"""In a folded tree: runs kept at each end of a long line, and the latest attempts kept under a run."""
 
 TASK_STYLE = {"todo": "white", "in_progress": "yellow", "done": "green", "dropped": "dim"}
 RUN_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow"}
@@ -129,12 +139,22 @@ def tasks_table(tasks: list[dict]) -> Table:
     return table
 
 
+def metric_text(result: dict, parsed: Goal | None) -> str:
+    """The run's value of the goal metric ("-" when it reported none), or all its metrics when there is no numeric goal."""
+    if parsed is None:
+        return format_metrics(result["metrics"])
+    value = result["metrics"].get(parsed.metric)
+    return "-" if value is None else f"{value:.6g}"
+
+
 def runs_table(snapshot: Snapshot) -> Table:
-    """One row a run: status, duration, the goal metric (or all metrics without a numeric goal), error; the best run starred."""
+    """One row a run: how it came about (its operator and parent: `improve ← 3`), status, duration, the goal metric (or
+    all metrics without a numeric goal), error; the best run starred."""
     parsed = parse_goal(snapshot.goal)
     best = best_run(snapshot.results, snapshot.goal)
     table = Table(title="Runs", title_justify="left")
     table.add_column("Run", justify="right", no_wrap=True)
+    table.add_column("From", no_wrap=True)
     table.add_column("Status")
     table.add_column("Duration", justify="right", no_wrap=True)
     table.add_column(parsed.metric if parsed else "Metrics", justify="right" if parsed else "left", overflow="fold")
@@ -142,17 +162,122 @@ def runs_table(snapshot: Snapshot) -> Table:
     rows = [(result["number"], result) for result in snapshot.results] + [(number, None) for number in snapshot.unfinished]
     for number, result in sorted(rows, key=lambda row: row[0]):
         if result is None:
-            table.add_row(str(number), Text(f"{NOT_FINISHED}\n{snapshot.unfinished[number]}", style="cyan"), "-", "-", "")
+            table.add_row(str(number), "", Text(f"{NOT_FINISHED}\n{snapshot.unfinished[number]}", style="cyan"), "-", "-", "")
             continue
         star = " ★" if best is not None and best["number"] == number else ""
-        if parsed:
-            value = result["metrics"].get(parsed.metric)
-            metric = "-" if value is None else f"{value:.6g}"
-        else:
-            metric = format_metrics(result["metrics"])
         status = Text(result["status"], style=RUN_STYLE.get(result["status"], ""))
-        table.add_row(f"{number}{star}", status, human_duration(result["duration_s"]), metric, Text(short(result["error"] or "")))
+        row = (run_origin(result), status, human_duration(result["duration_s"]), metric_text(result, parsed), Text(short(result["error"] or "")))
+        table.add_row(f"{number}{star}", *row)
     return table
+
+
+def runs_tree(snapshot: Snapshot, limit: int = TREE_RUNS) -> Tree:
+    """The runs as the search grew them: drafts as roots, each run under the run it builds on, ★ on the best.
+
+    A line of runs where each has a single child is one node, a run a row, each building on the row above: a long
+    line of improvements or fixes stays at one depth. Runs from before the tree search (no parent) are roots; a run
+    not finished yet is listed last. Past `limit` runs, long lines and long lists of attempts are folded (TREE_RUNS).
+    """
+    grown = RunTree(snapshot, folded=len(snapshot.results) > limit)
+    title = "Runs as a tree: each under the run it builds on, ★ the best"
+    if grown.folded:
+        title = f"Runs as a tree, folded: {len(snapshot.results)} runs, the best run's line at the top, ★ the best"
+    tree = Tree(Text(title, style="bold"), guide_style="dim")
+    stack = [(tree, number) for number in reversed(grown.shown_children(tree, None))]
+    while stack:  # depth first, without recursion: a tree of a thousand runs may be as deep
+        branch, number = stack.pop()
+        line = [number]
+        while len(only := grown.children.get(line[-1], [])) == 1:
+            line.append(only[0])
+        node = branch.add(grown.line_text(line))
+        # Folded, the best run's line goes on at this depth (each row names its parent), however deep it grew.
+        stack += [(branch if child in grown.spine else node, child) for child in reversed(grown.shown_children(node, line[-1]))]
+    for number, note in sorted(snapshot.unfinished.items()):
+        tree.add(Text(f"{number} {NOT_FINISHED} · {note}", style="cyan"))
+    return tree
+
+
+class RunTree:
+    """The finished runs as a tree, and what a folded tree keeps in sight: the best run and the latest, and the way to them."""
+
+    def __init__(self, snapshot: Snapshot, folded: bool):
+        self.results = {result["number"]: result for result in snapshot.results}
+        self.best = best_run(snapshot.results, snapshot.goal)
+        self.goal = parse_goal(snapshot.goal)
+        self.folded = folded
+        self.parent: dict[int, int | None] = {}
+        self.children: dict[int | None, list[int]] = {}
+        for number in sorted(self.results):
+            parent = self.results[number].get("parent")
+            self.parent[number] = parent if parent in self.results and parent < number else None  # a parent always starts first
+            self.children.setdefault(self.parent[number], []).append(number)
+        self.sizes: dict[int, int] = {}
+        """How many runs each run's subtree holds, itself included."""
+        for number in sorted(self.results, reverse=True):
+            self.sizes[number] = 1 + sum(self.sizes[child] for child in self.children.get(number, []))
+        self.marked = ({max(self.results)} if self.results else set()) | ({self.best["number"]} if self.best else set())
+        """The runs a folded tree never hides: the best and the latest."""
+        self.leading = {ancestor for number in self.marked for ancestor in self.lineage(number)}
+        """The marked runs and their ancestors: a folded list of attempts keeps the one that leads to them."""
+        self.spine = set(self.lineage(self.best["number"])) if folded and self.best else set()
+        """Folded, the best run and its ancestors: shown at one depth, so that a deep tree stays readable."""
+
+    def lineage(self, number: int) -> list[int]:
+        """Run `number` and its ancestors."""
+        chain = [number]
+        while (parent := self.parent.get(chain[-1])) is not None:
+            chain.append(parent)
+        return chain
+
+    def shown_children(self, node: Tree, number: int | None) -> list[int]:
+        """The children of run `number` (None: the roots) the tree shows: all, or when folded the latest TREE_KEEP and
+        the one leading to a marked run; the others are counted in one row added to `node`."""
+        children = self.children.get(number, [])
+        if not self.folded or len(children) <= TREE_KEEP + 1:
+            return children
+        shown = [child for i, child in enumerate(children) if i >= len(children) - TREE_KEEP or child in self.leading]
+        hidden = [child for child in children if child not in shown]
+        runs = sum(self.sizes[child] for child in hidden)
+        node.add(Text(f"… {len(hidden)} earlier attempt{plural(len(hidden))} not shown ({runs} run{plural(runs)} in all)", style="dim"))
+        return shown
+
+    def line_text(self, line: list[int]) -> Text:
+        """A line of runs, one a row: how it came about, its status and goal metric (its error when it failed).
+
+        Folded, a long line shows its ends and its marked runs; the runs between are counted in a row."""
+        rows: list[int | str] = []
+        hidden: list[int] = []
+        for i, number in enumerate(line):
+            if self.folded and TREE_KEEP <= i < len(line) - TREE_KEEP and number not in self.marked:
+                hidden.append(number)
+                continue
+            if len(hidden) > 1:  # the last TREE_KEEP are always shown: every gap is closed here
+                rows.append(f"⋮ {len(hidden)} runs not shown, each building on the one above")
+            else:
+                rows += hidden  # one run folded would take a row all the same
+            rows.append(number)
+            hidden = []
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for i, row in enumerate(rows):
+            text.append("\n" if i else "")
+            if isinstance(row, str):
+                text.append(row, style="dim")
+                continue
+            result = self.results[row]
+            star = self.best is not None and row == self.best["number"]
+            text.append(f"{row}{' ★' if star else ''}", style="bold" if star else "")
+            text.append(f" {origin(result)}" if result.get("operator") else "")  # written before the tree search: no origin
+            text.append(" · ").append(result["status"], style=RUN_STYLE.get(result["status"], ""))
+            metric = metric_text(result, self.goal)
+            if result["status"] == "ok" or metric not in ("-", format_metrics({})):  # a failed run's error says more than "-"
+                text.append(f" · {metric}")
+            if result["status"] != "ok" and result.get("error"):
+                text.append(f" · {short(result['error'], TREE_ERROR_CHARS)}", style="dim")
+        return text
+
+
+def plural(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def summary_line(snapshot: Snapshot) -> str:
@@ -174,36 +299,36 @@ def summary_line(snapshot: Snapshot) -> str:
     return " · ".join(parts)
 
 
-def render(snapshot: Snapshot, updated: str = "") -> RenderableType:
-    """The header, the tasks table, the runs table and the summary line."""
+def render(snapshot: Snapshot, updated: str = "", tree: bool = False) -> RenderableType:
+    """The header, the tasks table, the runs (a table, or with `tree` the tree) and the summary line."""
     header = Text.assemble(("Experiment ", "bold"), str(snapshot.root), " · goal: ", snapshot.goal or "none stated yet")
     if updated:
         header.append(f" · {updated}", style="dim")
     tasks = tasks_table(snapshot.tasks) if snapshot.tasks else Text("No tasks yet.")
-    runs = runs_table(snapshot) if snapshot.results or snapshot.unfinished else Text("No runs yet.")
+    runs = (runs_tree if tree else runs_table)(snapshot) if snapshot.results or snapshot.unfinished else Text("No runs yet.")
     return Group(header, tasks, runs, Text(summary_line(snapshot), style="bold"))
 
 
-def render_or_wait(files: ExperimentFiles, interval: float) -> RenderableType:
+def render_or_wait(files: ExperimentFiles, interval: float, tree: bool = False) -> RenderableType:
     """What one --watch refresh shows: the snapshot, or a waiting line until tasks.json appears."""
     updated = f"{time.strftime('%H:%M:%S')}, every {interval:g} s, Ctrl-C to stop"
     try:
-        return render(read_snapshot(files), updated)
+        return render(read_snapshot(files), updated, tree)
     except NotStarted:
         return Text(f"waiting for the experiment to start: no tasks.json in {files.root} yet · {updated}")
 
 
-def watch(files: ExperimentFiles, interval: float, console: Console) -> NoReturn:
+def watch(files: ExperimentFiles, interval: float, console: Console, tree: bool = False) -> NoReturn:
     """Reread and redraw every `interval` seconds until Ctrl-C (or a ViewError); a fresh plain snapshot each time when not a terminal."""
     if not console.is_terminal:
         while True:
-            console.print(render_or_wait(files, interval))
+            console.print(render_or_wait(files, interval, tree))
             console.print()
             time.sleep(interval)
-    with Live(render_or_wait(files, interval), console=console, auto_refresh=False) as live:
+    with Live(render_or_wait(files, interval, tree), console=console, auto_refresh=False) as live:
         while True:
             time.sleep(interval)
-            live.update(render_or_wait(files, interval), refresh=True)
+            live.update(render_or_wait(files, interval, tree), refresh=True)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -227,6 +352,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     every = f"refresh every SECONDS (default {WATCH_INTERVAL_S:g}) until Ctrl-C"
     parser.add_argument("-w", "--watch", nargs="?", type=seconds, const=WATCH_INTERVAL_S, metavar="SECONDS", help=every)
     parser.add_argument("--interval", type=seconds, metavar="SECONDS", help="same as --watch SECONDS")
+    parser.add_argument("--tree", action="store_true", help="show the runs as the tree the search grew, each under the run it builds on")
     args = parser.parse_args(argv)
     args.watch = args.interval or args.watch
     return args
@@ -239,9 +365,9 @@ def main(argv: list[str] | None = None, console: Console | None = None) -> int:
         args = parse_args(argv)
         files = ExperimentFiles(args.experiment_dir)
         if args.watch:
-            watch(files, args.watch, console)
+            watch(files, args.watch, console, args.tree)
         else:
-            console.print(render(read_snapshot(files)))
+            console.print(render(read_snapshot(files), tree=args.tree))
     except ViewError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -240,7 +240,7 @@ class ExperimentFiles:
                 result = json.loads((self.run_dir(number) / "result.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS):
+            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS if name not in TREE_FIELDS):
                 results.append(result)
         return results
 

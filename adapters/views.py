@@ -1,7 +1,8 @@
 """What the person watching sees: a live view on a terminal, one plain line per event elsewhere, or nothing but the outcome.
 
 All three are fed the same way, by main.py from the graph's stream: `event()` for each custom event the
-nodes emit (stage, output, run_done, ...) and `update()` for each node's state update (runs, usage, goal).
+nodes emit (stage, output, run_done, ...) and `update()` for each node's state update (latest_run, next_run,
+usage, goal). Every run is named with how it came about (search.origin): `draft`, `improve ← 3`, `debug ← 4`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from adapters.logs import RunProgress, format_metrics, latest_progress, parse_metrics, parse_progress
+from adapters.logs import RunProgress, format_metrics, latest_progress, one_line, parse_metrics, parse_progress
 from goal import best_run, parse_goal
+from search import origin
 from state import add_usage, spend
 
 TAIL_LINES = 15
@@ -46,6 +48,11 @@ def halt_mark(reason: str) -> tuple[str, str, str]:
     return "✗", f"failed: {reason}", "red"
 
 
+def run_origin(run: dict) -> str:
+    """How a run came about (search.origin), or — for a record written before the tree search, which lacks it."""
+    return origin(run) if run.get("operator") else "—"
+
+
 def elapsed(seconds: float) -> str:
     """0:03:07 style, hours only when needed."""
     minutes, secs = divmod(int(seconds), 60)
@@ -65,6 +72,9 @@ class Progress:
     model_prices: dict[str, list[float]] = field(default_factory=dict)
     goal: str = ""
     runs: list[dict] = field(default_factory=list)
+    """The finished runs' records, in run order: read from files when the view starts, then each latest_run update."""
+    coming: dict | None = None
+    """The coming run as the search chose it (state.NextRun: number, operator, parent, reason, and change once codegen names it)."""
     usage: list[dict] = field(default_factory=list)
     stage: str = ""
     stage_run: int | None = None
@@ -80,11 +90,12 @@ class Progress:
     halted: tuple[str, int | None, str] | None = None
     """(stage, run, stop reason) of the stage that was cut short (fatal, llm_unavailable, interrupted), once its update says so."""
 
-    def seed(self, values: dict) -> None:
-        """Start from a saved state (a resume)."""
+    def seed(self, values: dict, runs: list[dict]) -> None:
+        """Start from a saved state (a resume) and its finished runs, which live in files, not in the state (ExperimentFiles.read_runs)."""
         self.goal = values.get("goal", "") or self.goal
         self.max_runs = values.get("max_runs") or self.max_runs
-        self.runs = list(values.get("runs", []))
+        self.runs = list(runs)
+        self.coming = values.get("next_run")
         self.usage = list(values.get("usage", []))
 
     def event(self, event: dict) -> None:
@@ -92,6 +103,11 @@ class Progress:
         if kind == "stage":
             self.stage, self.stage_run, self.stage_model = event["stage"], event.get("run"), event.get("model")
             self.stage_started = time.monotonic()
+            if "operator" in event:  # summarize and codegen say what the coming run does
+                known = self.coming if self.coming and self.coming["number"] == event.get("run") else {}
+                self.coming = {**known, "number": event.get("run"), "operator": event["operator"], "parent": event.get("parent")}
+                if event.get("reason"):
+                    self.coming["reason"] = event["reason"]
             if self.stage == "execute":
                 self.tail.clear()
                 self.live_metrics = {}
@@ -110,7 +126,10 @@ class Progress:
             return
         self.goal = update.get("goal") or self.goal
         self.max_runs = update.get("max_runs") or self.max_runs
-        self.runs += update.get("runs", [])
+        if latest := update.get("latest_run"):  # a resumed step may send the same run again: it replaces the first
+            self.runs = sorted([*(run for run in self.runs if run["number"] != latest["number"]), latest], key=lambda run: run["number"])
+        if "next_run" in update:
+            self.coming = update["next_run"]
         self.usage = add_usage(self.usage, update.get("usage", []))  # summed as the state sums it: a few entries, however many calls
         if (halted := update.get("halted")) and halted.get("stage") == node:  # a resumed stage that succeeds carries halted: None
             self.halted = (node, self.stage_run if self.stage == node else None, update.get("stop_reason") or "")
@@ -133,6 +152,21 @@ class Progress:
     def best(self) -> dict | None:
         return best_run(self.runs, self.goal)
 
+    def origin_of(self, number: int | None) -> str:
+        """How run `number` came about (`improve ← 3`), by its record or the search's choice; empty when neither says."""
+        for run in reversed(self.runs):
+            if run["number"] == number and run.get("operator"):
+                return origin(run)
+        if self.coming and self.coming["number"] == number:
+            return origin(self.coming)
+        return ""
+
+    def coming_detail(self) -> str:
+        """What the stage's run sets out to do, in words: the change codegen named, else why the search chose it."""
+        if not self.coming or self.coming["number"] != self.stage_run:
+            return ""
+        return one_line(self.coming.get("change") or self.coming.get("reason") or "")
+
     def goal_value(self, run: dict) -> str:
         """The run's value of the goal metric, or its metrics when the goal names none."""
         parsed = parse_goal(self.goal)
@@ -147,9 +181,11 @@ class Progress:
 
 
 def stage_title(progress: Progress) -> str:
+    """`run 5 · codegen · improve ← 3 (model)`: the run, the stage, how the run comes about, the stage's model."""
     run = f"run {progress.stage_run} · " if progress.stage_run else ""
+    how = progress.origin_of(progress.stage_run) if progress.stage_run else ""
     model = f" ({progress.stage_model})" if progress.stage_model else ""
-    return f"{run}{progress.stage}{model}"
+    return f"{run}{progress.stage}{f' · {how}' if how else ''}{model}"
 
 
 # The live view: one renderable, redrawn a few times a second.
@@ -171,7 +207,12 @@ def render_live(progress: Progress) -> RenderableType:
     parts.append(bar)
     halted_here = progress.halted is not None and progress.halted[0] == progress.stage
     if progress.stage and not halted_here:
-        parts.append(Spinner("dots", text=Text.assemble((stage_title(progress), "bold cyan"), f"  {elapsed(now - progress.stage_started)}")))
+        detail = progress.coming_detail()
+        title = Text.assemble((stage_title(progress), "bold cyan"), f"  {elapsed(now - progress.stage_started)}", (f"  {detail}" if detail else "", "dim"))
+        title.no_wrap, title.overflow = True, "ellipsis"
+        line = Table.grid()  # the spinner wraps a plain Text anew, which would wrap a long reason over lines
+        line.add_row(title)
+        parts.append(Spinner("dots", text=line))
     if progress.halted:
         stage, run, reason = progress.halted
         mark, words, style = halt_mark(reason)
@@ -210,20 +251,20 @@ def _header(progress: Progress) -> Panel:
 
 
 def runs_table(progress: Progress, limit: int = 12) -> Table:
-    """The latest runs: status, duration, goal metric; ★ marks the best."""
+    """The latest runs: how each came about, status, duration, goal metric; ★ marks the best."""
     best = progress.best
     table = Table(title=None, box=None, header_style="bold", pad_edge=False)
-    for column in ("run", "status", "duration", "goal metric" if parse_goal(progress.goal) else "metrics"):
+    for column in ("run", "from", "status", "duration", "goal metric" if parse_goal(progress.goal) else "metrics"):
         table.add_column(column)
     shown = progress.runs[-limit:]
     if len(progress.runs) > limit:
-        table.add_row("…", f"{len(progress.runs) - limit} earlier runs", "", "")
+        table.add_row("…", f"{len(progress.runs) - limit} earlier runs", "", "", "")
         if best is not None and best not in shown:
             shown = [best, *shown[1:]]  # the best run stays in sight
     for run in shown:
         star = " ★" if best is not None and run["number"] == best["number"] else ""
         style = {"ok": "green", "failed": "red", "timeout": "yellow"}.get(run["status"], "")
-        table.add_row(f"{run['number']}{star}", Text(run["status"], style=style), f"{run['duration_s']:.1f} s", progress.goal_value(run))
+        table.add_row(f"{run['number']}{star}", run_origin(run), Text(run["status"], style=style), f"{run['duration_s']:.1f} s", progress.goal_value(run))
     return table
 
 
@@ -253,14 +294,17 @@ def usage_table(progress: Progress) -> Table:
 def event_line(event: dict) -> Text | None:
     """The one line an event is shown as, or None for events shown otherwise (output) or not at all."""
     kind = event.get("event")
+    how = f" · {run_origin(event)}" if "operator" in event else ""
     if kind == "stage":
         run = f"run {event['run']} · " if event.get("run") else ""
-        line = Text(f"▶ {run}{event['stage']}", style="bold cyan")
-        return line.append(f" ({event['model']})", style="dim") if event.get("model") else line
+        line = Text(f"▶ {run}{event['stage']}{how}", style="bold cyan")
+        if event.get("model"):
+            line.append(f" ({event['model']})", style="dim")
+        return line.append(f" · {one_line(event['reason'])}", style="dim") if event.get("reason") else line
     if kind == "run_done":
         colour = "green" if event["status"] == "ok" else "red"
         line = Text(f"■ run {event['run']} {event['status']}", style=colour)
-        return line.append(f" in {event['duration_s']:.1f} s · metrics: {format_metrics(event['metrics'])}")
+        return line.append(f" in {event['duration_s']:.1f} s{how} · metrics: {format_metrics(event['metrics'])}")
     if kind == "analysis":
         return Text.assemble((f"✎ run {event['run']}:", "magenta"), f" {event['summary']}")
     if kind == "syntax_retry":
@@ -330,6 +374,8 @@ class PlainView:
         line = Text(f"  ✓ {node} ({seconds:.1f} s) · {self.progress.spent()}", style="dim")
         if isinstance(update, dict) and update.get("goal"):
             line.append(f" · goal: {update['goal']}")
+        if isinstance(update, dict) and (change := (update.get("next_run") or {}).get("change")):
+            line.append(f" · change: {one_line(change)}")
         self.console.print(line, soft_wrap=True)
 
     @contextmanager

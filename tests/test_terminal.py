@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -32,6 +33,10 @@ def test_plain_lines_when_stdout_is_not_a_terminal(experiment: Path, llm_server)
     assert lines[0].startswith(f"experiment {experiment} · sandbox: ") and "codegen=anthropic/claude-sonnet-4.6" in lines[0]
     for stage in ("▶ initialize", "✓ initialize", "▶ run 1 · codegen", "▶ run 1 · execute", "■ run 1 ok", "▶ run 1 · analyze", "▶ report", "✓ report"):
         assert any(line.startswith(stage) or line.strip().startswith(stage) for line in lines), stage
+    # Each run is named with how it came about: the search's choice, the code written for it, its result.
+    assert "▶ run 1 · summarize · draft · the first run" in lines
+    assert any(line.startswith("▶ run 1 · codegen · draft (") for line in lines)
+    assert any(re.fullmatch(r"■ run 1 ok in [\d.]+ s · draft · metrics: .*accuracy=0\.85.*", line) for line in lines), result.stdout
     assert "goal: accuracy >= 0.9" in result.stdout
     assert lines[-1] == f"Stopped: max_runs (all 1 runs done, {LIMIT}) after 1 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}"
 
@@ -67,12 +72,13 @@ def test_the_live_view_in_a_terminal(experiment: Path, llm_server, tmp_path: Pat
     assert len(shown) > 5  # redrawn in place, not printed line after line
     during = next(frame for frame in shown if "step=3" in frame)
     assert "╭─ experiment" in during and "goal     accuracy >= 0.9" in during and "sandbox" in during
-    assert "run 1 · execute" in during and "run 1 · output.log (last 15 lines)" in during
+    assert "run 1 · execute · draft" in during and "run 1 · output.log (last 15 lines)" in during
     latest_step = max(int(step) for step in re.findall(r"step=(\d)", during))  # lines may arrive several at a time
     assert re.search(rf"latest metrics: .*val_accuracy={0.5 + latest_step / 20:.2g}\b", during), during
     assert "runs 0/2" in during and "initialize      1" in during  # tokens per stage so far
     last = shown[-1]
-    assert re.search(r"1 ★ +ok", last) and "runs 2/2" in last and re.search(r"total +6 ", last)
+    assert re.search(r"1 ★ +draft +ok", last) and re.search(r"2 +improve ← 1 +ok", last), last
+    assert "runs 2/2" in last and re.search(r"total +6 ", last)
     assert f"Stopped: max_runs (all 2 runs done, {LIMIT}) after 2 runs · best: run 1 (accuracy=0.85) · report: {experiment / 'REPORT.md'}" in last
     assert drawn.rstrip().endswith("\x1b[?25h") or "\x1b[?25h" in drawn[-400:]  # the cursor is given back
 
@@ -98,6 +104,7 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
     assert "run 1 in progress: epoch 1/4 (25%)" in busy.stdout
     assert f"{experiment}: running (process {runner.pid}, since " in busy.stdout
     assert "goal: accuracy >= 0.9 · runs: 0 of 2" in busy.stdout and "To go on" not in busy.stdout
+    assert "run 1 · draft: the first run" in busy.stdout, busy.stdout
 
     second = run_main(["-d", str(experiment), "--resume"], env)
     assert second.returncode == 2
@@ -105,7 +112,8 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
         f"error: {experiment} is already being run by process {runner.pid}, since {busy.stdout.split('since ')[1].split(')')[0]}: "
         f"watch it with `python main.py status -d {experiment}`"
     )
-    viewer = subprocess.run([sys.executable, str(REPO / "view_tasks.py"), "-d", str(experiment)], capture_output=True, text=True, timeout=60)
+    wide = {**os.environ, "COLUMNS": "160"}  # the runs table's status cell on one line
+    viewer = subprocess.run([sys.executable, str(REPO / "view_tasks.py"), "-d", str(experiment)], env=wide, capture_output=True, text=True, timeout=60)
     assert viewer.returncode == 0 and "running / not finished" in viewer.stdout
 
     hold.unlink()
@@ -113,7 +121,9 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
     assert runner.returncode == 0, err  # neither status, the refused runner nor the viewer disturbed it
     done = status(experiment, env)
     assert f"{experiment}: finished" in done.stdout
-    assert re.search(r"1 +ok .*accuracy=0\.75", done.stdout) and re.search(r"2 ★ +ok .*accuracy=0\.85", done.stdout)
+    assert re.search(r"1 +draft +ok .*accuracy=0\.75", done.stdout) and re.search(r"2 ★ +improve ← 1 +ok .*accuracy=0\.85", done.stdout)
+    assert "best: run 2 ← 1, draft" in done.stdout
+    assert "run 3 ·" not in done.stdout, "a finished experiment has no coming run"
     assert f"Stopped: max_runs (all 2 runs done, {LIMIT}) after 2 runs · best: run 2 (accuracy=0.85)" in done.stdout
     assert f"To go on with more runs: `python main.py -d {experiment} --resume --max-runs M` with M above 2" in done.stdout
 

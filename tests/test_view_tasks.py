@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,3 +215,148 @@ def test_watch_waits_for_the_experiment_then_shows_each_change_and_exits_0_on_ct
     output = "".join(watcher.lines)
     assert "\x1b" not in output  # not a terminal: plain snapshots, no control codes
     assert output.count("Experiment ") >= 2
+
+
+# --- how each run came about: the From column and the tree ---
+
+
+def cells(output: str, first_cell: str) -> list[str]:
+    """The cells of the Runs table's row whose first cell is `first_cell`."""
+    return [cell.strip() for cell in row(output, "Runs", first_cell).split("│")[1:-1]]
+
+
+def tree_lines(output: str) -> list[str]:
+    """The lines of the runs tree, its title left out, down to the summary line."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Runs as a tree"))
+    end = next(i for i, line in enumerate(lines) if re.match(r"\d+ runs? finished", line))
+    return [line.rstrip() for line in lines[start + 1 : end]]
+
+
+def write_old_result(files: ExperimentFiles, number: int, accuracy: float) -> None:
+    """A result.json as the runner wrote it before the tree search: no operator, no parent."""
+    files.run_dir(number).mkdir(parents=True, exist_ok=True)
+    old = {"number": number, "status": "ok", "exit_code": 0, "duration_s": 2.0, "metrics": {"test_accuracy": accuracy}, "error": ""}
+    (files.run_dir(number) / "result.json").write_text(json.dumps(old))
+
+
+@pytest.fixture
+def searched(tmp_path: Path) -> ExperimentFiles:
+    """A tree search: draft 1, a failed improve (2) and its fix (3), a better improve (4) whose child 5 is the best and
+    child 6 timed out, a second draft (7), and run 8 still going."""
+    runs = [
+        make_run(1, metrics={"test_accuracy": 0.9}, operator="draft", parent=None),
+        make_run(2, "failed", error="ValueError: bad shape", operator="improve", parent=1),
+        make_run(3, metrics={"test_accuracy": 0.93}, operator="debug", parent=2),
+        make_run(4, metrics={"test_accuracy": 0.95}, operator="improve", parent=1),
+        make_run(5, metrics={"test_accuracy": 0.985}, operator="improve", parent=4),
+        make_run(6, "timeout", operator="improve", parent=4),
+        make_run(7, metrics={"test_accuracy": 0.8}, operator="draft", parent=None),
+    ]
+    files = write_experiment(tmp_path / "tree", "test_accuracy >= 0.98", [make_task(1, "Baseline", "done", runs=[1])], runs)
+    files.run_dir(8).mkdir()
+    (files.run_dir(8) / "output.log").write_text("x" * 2048)
+    return files
+
+
+def test_the_runs_table_says_how_each_run_came_about(searched):
+    _, out = show("-d", str(searched.root))
+
+    assert re.search(r"┃ Run ┃ From +┃ Status +┃ Duration ┃ test_accuracy ┃ Error", out), out
+    assert cells(out, "1") == ["1", "draft", "ok", "1.5 s", "0.9", ""]
+    assert cells(out, "2") == ["2", "improve ← 1", "failed", "1.5 s", "-", "ValueError: bad shape"]
+    assert cells(out, "3") == ["3", "debug ← 2", "ok", "1.5 s", "0.93", ""]
+    assert cells(out, "5 ★") == ["5 ★", "improve ← 4", "ok", "1.5 s", "0.985", ""]
+    assert cells(out, "7") == ["7", "draft", "ok", "1.5 s", "0.8", ""]
+    assert cells(out, "8")[:3] == ["8", "", "running / not finished"]
+    assert "Runs as a tree" not in out, "the tree only with --tree"
+
+
+def test_the_tree_puts_each_run_under_its_parent_and_stacks_a_line_of_single_children(searched):
+    code, out = show("-d", str(searched.root), "--tree")
+
+    assert code == 0
+    assert tree_lines(out) == [
+        "├── 1 draft · ok · 0.9",
+        "│   ├── 2 improve ← 1 · failed · ValueError: bad shape",
+        "│   │   3 debug ← 2 · ok · 0.93",
+        "│   └── 4 improve ← 1 · ok · 0.95",
+        "│       ├── 5 ★ improve ← 4 · ok · 0.985",
+        "│       └── 6 improve ← 4 · timeout",
+        "├── 7 draft · ok · 0.8",
+        "└── 8 running / not finished · output.log 2.0 KiB",
+    ]
+    assert "\nRuns\n" not in out and "Duration" not in out, "the tree in place of the table"
+    assert out.rstrip().endswith("7 runs finished, 1 not finished · best run 5 with test_accuracy=0.985 vs target >= 0.98 (goal met)")
+
+
+def test_runs_from_before_the_tree_search_show_a_dash_and_stand_as_roots(tmp_path):
+    files = write_experiment(tmp_path / "old", "test_accuracy >= 0.98", [make_task(1, runs=[1, 2])], [])
+    write_old_result(files, 1, 0.9)
+    write_old_result(files, 2, 0.95)
+    files.write_result(make_run(3, metrics={"test_accuracy": 0.99}, operator="improve", parent=2))  # resumed by the new runner
+
+    _, table = show("-d", str(files.root))
+    _, tree = show("-d", str(files.root), "--tree")
+
+    assert cells(table, "1") == ["1", "—", "ok", "2.0 s", "0.9", ""]
+    assert cells(table, "2")[:2] == ["2", "—"] and cells(table, "3 ★")[:2] == ["3 ★", "improve ← 2"]
+    assert tree_lines(tree) == ["├── 1 · ok · 0.9", "└── 2 · ok · 0.95", "    3 ★ improve ← 2 · ok · 0.99"]
+
+
+def tree_text(results: list[dict], goal: str = "test_accuracy >= 0.98", limit: int = view_tasks.TREE_RUNS) -> list[str]:
+    """runs_tree of these results, as a 100-column console prints it, its title left out."""
+    console = Console(file=io.StringIO(), width=100, color_system=None)
+    console.print(view_tasks.runs_tree(view_tasks.Snapshot(Path("exp"), goal, [], results), limit=limit))
+    return [line.rstrip() for line in console.file.getvalue().splitlines()[1:]]
+
+
+def test_a_long_line_of_runs_is_folded_past_the_limit_and_keeps_the_best_and_the_latest():
+    runs = [make_run(1, metrics={"test_accuracy": 0.5}, operator="draft", parent=None)]
+    runs += [make_run(n, metrics={"test_accuracy": 0.9 if n == 40 else 0.5}) for n in range(2, 101)]  # each improves the one before
+
+    assert len(tree_text(runs, limit=100)) == 100, "up to the limit, every run has its row"
+    assert tree_text(runs, limit=99) == [
+        "└── 1 draft · ok · 0.5",
+        "    2 improve ← 1 · ok · 0.5",
+        "    3 improve ← 2 · ok · 0.5",
+        "    ⋮ 36 runs not shown, each building on the one above",
+        "    40 ★ improve ← 39 · ok · 0.9",
+        "    ⋮ 57 runs not shown, each building on the one above",
+        "    98 improve ← 97 · ok · 0.5",
+        "    99 improve ← 98 · ok · 0.5",
+        "    100 improve ← 99 · ok · 0.5",
+    ]
+
+
+def test_many_attempts_on_one_run_are_folded_to_the_latest_and_the_one_leading_to_the_best():
+    runs = [make_run(1, metrics={"test_accuracy": 0.5}, operator="draft", parent=None)]
+    runs += [make_run(n, "failed", error="boom", parent=1) for n in range(2, 20)]
+    runs[4] = make_run(5, metrics={"test_accuracy": 0.6}, parent=1)
+    runs.append(make_run(20, metrics={"test_accuracy": 0.99}, parent=5))
+
+    assert tree_text(runs, limit=10) == [
+        "├── 1 draft · ok · 0.5",
+        "│   ├── … 14 earlier attempts not shown (14 runs in all)",
+        "│   ├── 17 improve ← 1 · failed · boom",
+        "│   ├── 18 improve ← 1 · failed · boom",
+        "│   └── 19 improve ← 1 · failed · boom",
+        "└── 5 improve ← 1 · ok · 0.6",  # the best run's line goes on at the top
+        "    20 ★ improve ← 5 · ok · 0.99",
+    ]
+
+
+def test_a_folded_tree_shows_the_best_runs_line_at_one_depth_however_deep_it_grew():
+    runs = [make_run(1, metrics={"test_accuracy": 0.5}, operator="draft", parent=None)]
+    for step in range(1, 30):  # each step: a failed attempt on the line's newest run, then a better run on it
+        tip = runs[-1]["number"]
+        runs.append(make_run(tip + 1, "failed", error="boom", parent=tip))
+        runs.append(make_run(tip + 2, metrics={"test_accuracy": 0.5 + step / 100}, parent=tip))
+
+    whole, folded = tree_text(runs, limit=len(runs)), tree_text(runs, limit=len(runs) - 1)
+
+    assert max(len(line) for line in whole) == 100, "nested, the line of improvements runs off the screen"
+    best = next(line for line in folded if "★" in line)
+    assert best == "└── 59 ★ improve ← 57 · ok · 0.79"
+    assert [line[:4] for line in folded if " ok " in line] == ["├── "] * 29 + ["└── "], "every run of the best's line at the top"
+    assert folded[:2] == ["├── 1 draft · ok · 0.5", "│   └── 2 improve ← 1 · failed · boom"], "its failed attempts one level in"

@@ -65,8 +65,16 @@ def cells(text: str, first: str) -> list[str]:
     raise AssertionError(f"no row starting with {first!r} in:\n{text}")
 
 
-def run(number: int, status: str = "ok", metrics: dict[str, float] | None = None, duration_s: float = 1.5) -> RunRecord:
-    return {**make_run(number, status, metrics), "duration_s": duration_s}
+def run(
+    number: int, status: str = "ok", metrics: dict[str, float] | None = None, duration_s: float = 1.5, operator: str = "draft", parent: int | None = None
+) -> RunRecord:
+    return {**make_run(number, status, metrics), "duration_s": duration_s, "operator": operator, "parent": parent}
+
+
+def finish(progress: Progress | PlainView | LiveView, *records: RunRecord) -> None:
+    """Execute's update for each record, as the stream brings it: the run that finished last, and how many have."""
+    for record in records:
+        progress.update("execute", {"latest_run": record, "run_count": record["number"]})
 
 
 def usage(stage: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None = None) -> Usage:
@@ -77,12 +85,18 @@ def stage(name: str, run: int | None = None, model: str | None = None) -> dict:
     return {"event": "stage", "stage": name, "run": run, "model": model}
 
 
+def chosen(name: str, run: int, operator: str, parent: int | None, model: str | None = None, reason: str | None = None) -> dict:
+    """A stage event that says what the coming run does, as summarize (with the search's reason) and codegen (with its model) emit it."""
+    event = {"event": "stage", "stage": name, "run": run, "operator": operator, "parent": parent}
+    return event | ({"model": model} if model else {}) | ({"reason": reason} if reason else {})
+
+
 def output(*lines: str, run: int = 1) -> dict:
     return {"event": "output", "run": run, "lines": list(lines)}
 
 
-def run_done(number: int, metrics: dict[str, float], status: str = "ok", duration_s: float = 2.0) -> dict:
-    return {"event": "run_done", "run": number, "status": status, "duration_s": duration_s, "metrics": metrics}
+def run_done(number: int, metrics: dict[str, float], status: str = "ok", duration_s: float = 2.0, operator: str = "draft", parent: int | None = None) -> dict:
+    return {"event": "run_done", "run": number, "status": status, "duration_s": duration_s, "metrics": metrics, "operator": operator, "parent": parent}
 
 
 # --- elapsed ---
@@ -185,56 +199,57 @@ def test_after_runs_the_table_marks_the_run_with_the_highest_value_of_a_greater_
     progress.event(stage("execute", run=3))
     for record in [
         run(1, metrics={"val_accuracy": 0.90, "loss": 0.3}, duration_s=12.34),
-        run(2, "failed", duration_s=0.4),
-        run(3, "timeout", metrics={"val_accuracy": 0.93}, duration_s=60),
+        run(2, "failed", duration_s=0.4, operator="improve", parent=1),
+        run(3, "timeout", metrics={"val_accuracy": 0.93}, duration_s=60, operator="debug", parent=2),
     ]:
-        progress.event(run_done(record["number"], record["metrics"], record["status"], record["duration_s"]))
-        progress.update("execute", {"runs": [record]})
+        progress.event(run_done(record["number"], record["metrics"], record["status"], record["duration_s"], record["operator"], record["parent"]))
+        finish(progress, record)
 
     text = render(progress)
 
     assert text.count("runs 3/5") == 1
-    assert cells(text, "run") == ["run", "status", "duration", "goal metric"]
-    assert cells(text, "1") == ["1", "ok", "12.3 s", "val_accuracy=0.9"]
-    assert cells(text, "2") == ["2", "failed", "0.4 s", "-"]
-    assert cells(text, "3 ★") == ["3 ★", "timeout", "60.0 s", "val_accuracy=0.93"]
+    assert cells(text, "run") == ["run", "from", "status", "duration", "goal metric"]
+    assert cells(text, "1") == ["1", "draft", "ok", "12.3 s", "val_accuracy=0.9"]
+    assert cells(text, "2") == ["2", "improve ← 1", "failed", "0.4 s", "-"]
+    assert cells(text, "3 ★") == ["3 ★", "debug ← 2", "timeout", "60.0 s", "val_accuracy=0.93"]
     assert text.count("★") == 1
 
 
 def test_for_a_less_than_goal_the_lowest_value_is_the_best():
     progress = make_progress(goal="val_loss <= 0.1")
-    progress.update("execute", {"runs": [run(1, metrics={"val_loss": 0.5}), run(2, metrics={"val_loss": 0.2}), run(3, metrics={"val_loss": 0.4})]})
+    finish(progress, run(1, metrics={"val_loss": 0.5}), run(2, metrics={"val_loss": 0.2}), run(3, metrics={"val_loss": 0.4}))
 
     text = render(progress)
 
-    assert cells(text, "2 ★") == ["2 ★", "ok", "1.5 s", "val_loss=0.2"]
+    assert cells(text, "2 ★") == ["2 ★", "draft", "ok", "1.5 s", "val_loss=0.2"]
     assert text.count("★") == 1
     assert "runs 3/5" in text
 
 
 def test_without_a_numeric_goal_the_table_shows_every_metric_and_no_star():
     progress = make_progress(goal="find out which optimiser works best")
-    progress.update("execute", {"runs": [run(1, metrics={"accuracy": 0.8, "loss": 0.25}), run(2, "failed")]})
+    finish(progress, run(1, metrics={"accuracy": 0.8, "loss": 0.25}), run(2, "failed", operator="improve", parent=1))
 
     text = render(progress)
 
-    assert cells(text, "run") == ["run", "status", "duration", "metrics"]
-    assert cells(text, "1") == ["1", "ok", "1.5 s", "accuracy=0.8, loss=0.25"]
-    assert cells(text, "2") == ["2", "failed", "1.5 s", "none found"]
+    assert cells(text, "run") == ["run", "from", "status", "duration", "metrics"]
+    assert cells(text, "1") == ["1", "draft", "ok", "1.5 s", "accuracy=0.8, loss=0.25"]
+    assert cells(text, "2") == ["2", "improve ← 1", "failed", "1.5 s", "none found"]
     assert "★" not in text
 
 
 def test_a_long_experiment_shows_the_latest_12_runs_and_counts_the_earlier_ones():
     progress = make_progress(goal="accuracy >= 0.99")
-    progress.update("execute", {"max_runs": 30, "runs": [run(n, metrics={"accuracy": 0.9 if n == 25 else 0.5 + n / 100}) for n in range(1, 31)]})
+    progress.update("initialize", {"max_runs": 30})
+    finish(progress, *(run(n, metrics={"accuracy": 0.9 if n == 5 else 0.5 + n / 100}, operator="improve", parent=max(n - 2, 1)) for n in range(1, 31)))
 
     text = render(progress)
 
     assert "runs 30/30" in text
     assert cells(text, "…") == ["…", "18 earlier runs"]
     shown = [row.split()[0] for row in text.split("goal metric")[1].splitlines()[2:]]
-    assert shown == [str(n) for n in range(19, 31)]
-    assert cells(text, "25 ★") == ["25 ★", "ok", "1.5 s", "accuracy=0.9"]
+    assert shown == ["5", *(str(n) for n in range(20, 31))], "the best run stays in sight, in place of the oldest shown"
+    assert cells(text, "5 ★") == ["5 ★", "improve ← 3", "ok", "1.5 s", "accuracy=0.9"]
     assert text.count("★") == 1
 
 
@@ -270,13 +285,71 @@ def test_usage_sums_provider_costs_and_prices_the_rest_with_model_prices():
 
 def test_a_resumed_experiment_starts_from_its_saved_state():
     progress = make_progress()
-    progress.seed({"goal": "accuracy >= 0.9", "max_runs": 8, "runs": [run(1, metrics={"accuracy": 0.7}), run(2, metrics={"accuracy": 0.8})], "usage": []})
+    next_run = {"number": 3, "operator": "improve", "parent": 2, "reason": "run 2 is the best so far", "change": "a wider hidden layer"}
+    values = {"goal": "accuracy >= 0.9", "max_runs": 8, "run_count": 2, "next_run": next_run, "usage": []}
+    progress.seed(values, [run(1, metrics={"accuracy": 0.7}), run(2, metrics={"accuracy": 0.8}, operator="improve", parent=1)])
+    progress.event(stage("execute", run=3))  # the resumed step: execute's event does not say how the run came about
 
     text = render(progress)
 
     assert cells(text, "│ goal") == ["│ goal", "accuracy >= 0.9", "│"]
     assert "runs 2/8" in text
-    assert cells(text, "2 ★")[-1] == "accuracy=0.8"
+    assert cells(text, "2 ★") == ["2 ★", "improve ← 1", "ok", "1.5 s", "accuracy=0.8"]
+    assert re.search(r"^\S run 3 · execute · improve ← 2  0:00  a wider hidden layer$", text, re.MULTILINE), text
+
+
+def test_a_run_sent_again_by_a_resumed_step_replaces_its_first_record():
+    progress = make_progress(goal="accuracy >= 0.9")
+    finish(progress, run(1, metrics={"accuracy": 0.7}), run(2, "failed", operator="improve", parent=1))
+    finish(progress, run(2, metrics={"accuracy": 0.8}, operator="improve", parent=1))
+
+    text = render(progress)
+
+    assert [r["number"] for r in progress.runs] == [1, 2]
+    assert "runs 2/5" in text
+    assert cells(text, "2 ★") == ["2 ★", "improve ← 1", "ok", "1.5 s", "accuracy=0.8"]
+
+
+def test_a_record_from_before_the_tree_search_shows_a_dash_for_where_it_came_from():
+    progress = make_progress(goal="accuracy >= 0.9")
+    old = {name: value for name, value in run(1, metrics={"accuracy": 0.7}).items() if name not in ("operator", "parent")}
+    progress.seed({"goal": "accuracy >= 0.9"}, [old, run(2, metrics={"accuracy": 0.5}, operator="improve", parent=1)])
+
+    text = render(progress)
+
+    assert cells(text, "1 ★") == ["1 ★", "—", "ok", "1.5 s", "accuracy=0.7"]
+    assert cells(text, "2") == ["2", "improve ← 1", "ok", "1.5 s", "accuracy=0.5"]
+
+
+def test_the_stage_line_says_what_the_coming_run_does_from_the_search_choice_to_its_change(clock: Clock):
+    progress = make_progress(goal="accuracy >= 0.9")
+    finish(progress, run(1, metrics={"accuracy": 0.8}), *(run(n, "failed" if n == 4 else "ok", operator="improve", parent=n - 1) for n in range(2, 5)))
+    progress.event(chosen("summarize", 5, "debug", 4, reason="run 4 failed: fix 1 of at most 3"))
+    assert re.search(r"^\S run 5 · summarize · debug ← 4  0:00  run 4 failed: fix 1 of at most 3$", render(progress), re.MULTILINE)
+
+    progress.update("summarize", {"next_run": {"number": 5, "operator": "debug", "parent": 4, "reason": "run 4 failed: fix 1 of at most 3"}})
+    progress.event(chosen("codegen", 5, "debug", 4, model="coder"))
+    clock.now += 7
+    assert re.search(r"^\S run 5 · codegen · debug ← 4 \(coder\)  0:07  run 4 failed: fix 1 of at most 3$", render(progress), re.MULTILINE)
+
+    progress.update("codegen", {"next_run": {**progress.coming, "change": "cast the labels to int"}, "code": "x"})
+    progress.event(stage("execute", run=5))
+    assert re.search(r"^\S run 5 · execute · debug ← 4  0:00  cast the labels to int$", render(progress), re.MULTILINE)
+
+    finish(progress, run(5, metrics={"accuracy": 0.85}, operator="debug", parent=4))
+    progress.event(stage("analyze", run=5, model="small-model"))
+    text = render(progress)
+    assert re.search(r"^\S run 5 · analyze · debug ← 4 \(small-model\)  0:00  cast the labels to int$", text, re.MULTILINE), text
+    assert cells(text, "5 ★") == ["5 ★", "debug ← 4", "ok", "1.5 s", "accuracy=0.85"]
+
+
+def test_a_long_reason_is_cut_on_the_stage_line_not_wrapped():
+    progress = make_progress()
+    progress.event(chosen("summarize", 2, "improve", 1, reason="because " + "very " * 40 + "good"))
+
+    line = next(line for line in render(progress).splitlines() if "summarize" in line)
+
+    assert len(line) <= 100 and line.endswith("…")
 
 
 def test_markup_in_names_and_goals_is_shown_as_written():
@@ -302,7 +375,9 @@ def feed_a_run(view: PlainView, clock: Clock) -> None:
     view.event(stage("initialize", model="big-model"))
     clock.now += 4.25
     view.update("initialize", {"goal": "accuracy >= 0.9", "usage": [usage("initialize", "big-model", 1000, 200)]})
-    view.event(stage("codegen", run=1, model="coder"))
+    view.event(chosen("summarize", 1, "draft", None, reason="the first run"))
+    view.update("summarize", {"next_run": {"number": 1, "operator": "draft", "parent": None, "reason": "the first run"}})
+    view.event(chosen("codegen", 1, "draft", None, model="coder"))
     view.event({"event": "syntax_retry", "run": 1, "error": "line 3: invalid syntax"})
     clock.now += 12
     view.update("codegen", {"usage": [usage("codegen", "coder", 2000, 800), usage("codegen", "coder", 2500, 900)]})
@@ -311,7 +386,7 @@ def feed_a_run(view: PlainView, clock: Clock) -> None:
     view.event(output("epoch=1 loss=0.5", "[done] accuracy=0.9"))
     clock.now += 2
     view.event(run_done(1, {"accuracy": 0.9}))
-    view.update("execute", {"runs": [make_run(1, metrics={"accuracy": 0.9})]})
+    finish(view, run(1, metrics={"accuracy": 0.9}))
     view.event(stage("analyze", run=1, model="small-model"))
     view.event({"event": "analysis", "run": 1, "summary": "A small MLP reached the goal.", "goal_met": True})
     clock.now += 1
@@ -322,14 +397,16 @@ PLAIN_TRANSCRIPT = [
     "experiment exp · sandbox: bwrap · models: plan, report=big-model, codegen=coder, analyze=small-model",
     "▶ initialize (big-model)",
     "  ✓ initialize (4.2 s) · 1,200 tokens · goal: accuracy >= 0.9",
-    "▶ run 1 · codegen (coder)",
+    "▶ run 1 · summarize · draft · the first run",
+    "  ✓ summarize (0.0 s) · 1,200 tokens",
+    "▶ run 1 · codegen · draft (coder)",
     "! run 1: generated code does not compile (line 3: invalid syntax); asking once more",
     "  ✓ codegen (12.0 s) · 7,400 tokens",
     "▶ run 1 · execute",
     "! no GPU found: train.py runs on the CPU",
     "  │ epoch=1 loss=0.5",
     "  │ [done] accuracy=0.9",
-    "■ run 1 ok in 2.0 s · metrics: accuracy=0.9",
+    "■ run 1 ok in 2.0 s · draft · metrics: accuracy=0.9",
     "  ✓ execute (2.0 s) · 7,400 tokens",
     "▶ run 1 · analyze (small-model)",
     "✎ run 1: A small MLP reached the goal.",
@@ -350,10 +427,39 @@ def test_the_plain_view_says_which_runs_failed_and_what_is_spent():
     console = plain_console(force_terminal=False)
     view = PlainView(console, make_progress(model_prices={"coder": [1.0, 2.0]}))
 
-    view.event(run_done(2, {}, status="timeout", duration_s=3600))
+    view.event(run_done(2, {}, status="timeout", duration_s=3600, operator="improve", parent=1))
     view.update("codegen", {"usage": [usage("codegen", "coder", 100_000, 20_000)]})
 
-    assert console.file.getvalue().splitlines() == ["■ run 2 timeout in 3600.0 s · metrics: none found", "  ✓ codegen (0.0 s) · 120,000 tokens · $0.1400"]
+    assert console.file.getvalue().splitlines() == [
+        "■ run 2 timeout in 3600.0 s · improve ← 1 · metrics: none found",
+        "  ✓ codegen (0.0 s) · 120,000 tokens · $0.1400",
+    ]
+
+
+def test_the_plain_view_names_each_runs_operator_and_parent_and_the_change_codegen_named(clock: Clock):
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(goal="accuracy >= 0.9"))
+
+    view.event(chosen("summarize", 5, "improve", 3, reason="run 3 is the best so far"))
+    view.update("summarize", {"next_run": {"number": 5, "operator": "improve", "parent": 3, "reason": "run 3 is the best so far"}})
+    view.event(chosen("codegen", 5, "improve", 3, model="coder"))
+    clock.now += 2
+    view.update("codegen", {"next_run": {"number": 5, "operator": "improve", "parent": 3, "reason": "", "change": "lr 1e-3 → 3e-4,\nand no dropout"}})
+    view.event(stage("execute", run=5))
+    view.event(run_done(5, {"accuracy": 0.93}, operator="improve", parent=3))
+    view.event(chosen("summarize", 6, "debug", 4, reason="run 4 failed: fix 2 of at most 3"))
+    view.event(chosen("codegen", 7, "draft", None, model="coder"))
+
+    assert console.file.getvalue().splitlines() == [
+        "▶ run 5 · summarize · improve ← 3 · run 3 is the best so far",
+        "  ✓ summarize (0.0 s) · 0 tokens · $0.0000",
+        "▶ run 5 · codegen · improve ← 3 (coder)",
+        "  ✓ codegen (2.0 s) · 0 tokens · $0.0000 · change: lr 1e-3 → 3e-4, and no dropout",
+        "▶ run 5 · execute",
+        "■ run 5 ok in 2.0 s · improve ← 3 · metrics: accuracy=0.93",
+        "▶ run 6 · summarize · debug ← 4 · run 4 failed: fix 2 of at most 3",
+        "▶ run 7 · codegen · draft (coder)",
+    ]
 
 
 def test_the_plain_view_can_leave_the_scripts_output_out():
@@ -470,16 +576,16 @@ def live_view():
 def test_the_live_view_prints_messages_above_itself_and_leaves_a_last_frame_without_the_spinner(live_view: LiveView):
     view, console = live_view, live_view.console
     view.start()
-    view.event(stage("codegen", run=1, model="coder"))
+    view.event(chosen("codegen", 1, "draft", None, model="coder"))
     view.event({"event": "syntax_retry", "run": 1, "error": "line 3: invalid syntax"})
     view.update("codegen", {"usage": [usage("codegen", "coder", 2000, 800)]})
     view.event(stage("execute", run=1))
     view.event(output("epoch=1 loss=0.5 accuracy=0.93"))
     view.live.refresh()
-    assert any(line.endswith("run 1 · execute  0:00") for line in screen(console.file.getvalue())), "the frame shows the stage while it runs"
+    assert any(line.endswith("run 1 · execute · draft  0:00") for line in screen(console.file.getvalue())), "the frame shows the stage while it runs"
     view.event({"event": "warning", "message": "disk almost full"})
     view.event(run_done(1, {"accuracy": 0.93}))
-    view.update("execute", {"runs": [make_run(1, metrics={"accuracy": 0.93})]})
+    finish(view, run(1, metrics={"accuracy": 0.93}))
     view.event(stage("analyze", run=1, model="small-model"))
     view.event({"event": "analysis", "run": 1, "summary": "It reached the goal.", "goal_met": True})
 
