@@ -54,7 +54,7 @@ def digest(files: ExperimentFiles, runs: list[RunRecord], choice: Choice, goal: 
     ]
     if change := changes.get(parent["number"]):
         parts.append(f"Run {parent['number']} changed: {change}")
-    earlier = [run for run in runs[-RECENT_RUNS:] if run["number"] != parent["number"]]
+    earlier = [run for run in runs if run["number"] != parent["number"]][-RECENT_RUNS:]
     if earlier:
         parts.append("Recent runs:\n" + "\n".join(f"{run_line(run)} ({origin(run)})" for run in earlier))
     if (best := best_run(runs, goal)) is not None and best["number"] != parent["number"]:
@@ -67,4 +67,7 @@ def coming_run(state: ExperimentState) -> NextRun:
     if coming := state.get("next_run"):
         return coming
     done = state.get("run_count", 0)
-    return NextRun(number=done + 1, operator="improve" if done else "draft", parent=done or None, reason="the run before it")
+    if not done:
+        return NextRun(number=1, operator="draft", parent=None, reason="the first run")
+    before = ExperimentFiles(state["experiment_dir"]).read_runs(done)[-1]
+    return NextRun(number=done + 1, operator="improve" if before["status"] == "ok" else "debug", parent=done, reason="the run before it")

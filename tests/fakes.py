@@ -11,8 +11,9 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langgraph.runtime import Runtime
 from pydantic import Field
 
+from adapters.files import ExperimentFiles
 from settings import Settings
-from state import RunRecord, Task
+from state import NextRun, RunRecord, Task
 
 UNREACHABLE_LLM = "http://127.0.0.1:1/v1"
 """A base URL nothing listens on: a test that reaches the network by mistake fails fast."""
@@ -121,3 +122,25 @@ def make_task(id: int, title: str = "", status: str = "todo", notes: str = "", r
 
 def events_of(events: list[dict], kind: str) -> list[dict]:
     return [e for e in events if e.get("event") == kind]
+
+
+def make_next_run(number: int, operator: str | None = None, parent: int | None = -1, reason: str = "the test's choice") -> NextRun:
+    """The search's choice for the coming run, as summarize leaves it in the state; by default it builds on the run before it."""
+    parent = (number - 1 or None) if parent == -1 else parent
+    return NextRun(number=number, operator=operator or ("draft" if parent is None else "improve"), parent=parent, reason=reason)
+
+
+def run_code(number: int) -> str:
+    """The train.py seed_runs writes for run `number` (with code=True): a file that says whose it is."""
+    return f"print('the code of run {number}')\n"
+
+
+def seed_runs(root: str | Path, runs: list[RunRecord], code: bool = False) -> dict:
+    """Finished runs as execute leaves them: each record in run_N/result.json (and, with `code`, run_code(N) in
+    run_N/train.py); returns the state's part, {"run_count": N}, to merge into a node's state."""
+    files = ExperimentFiles(root)
+    for run in runs:
+        files.write_result(run)
+        if code:
+            (files.run_dir(run["number"]) / "train.py").write_text(run_code(run["number"]), encoding="utf-8")
+    return {"run_count": len(runs)}

@@ -105,7 +105,7 @@ def experiment_with(tmp_path: Path, code: str) -> Path:
 def run(root: Path, **settings):
     """Execute run 1 of `root` as the runner would; returns its record and log."""
     runtime, events = make_runtime(**settings)
-    [record] = execute({"experiment_dir": str(root), "runs": []}, runtime)["runs"]
+    record = execute({"experiment_dir": str(root), "run_count": 0}, runtime)["latest_run"]
     return record, (root / "run_1" / "output.log").read_text()
 
 
@@ -242,7 +242,7 @@ def test_no_network_without_the_sandbox_is_refused_before_anything_runs(tmp_path
     root = experiment_with(tmp_path, CONNECT.format(port=tcp_server[0]))
     runtime, events = make_runtime(sandbox="none", no_network=True)
     with pytest.raises(SandboxError, match="--no-network.*needs the bwrap sandbox"):
-        execute({"experiment_dir": str(root), "runs": []}, runtime)
+        execute({"experiment_dir": str(root), "run_count": 0}, runtime)
     assert not (root / "run_1" / "output.log").exists()
     assert tcp_server[1] == []
 

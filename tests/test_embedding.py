@@ -16,6 +16,7 @@ from langgraph.graph import END, START, StateGraph
 from scripted import GOOD_TRAIN, HOLDING_TRAIN, REPO, ScriptedBrain, wait_until
 from typing_extensions import TypedDict
 
+from adapters.files import ExperimentFiles
 from graph import experiment as wiring
 from graph import graph
 from settings import ENV_SETTINGS, Settings, SettingsError
@@ -28,12 +29,13 @@ class Parent(TypedDict, total=False):
     max_runs: int
     stop_reason: str
     report_path: str
-    runs: list
+    run_count: int
+    best_run: dict | None
     verdict: str
 
 
 def judge(state: Parent) -> dict:
-    return {"verdict": f"{state['stop_reason']} after {len(state['runs'])} runs"}
+    return {"verdict": f"{state['stop_reason']} after {state['run_count']} runs"}
 
 
 def parent_graph(context_schema: type | None = Settings):
@@ -59,7 +61,8 @@ def test_a_parent_graph_runs_the_experiment_as_a_node(experiment: Path, llm_serv
 
     assert result["verdict"] == "max_runs after 2 runs"
     assert result["report_path"] == str(experiment / "REPORT.md") and (experiment / "REPORT.md").is_file()
-    assert [r["number"] for r in result["runs"]] == [1, 2]
+    assert result["run_count"] == 2 and [r["number"] for r in ExperimentFiles(experiment).read_runs(result["run_count"])] == [1, 2]
+    assert result["best_run"]["number"] == 1 and result["best_run"]["metrics"]["accuracy"] == 0.85  # both reached 0.85: the first is the best
     assert "plan" not in result and "usage" not in result  # only the experiment's output keys reach the parent
 
 

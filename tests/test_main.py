@@ -25,13 +25,14 @@ def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     assert brain.stages == ["initialize", "codegen", "analyze", "codegen", "analyze", "report"]
-    for name in ("PLAN.md", "tasks.json", "KEY_FINDINGS.md", "REPORT.md", "run_1/train.py", "run_1/output.log", "run_2/train.py", "run_2/output.log"):
+    run_files = [f"run_{n}/{file}" for n in (1, 2) for file in ("train.py", "output.log", "result.json")]
+    for name in ("PLAN.md", "tasks.json", "KEY_FINDINGS.md", "REPORT.md", *run_files):
         assert (experiment / name).is_file(), name
     assert "epoch=3" in (experiment / "run_2" / "output.log").read_text()
     assert "accuracy >= 0.9" in (experiment / "PLAN.md").read_text()
     assert read_tasks(experiment)[0] == {"id": 1, "title": "Baseline logistic regression", "status": "done", "notes": "worked on in run 2", "runs": [1, 2]}
     findings = (experiment / "KEY_FINDINGS.md").read_text()
-    assert "## Run 1 (ok)" in findings and "## Run 2 (ok)" in findings
+    assert "## Run 1 (ok, draft)" in findings and "## Run 2 (ok, improve of run 1)" in findings
     report = (experiment / "REPORT.md").read_text()
     assert "The baseline reached the goal." in report and "**max_runs**" in report and "accuracy=0.85" in report
     assert (experiment / ".runner" / "checkpoints.sqlite").is_file()
@@ -40,10 +41,11 @@ def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
     for text in (*stages, "│ epoch=1", "Stopped: max_runs (all 2 runs done, the limit set by -r/MAX_RUNS) after 2 runs"):
         assert text in result.stdout
 
-    # The second codegen request carried the first run's code and its mechanical summary.
+    # The second codegen request (an improve of run 1) carried the first run's code and its mechanical summary.
     codegen_requests = [r for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
     second = codegen_requests[1]["messages"][1]["content"]
     assert "Run 1: ok (exit 0)" in second and "accuracy=0.85" in second and 'print("done")' in second
+    assert '<parent_code run="1">' in second and "one focused change to run 1's code" in second
     # The real client sent the key, and the child never saw it.
     assert "test-key" not in (experiment / "run_1" / "output.log").read_text()
 

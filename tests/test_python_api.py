@@ -31,6 +31,8 @@ def test_run_then_continue_an_experiment(experiment: Path, llm_server):
     final = run_experiment(experiment, max_runs=2, on_event=events.append, **llm(server))
 
     assert final["stop_reason"] == "max_runs" and [r["number"] for r in final["runs"]] == [1, 2]
+    assert final["run_count"] == 2 and final["best_run"] == final["runs"][0]  # both reached 0.85: the first is the best
+    assert [(r["operator"], r["parent"]) for r in final["runs"]] == [("draft", None), ("improve", 1)]
     assert final["report_path"] == str(experiment / "REPORT.md") and (experiment / "REPORT.md").is_file()
     assert (experiment / ".runner" / "checkpoints.sqlite").is_file()  # the same checkpoint main.py keeps
     assert [e["run"] for e in events if e["event"] == "run_done"] == [1, 2]
@@ -41,6 +43,7 @@ def test_run_then_continue_an_experiment(experiment: Path, llm_server):
 
     more = run_experiment(experiment, max_runs=3, resume=True, **llm(server))
     assert [r["number"] for r in more["runs"]] == [1, 2, 3] and brain.stages.count("initialize") == 1
+    assert (more["runs"][2]["operator"], more["runs"][2]["parent"]) == ("improve", 1)  # the best run, not the last
     assert run_experiment(experiment, resume=True, **llm(server))["runs"] == more["runs"]  # finished: nothing more to do
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,20 @@ def test_the_analyst_alone_cannot_stop_a_numeric_goal(experiment: Path, llm_serv
     assert result.returncode == 0 and runs == ["run_1", "run_2"] and "**max_runs**" in report
 
 
-def test_an_identical_crash_every_run_is_stuck(experiment: Path, llm_server):
-    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "6"], ScriptedBrain(codes=[CRASH]))
+@pytest.mark.parametrize(
+    ("search", "tree"),
+    [
+        # The tree gives up the failed line after 3 identical failures, drafts anew, and stops when that fails the same way.
+        ("tree", [("draft", None), ("debug", 1), ("debug", 2), ("draft", None)]),
+        ("linear", [("draft", None), ("debug", 1), ("debug", 2)]),  # one line: stuck at the third identical failure
+    ],
+)
+def test_an_identical_crash_every_run_is_stuck(search, tree, experiment: Path, llm_server):
+    result, runs, report, _ = _stop(experiment, llm_server, ["-r", "6"], ScriptedBrain(codes=[CRASH]), SEARCH=search)
     assert result.returncode == 1
-    assert runs == ["run_1", "run_2", "run_3"]
+    assert runs == [f"run_{n}" for n in range(1, len(tree) + 1)]
+    records = [json.loads((experiment / run / "result.json").read_text()) for run in runs]
+    assert [(r["operator"], r["parent"]) for r in records] == tree and {r["status"] for r in records} == {"failed"}
     assert "Stopped: stuck" in result.stdout and "**stuck**" in report and "dataset shard" in report
 
 
@@ -170,7 +181,7 @@ def test_a_report_model_failure_still_leaves_the_record_and_resume_writes_the_re
     assert result.returncode == 1 and "error (fatal)" in result.stderr and "REPORT_MODEL" in result.stderr
     report = (experiment / "REPORT.md").read_text()
     assert report.startswith("# Report (unfinished)") and "**fatal** during report" in report
-    assert "had ended before that: max_runs" in report and "| 1 ★ | ok |" in report
+    assert "had ended before that: max_runs" in report and "| 1 ★ | — | draft | ok |" in report
 
     failing["on"] = False
     resumed = run_main(["-d", str(experiment), "--resume"], env)

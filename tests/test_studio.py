@@ -57,7 +57,7 @@ def test_studio_serves_and_runs_the_experiment_graph(dev_server, experiment: Pat
     assistant = dev_server.assistants.search(graph_id="experiment")[0]
     schemas = dev_server.assistants.get_schemas(assistant["assistant_id"])
     assert schemas["input_schema"]["required"] == ["experiment_dir"]
-    assert {"stop_reason", "report_path", "runs"} <= set(schemas["output_schema"]["properties"])
+    assert {"stop_reason", "report_path", "run_count", "best_run"} <= set(schemas["output_schema"]["properties"])
     assert "code_model" in schemas["context_schema"]["properties"]
 
     thread = dev_server.threads.create()
@@ -71,7 +71,8 @@ def test_studio_serves_and_runs_the_experiment_graph(dev_server, experiment: Pat
     assert any(e["event"] == "output" for e in events)
     state = dev_server.threads.get_state(thread["thread_id"])
     result = state["values"]
-    assert state["next"] == [] and result["stop_reason"] == "max_runs" and len(result["runs"]) == 1
+    assert state["next"] == [] and result["stop_reason"] == "max_runs" and result["run_count"] == 1 and "runs" not in result
+    assert result["latest_run"]["number"] == 1 and result["latest_run"]["operator"] == "draft"
     assert result["report_path"] == str(experiment / "REPORT.md")
     assert (experiment / "run_1" / "output.log").is_file() and (experiment / "REPORT.md").is_file()
     assert len((experiment / ".runner" / "llm_calls.jsonl").read_text().splitlines()) == 4  # the audit trail works under Studio too

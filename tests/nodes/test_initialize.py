@@ -30,6 +30,7 @@ def test_writes_plan_tasks_and_findings(tmp_path: Path):
     tasks = json.loads((tmp_path / "exp" / "tasks.json").read_text())["tasks"]
     assert [(t["id"], t["title"], t["status"], t["runs"]) for t in tasks] == [(1, "Baseline MLP", "todo", []), (2, "Tune width", "todo", [])]
     assert update["tasks"] == tasks
+    assert update["tasks_created"] == 2  # later tasks are numbered after every task ever created
     assert (tmp_path / "exp" / "KEY_FINDINGS.md").read_text().startswith("# Key findings")
     assert update["goal"] == "accuracy >= 0.9"
     assert update["idea"] == IDEA
