@@ -9,9 +9,10 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from state import RunRecord, Task
 
@@ -20,8 +21,37 @@ RESULT_FIELDS = tuple(RunRecord.__annotations__)
 TREE_FIELDS = ("operator", "parent")
 """Fields a result.json written before the tree search lacks: read_runs gives such a run the parent of the linear loop."""
 
-_READ: dict[Path, tuple[tuple[int, int, int], RunRecord]] = {}
-"""Every result.json read_runs has read, with the (inode, size, mtime) it had: a file is parsed once while it stays the same."""
+_RUNS: dict[Path, list[RunRecord]] = {}
+"""The run records read_runs has read, by experiment folder: runs 1 to N, each read once."""
+_PARSED: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+"""KEY_FINDINGS.md's sections and tasks.json's tasks as last read or written by this process, with the file's (inode, size,
+mtime) then: a step re-reads a file only when someone else changed it, so its cost does not grow with the experiment."""
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def _parsed(path: Path, parse: Callable[[Path], Any]) -> Any:
+    """parse(path), or what it gave last time while the file is unchanged."""
+    key = _file_key(path)
+    cached = _PARSED.get(path)
+    if key is not None and cached is not None and cached[0] == key:
+        return cached[1]
+    value = parse(path)
+    if key is not None:
+        _PARSED[path] = (key, value)
+    return value
+
+
+def _remember(path: Path, value: Any) -> None:
+    """What this process just wrote to `path`, so the next read need not parse it again."""
+    if (key := _file_key(path)) is not None:
+        _PARSED[path] = (key, value)
 
 
 class ExperimentInputError(ValueError):
@@ -52,6 +82,16 @@ def write_atomic(path: Path, content: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _findings_sections(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []
+    starts = [match.start() for match in RUN_SECTION.finditer(text)]
+    ends = [*starts[1:], len(text)] if starts else []
+    return [text[start:end].strip() for start, end in zip(starts, ends, strict=True)]
 
 
 def section_run(section: str) -> int | None:
@@ -179,24 +219,22 @@ class ExperimentFiles:
 
     def write_tasks(self, tasks: list[Task]) -> None:
         write_atomic(self.tasks, json.dumps({"tasks": tasks}, indent=2) + "\n")
+        _remember(self.tasks, [dict(task) for task in tasks])
 
     def read_tasks(self) -> list[Task]:
-        return json.loads(self.tasks.read_text(encoding="utf-8"))["tasks"]
+        """Every task in tasks.json (OSError, ValueError or KeyError when it cannot be read)."""
+        tasks = _parsed(self.tasks, lambda path: json.loads(path.read_text(encoding="utf-8"))["tasks"])
+        return [Task(**task) for task in tasks]
 
     def read_findings(self) -> list[str]:
         """KEY_FINDINGS.md's run sections (each from its `## Run N` heading), in order; none when the file is missing."""
-        try:
-            text = self.findings.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            return []
-        starts = [match.start() for match in RUN_SECTION.finditer(text)]
-        ends = [*starts[1:], len(text)] if starts else []
-        return [text[start:end].strip() for start, end in zip(starts, ends, strict=True)]
+        return list(_parsed(self.findings, _findings_sections))
 
     def write_findings(self, sections: list[str]) -> None:
         """Rewrite KEY_FINDINGS.md from every section, so the file always equals the state."""
         body = "\n\n".join(s.strip() for s in sections) if sections else "_No runs analysed yet._"
         write_atomic(self.findings, f"# Key findings\n\n{body}\n")
+        _remember(self.findings, [s.strip() for s in sections])
 
     def write_result(self, record: RunRecord) -> None:
         """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
@@ -207,30 +245,26 @@ class ExperimentFiles:
         """The records of runs 1 to `count` (the finished ones, as the state counts them), from their result.json, in order.
 
         The records live in these files, not in the state, so that a checkpoint stays small however many runs there
-        are; a file unchanged since it was last read is not parsed again, so a step costs a stat per run.
-        ExperimentInputError when one is missing or unreadable.
+        are. A finished run's record never changes while the state counts it, so each is read once per process:
+        a step costs nothing per earlier run. Records past `count` are forgotten (a resume or a fork from an earlier
+        checkpoint runs them again). ExperimentInputError when one is missing or unreadable.
         """
-        runs: list[RunRecord] = []
-        for number in range(1, count + 1):
+        known = _RUNS.setdefault(self.root, [])
+        del known[count:]
+        for number in range(len(known) + 1, count + 1):
             path = self.run_dir(number) / "result.json"
             try:
-                info = path.stat()
-                key = (info.st_ino, info.st_size, info.st_mtime_ns)
-                cached = _READ.get(path)
-                if cached is None or cached[0] != key:
-                    record = json.loads(path.read_text(encoding="utf-8"))
-                    if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS):
-                        raise ValueError("not a run record")
-                    cached = _READ[path] = (key, record)
+                record = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS):
+                    raise ValueError("not a run record")
             except (OSError, ValueError) as exc:
                 raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
-            record = cached[1]
             if "operator" not in record:  # written before the tree search: the linear loop's parent
-                before = runs[-1] if runs else None
+                before = known[-1] if known else None
                 operator = "draft" if before is None else "improve" if before["status"] == "ok" else "debug"
                 record = {**record, "operator": operator, "parent": before["number"] if before else None}
-            runs.append(RunRecord(**{name: record[name] for name in RESULT_FIELDS}))
-        return runs
+            known.append(RunRecord(**{name: record[name] for name in RESULT_FIELDS}))
+        return list(known)
 
     def read_results(self) -> list[dict]:
         """Every finished run's result.json, in run order; a run still going (or unreadable) is left out."""

@@ -25,6 +25,8 @@ GROWTH_BOUND = 1.1
 """The last run's codegen request may be at most this many times run 10's."""
 GOAL_ALLOWANCE = 200
 """Characters allowed for the goal line, which no budget clips (it is one line: 'accuracy >= 0.99')."""
+ORIGIN_ALLOWANCE = 400
+"""Characters allowed for the analyze request's origin line (operator, parent, and the change named in advance, cut to 300)."""
 BEST_LINE_ALLOWANCE = 1_000
 """Characters allowed for the report prompt's best-run line, which no budget clips."""
 
@@ -37,12 +39,22 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
     return {
         "initialize": len(prompts.PLAN_SYSTEM) + len(prompts.PLAN_USER.format(idea="")) + BUDGET["idea"],
         "codegen": len(prompts.CODEGEN_SYSTEM)
-        + len(prompts.CODEGEN_USER.format(**empty_context, machine="", previous_code="", previous_run="", feedback="", run=run))
+        + len(
+            prompts.CODEGEN_USER.format(
+                **empty_context,
+                machine="",
+                parent_code=prompts.PARENT_CODE.format(parent=run, code=""),
+                previous_run="",
+                feedback="",
+                instruction=max((text.format(run=run, parent=run, differ=prompts.DRAFTS_DIFFER) for text in prompts.CODEGEN_INSTRUCTION.values()), key=len),
+            )
+        )
         + feedback_wrapper
         + sum(BUDGET.values()),
         "analyze": len(prompts.ANALYZE_SYSTEM)
-        + len(prompts.ANALYZE_USER.format(goal="", tasks="", code="", run=""))
+        + len(prompts.ANALYZE_USER.format(goal="", origin="", tasks="", code="", run=""))
         + GOAL_ALLOWANCE
+        + ORIGIN_ALLOWANCE
         + BUDGET["tasks"]
         + BUDGET["previous_code"]
         + SUMMARY_CHARS,
@@ -54,12 +66,12 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
     }
 
 
-CODEGEN_PARTS = re.compile(r"<(idea|plan|tasks|key_findings|previous_code|previous_run|feedback)>\n(.*?)\n</\1>", re.DOTALL)
+CODEGEN_PARTS = re.compile(r"<(idea|plan|tasks|key_findings|parent_code|runs|feedback)(?: run=\"\d+\")?>\n(.*?)\n</\1>", re.DOTALL)
 
 
 def requests(experiment: Path) -> list[dict]:
     """Every request in the experiment's audit log: stage, run (codegen and analyze), characters, estimated tokens, the server's
-    count; a codegen request also the characters of each tagged part (idea, plan, tasks, key_findings, previous_code, ...)."""
+    count; a codegen request also the characters of each tagged part (idea, plan, tasks, key_findings, parent_code, runs, ...)."""
     found = []
     for line in read_audit(ExperimentFiles(experiment).llm_calls):
         messages = line.get("messages") or []
@@ -81,8 +93,8 @@ def requests(experiment: Path) -> list[dict]:
 def _run_of(stage: str, messages: list[dict]) -> int | None:
     """The run a codegen request writes for ("train.py for run N") or an analyze request reads ("Run N: ok")."""
     text = messages[1]["content"] if stage == "codegen" and len(messages) > 1 else messages[-1]["content"] if stage == "analyze" and messages else ""
-    match = re.search(r"for run (\d+)" if stage == "codegen" else r"Run (\d+):", text or "")
-    return int(match.group(1)) if match else None
+    found = re.findall(r"train\.py for run (\d+)" if stage == "codegen" else r"Run (\d+):", text or "")
+    return int(found[-1] if stage == "codegen" else found[0]) if found else None  # codegen's instruction ends its request
 
 
 def figures(experiment: Path, runs: int, at_runs: tuple[int, ...], early_run: int = 10) -> tuple[list[Figure], dict]:

@@ -269,7 +269,7 @@ class RealisticBrain(ScriptedBrain):
             return {"tool_call": {"name": "RunAnalysis", "arguments": self.analysis(run, prompt)}}
         if "You write train.py" in system:
             self.stages.append("codegen")
-            run = int(re.search(r"for run (\d+)", body["messages"][1]["content"]).group(1))  # the run number is in the user message
+            run = int(re.findall(r"train\.py for run (\d+)", body["messages"][1]["content"])[-1])  # the instruction ending the request names it
             code = self.codes[run - 1] if run <= len(self.codes) else train_script(run)
             return {"content": f"This run applies the last analysis: {change_of(run)}.\n\n```python\n{code}```\n\nIt prints one line per step."}
         if "REPORT.md" in system:

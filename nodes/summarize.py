@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from adapters.files import ExperimentFiles
+from adapters.files import ExperimentFiles, section_run
 from adapters.logs import clip, run_summary
 from goal import best_run
 from nodes.prompts import BUDGET
-from nodes.records import changes_by_run, run_line
+from nodes.records import run_line, section_change
 from nodes.stop_rules import before_run
 from search import Choice, Policy, lineage_text, next_choice, origin
 from settings import Settings
@@ -39,21 +39,25 @@ def digest(files: ExperimentFiles, runs: list[RunRecord], choice: Choice, goal: 
     for improve and debug, the parent's summary (its metrics, error and log tail), its lineage, recent runs and the best."""
     if not runs:
         return "No run yet: this is the first one."
-    changes = changes_by_run(files.read_findings())
+    sections = {section_run(section): section for section in files.read_findings()}
+
+    def change(number: int) -> str:
+        return section_change(sections.get(number, ""))
+
     if choice.operator == "draft":
         drafts = [run for run in runs if run["operator"] == "draft"]
         if not drafts:
             return "No draft yet."
         return "The other drafts (write a different approach):\n" + "\n".join(
-            f"{run_line(run)}; approach: {changes.get(run['number'], '(not analysed)')}" for run in drafts
+            f"{run_line(run)}; approach: {change(run['number']) or '(not analysed)'}" for run in drafts
         )
     parent = runs[choice.parent - 1]
     parts = [
         run_summary(files.run_dir(parent["number"]), parent["number"], parent["status"], parent["exit_code"], parent["duration_s"], parent["error"], python),
         f"Lineage: {lineage_text(runs, parent['number'])}",
     ]
-    if change := changes.get(parent["number"]):
-        parts.append(f"Run {parent['number']} changed: {change}")
+    if changed := change(parent["number"]):
+        parts.append(f"Run {parent['number']} changed: {changed}")
     earlier = [run for run in runs if run["number"] != parent["number"]][-RECENT_RUNS:]
     if earlier:
         parts.append("Recent runs:\n" + "\n".join(f"{run_line(run)} ({origin(run)})" for run in earlier))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
@@ -159,3 +160,55 @@ def test_key_findings_are_read_back_section_by_section(tmp_path):
     sections = ["## Run 1 (ok)\n\nChanged: x\n\nIt ran.\n\n- a finding", "## Run 2 (failed)\n\nIt crashed."]
     folder.write_findings(sections)
     assert folder.read_findings() == sections
+
+
+# --- run records and the files read once ---
+
+
+def _result(number: int, status: str = "ok", **extra) -> dict:
+    return {"number": number, "status": status, "exit_code": 0, "duration_s": 1.0, "metrics": {"acc": number / 10}, "error": "", **extra}
+
+
+def test_read_runs_reads_each_record_once_and_forgets_runs_past_the_count(experiment_files):
+    for number in (1, 2, 3):
+        experiment_files.write_result(_result(number, operator="draft" if number == 1 else "improve", parent=None if number == 1 else 1))
+    first = experiment_files.read_runs(3)
+    assert [(run["number"], run["operator"], run["parent"]) for run in first] == [(1, "draft", None), (2, "improve", 1), (3, "improve", 1)]
+    # A record the state counts is final: not read again (a changed file goes unnoticed while counted)...
+    experiment_files.write_result(_result(2, "failed", operator="improve", parent=1))
+    assert experiment_files.read_runs(3)[1]["status"] == "ok"
+    # ...but a run the state no longer counts (a resume or a fork runs it again) is read afresh.
+    assert [run["number"] for run in experiment_files.read_runs(1)] == [1]
+    assert experiment_files.read_runs(3)[1]["status"] == "failed"
+    assert experiment_files.read_runs(3) is not experiment_files.read_runs(3)  # callers get their own list
+
+
+def test_read_runs_gives_records_from_before_the_tree_the_linear_parents(experiment_files):
+    for number, status in ((1, "ok"), (2, "failed"), (3, "ok")):
+        experiment_files.write_result({**_result(number, status), "operator": "x", "parent": 0})
+        raw = experiment_files.run_dir(number) / "result.json"
+        record = json.loads(raw.read_text())
+        del record["operator"], record["parent"]
+        raw.write_text(json.dumps(record))
+    runs = experiment_files.read_runs(3)
+    assert [(run["operator"], run["parent"]) for run in runs] == [("draft", None), ("improve", 1), ("debug", 2)]
+
+
+def test_read_runs_names_a_missing_record(experiment_files):
+    with pytest.raises(ExperimentInputError, match=r"run_1/result.json cannot be read"):
+        experiment_files.read_runs(1)
+
+
+def test_findings_and_tasks_are_read_again_only_when_someone_else_changed_them(experiment_files, monkeypatch):
+    experiment_files.write_findings(["## Run 1 (ok, draft)\n\nFirst."])
+    experiment_files.write_tasks([{"id": 1, "title": "t", "status": "todo", "notes": "", "runs": []}])
+    reads = []
+    real_read = type(experiment_files.findings).read_text
+    monkeypatch.setattr(type(experiment_files.findings), "read_text", lambda self, *a, **k: reads.append(self.name) or real_read(self, *a, **k))
+    assert experiment_files.read_findings() == ["## Run 1 (ok, draft)\n\nFirst."] and experiment_files.read_tasks()[0]["title"] == "t"
+    assert reads == []  # what this process wrote is known
+    write_atomic(experiment_files.findings, "# Key findings\n\n## Run 1 (ok, draft)\n\nEdited by hand.\n")
+    assert experiment_files.read_findings() == ["## Run 1 (ok, draft)\n\nEdited by hand."] and reads == ["KEY_FINDINGS.md"]
+    tasks = experiment_files.read_tasks()
+    tasks[0]["title"] = "changed by a caller"
+    assert experiment_files.read_tasks()[0]["title"] == "t"  # a caller's change does not reach the next reader
