@@ -19,6 +19,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 
+from adapters.checkpoints import prune_checkpoints
 from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
 from adapters.machine import check_python, describe_machine, machine_text
@@ -114,6 +115,8 @@ def drive(app: CompiledStateGraph, config: dict, stream_input, settings: Setting
                 for node, update in chunk.items():
                     if node != "__interrupt__":
                         on_update(node, update)
+                    if node == "analyze" and settings.keep_checkpoints:  # once a run: the database stays the size of the latest few
+                        prune_checkpoints(app.checkpointer, config["configurable"]["thread_id"], settings.keep_checkpoints)
         snapshot = app.get_state(config)
         if not snapshot.interrupts:
             return snapshot.values

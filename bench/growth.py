@@ -51,6 +51,6 @@ def run_growth(folder: Path, server: FakeLLMServer, runs: int, split_at: int = 1
 
 
 def _check(final: dict, runs: int) -> None:
-    done = len(final.get("runs", []))
+    done = final.get("run_count", 0)
     if final.get("stop_reason") != "max_runs" or done != runs:
         raise RuntimeError(f"the benchmark experiment stopped with {final.get('stop_reason')} ({final.get('stop_detail')}) after {done} of {runs} runs")

@@ -13,6 +13,7 @@ sys.path.append(str(ROOT / "bench"))  # the benchmark modules, after the project
 import loop_overhead  # noqa: E402
 import prompt_size  # noqa: E402
 import run  # noqa: E402
+import state_size  # noqa: E402
 from figures import growth_ratio  # noqa: E402
 
 from nodes.prompts import BUDGET  # noqa: E402
@@ -72,6 +73,29 @@ def test_the_codegen_budget_is_the_sum_of_its_parts_and_its_fixed_text():
     budget = prompt_size.stage_budgets()["codegen"]
 
     assert sum(BUDGET.values()) < budget < sum(BUDGET.values()) + 3_000
+
+
+def state_at(runs: int, mib: float) -> dict:
+    """What state_size.measure_checkpoints reports, at `runs` runs with a database of `mib` MiB."""
+    return {"runs": runs, "file_bytes": round(mib * 2**20), "checkpoints": 52, "latest_checkpoint_bytes": 20_000, "channel_json_bytes": {"code": 4_000}}
+
+
+def test_the_database_is_bounded_on_its_projection_to_a_thousand_runs():
+    flat, growing = state_at(300, 1.5), state_at(300, 30)
+
+    assert state_size.projected_file_bytes(state_at(10, 1), flat) == round(1.5 * 2**20 + 0.5 * 2**20 / 290 * 700)
+    assert state_size.projected_file_bytes(state_at(10, 2), flat) == flat["file_bytes"]  # a file that shrank is not projected to shrink further
+    [projected] = [f for f in state_size.figures(state_at(10, 1), growing) if f.bound == "< 64 MiB"]
+    assert projected.name == "checkpoints.sqlite at run 1000, projected" and projected.passed is False  # 30 MiB + 0.1 MiB a run: 100 MiB
+    assert projected.display() == "100.0 MiB (+102.4 KiB a run from run 10 to 300)"
+
+
+def test_at_a_thousand_runs_the_database_is_bounded_as_measured():
+    for mib, holds in ((63, True), (65, False)):
+        found = state_size.figures(state_at(10, 1), state_at(1000, mib))
+        [bounded] = [f for f in found if f.bound == "< 64 MiB"]
+        assert bounded.name == "checkpoints.sqlite at run 1000" and bounded.passed is holds
+        assert len({f.name for f in found}) == len(found)
 
 
 def broken_once(values: list[float]):

@@ -6,6 +6,7 @@ Each test runs the real graph against the local OpenAI-compatible server, with a
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from scripted import HOLDING_TRAIN, ScriptedBrain, run_main, runner_env, start_until_run
@@ -124,7 +125,7 @@ def test_sigkill_in_the_middle_of_the_tree_then_resume_makes_the_same_choices(tm
 
     # Killed while run 3 (an improve of the best, run 2) trains, then resumed.
     server = llm_server(ScriptedBrain(codes=codes))
-    env = runner_env(server.base_url, HOLD_FILE=str(hold))
+    env = runner_env(server.base_url, HOLD_FILE=str(hold), KEEP_CHECKPOINTS="4")  # and pruned to the latest 4 after every run
     runner = start_until_run(experiment, env, max_runs=6, run=3, extra=args)
     runner.kill()
     runner.wait()
@@ -141,3 +142,12 @@ def test_sigkill_in_the_middle_of_the_tree_then_resume_makes_the_same_choices(tm
         (5, "improve", 2),
         (6, "debug", 5),
     ]
+    assert checkpoints(calm) > 20 and checkpoints(experiment) <= 4 + 2  # the report's steps come after the last pruning
+
+
+def checkpoints(experiment: Path) -> int:
+    connection = sqlite3.connect(experiment / ".runner" / "checkpoints.sqlite")
+    try:
+        return connection.execute("select count(*) from checkpoints").fetchone()[0]
+    finally:
+        connection.close()
