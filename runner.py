@@ -294,7 +294,9 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
         update["experiment_dir"] = str(files.root)
     if (machine := values.get("machine")) and not machine.partition("\n")[0].endswith(f" at {settings.python}"):
         update["machine"] = machine_text(describe_machine(settings.python))  # resumed with another TRAIN_PYTHON: tell the model anew
-    runs_done = values.get("run_count", 0)
+    if "run_count" not in values and (legacy := saved_channel(app, config, "runs")) is not None:
+        update["run_count"] = len(legacy)  # saved before the tree search, when the state held every run's record
+    runs_done = update.get("run_count", values.get("run_count", 0))
     halted = values.get("halted")
     pending = unfinished(snapshot)
     if pending or halted:
@@ -322,6 +324,12 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
         return False
     app.update_state(config, {**update, "max_runs": max_runs, "stop_reason": None, "stop_detail": "", "halted": None}, as_node="analyze")
     return None
+
+
+def saved_channel(app: CompiledStateGraph, config: dict, name: str):
+    """A channel of the latest checkpoint as saved, also one the graph no longer has (and so leaves out of get_state); None if absent."""
+    saved = app.checkpointer.get_tuple(config) if app.checkpointer else None
+    return saved.checkpoint["channel_values"].get(name) if saved else None
 
 
 def unfinished(snapshot: StateSnapshot) -> list[str]:

@@ -96,13 +96,20 @@ def best_good_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
     return best_ranked(good, ranking(good, goal)) or (good[-1] if good else None)
 
 
+def after(run: RunRecord | None) -> tuple[str, int | None]:
+    """The operator and parent of the run after `run` in the linear loop: improve it, or debug it when it failed; a draft first."""
+    if run is None:
+        return "draft", None
+    return ("debug" if failed(run) else "improve"), run["number"]
+
+
 def next_choice(runs: list[RunRecord], goal: str, policy: Policy) -> Choice:
     """The coming run's operator and parent, given every run so far (in the order they started)."""
     if not runs:
         return Choice("draft", None, "the first run")
     if policy.search == "linear":
         last = runs[-1]
-        return Choice("debug" if failed(last) else "improve", last["number"], f"the run before it (SEARCH=linear); run {last['number']} {last['status']}")
+        return Choice(*after(last), f"the run before it (SEARCH=linear); run {last['number']} {last['status']}")
     drafts = sum(run["operator"] == "draft" for run in runs)
     if drafts < policy.drafts:
         return Choice("draft", None, f"draft {drafts + 1} of {policy.drafts} (DRAFTS)")
@@ -129,7 +136,7 @@ def stuck(runs: list[RunRecord], policy: Policy) -> str | None:
     signatures = {failure_signature(run) for run in latest}
     if len(latest) < policy.same_failures or None in signatures or len(signatures) != 1:
         return None
-    if policy.search == "tree":
+    if policy.search == "tree" and policy.same_failures > 1:  # with 1, every failure is a line of its own: stop at once
         by_number = {run["number"]: run for run in runs}
         if all(run in line_of(runs[-1], by_number) for run in latest):
             return None

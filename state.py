@@ -1,7 +1,8 @@
 """What an experiment knows: the graph's state, made of JSON-native values only.
 
 Every value is a str, int, float, bool, None, list or dict (paths as str), so checkpoints
-need no custom serializer and the Markdown/JSON files can always be rewritten from state.
+need no custom serializer. Nothing here grows with the runs: every checkpoint holds the whole state, so the run
+records (run_N/result.json) and the older finished tasks (tasks.json) live in the files only.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from search import after
 from state import RunRecord, Task
 
 RESULT_FIELDS = tuple(RunRecord.__annotations__)
@@ -26,6 +27,13 @@ _RUNS: dict[Path, list[RunRecord]] = {}
 _PARSED: dict[Path, tuple[tuple[int, int, int], Any]] = {}
 """KEY_FINDINGS.md's sections and tasks.json's tasks as last read or written by this process, with the file's (inode, size,
 mtime) then: a step re-reads a file only when someone else changed it, so its cost does not grow with the experiment."""
+
+
+def forget(root: Path) -> None:
+    """Drop what this process remembers of the experiment in `root` (its outputs were moved aside)."""
+    _RUNS.pop(root, None)
+    for path in [path for path in _PARSED if path.parent == root]:
+        del _PARSED[path]
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:
@@ -182,6 +190,7 @@ class ExperimentFiles:
         outputs = self.outputs()
         if not outputs:
             return None
+        forget(self.root)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         aside = self.root / f"earlier-{stamp}"
         for suffix in itertools.count(2):
@@ -240,6 +249,7 @@ class ExperimentFiles:
         """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
         result = {name: record[name] for name in RESULT_FIELDS}
         write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
+        del _RUNS.setdefault(self.root, [])[record["number"] - 1 :]  # run again (a resume, a fork): read afresh
 
     def read_runs(self, count: int) -> list[RunRecord]:
         """The records of runs 1 to `count` (the finished ones, as the state counts them), from their result.json, in order.
@@ -260,9 +270,8 @@ class ExperimentFiles:
             except (OSError, ValueError) as exc:
                 raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
             if "operator" not in record:  # written before the tree search: the linear loop's parent
-                before = known[-1] if known else None
-                operator = "draft" if before is None else "improve" if before["status"] == "ok" else "debug"
-                record = {**record, "operator": operator, "parent": before["number"] if before else None}
+                operator, parent = after(known[-1] if known else None)
+                record = {**record, "operator": operator, "parent": parent}
             known.append(RunRecord(**{name: record[name] for name in RESULT_FIELDS}))
         return list(known)
 

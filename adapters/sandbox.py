@@ -40,6 +40,8 @@ TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Often symlinks into /usr (merged /usr): recreated as symlinks, else bound read-only."""
 HIDDEN_ENTRIES = re.compile(r"^(\.env.*|\.runner)$")
 """Experiment entries the script never sees: dotenv files may hold API keys; `.runner/` is the runner's own."""
+RUN_FOLDER = re.compile(r"^run_\d+$")
+"""The runs' folders: a run sees its own only, so what one run wrote neither helps nor misleads another."""
 PYTHON_LIBRARY = re.compile(r"(^|/)(site|dist)-packages(/|$)")
 NEVER_BOUND = (Path("/"), Path("/tmp"), Path("/dev"), Path("/proc"))
 """Folders a Python installation may claim (a python3 copied to /tmp) that would undo the sandbox's own view of them."""
@@ -164,34 +166,21 @@ def sandbox_command(
             view.bind(folder)
     if not view.covers(Path(python)):  # a link from a folder of its own, such as ~/bin/python: that link alone
         view.symlink(os.path.realpath(python), python)
-    # 4. The experiment, read-only, its .env files empty and .runner/ an empty folder; only the run folder and the
-    #    data cache writable. One mount for the folder, not one per entry: a tree search leaves hundreds of run_N/
-    #    folders, and bwrap takes about 0.6 s to mount a thousand.
-    view.bind(experiment_dir)
+    # 4. The experiment, read-only and without .env, .runner/ or the other runs' folders; only the run folder and the
+    #    data cache writable. A mount per entry, but none per earlier run: a tree search leaves hundreds of them,
+    #    and bwrap takes about 0.6 s to mount a thousand.
+    view.tmpfs(experiment_dir)
     for entry in sorted(experiment_dir.iterdir()):
-        if not HIDDEN_ENTRIES.match(entry.name):
+        if HIDDEN_ENTRIES.match(entry.name) or RUN_FOLDER.match(entry.name) or entry in (run_dest, data_dest):
             continue
-        if entry.is_symlink():  # a mount over it would land on its target
-            raise SandboxError(f"{entry} is a symbolic link, which the sandbox cannot hide from train.py: make it a file, or set SANDBOX=none")
-        if entry.is_dir():
-            view.tmpfs(entry)
-        else:
-            view.bind(_empty_file(experiment_dir), entry)
+        view.bind(entry)
     view.bind(Path(run_dir).resolve(), run_dest, writable=True)
     view.bind(Path(data_dir).resolve(), data_dest, writable=True)
+    view.remount_ro(experiment_dir)
     for folder in homes:
         view.remount_ro(folder)
     drop = DROP_ROOT if os.geteuid() == 0 else []
     return ["bwrap", *view.args, *_namespaces(network=network), "--chdir", str(run_dest), "--", *drop, *argv]
-
-
-def _empty_file(experiment_dir: Path) -> Path:
-    """An empty file to show in place of the experiment's .env files: a script that loads a dotenv finds nothing in it."""
-    empty = experiment_dir / ".runner" / "empty"
-    if not empty.is_file() or empty.stat().st_size:
-        empty.parent.mkdir(exist_ok=True)
-        empty.write_bytes(b"")
-    return empty
 
 
 @contextmanager

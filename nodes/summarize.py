@@ -10,7 +10,7 @@ from goal import best_run
 from nodes.prompts import BUDGET
 from nodes.records import run_line, section_change
 from nodes.stop_rules import before_run
-from search import Choice, Policy, lineage_text, next_choice, origin
+from search import Choice, Policy, after, lineage_text, next_choice, origin
 from settings import Settings
 from state import ExperimentState, NextRun, RunRecord
 
@@ -71,7 +71,5 @@ def coming_run(state: ExperimentState) -> NextRun:
     if coming := state.get("next_run"):
         return coming
     done = state.get("run_count", 0)
-    if not done:
-        return NextRun(number=1, operator="draft", parent=None, reason="the first run")
-    before = ExperimentFiles(state["experiment_dir"]).read_runs(done)[-1]
-    return NextRun(number=done + 1, operator="improve" if before["status"] == "ok" else "debug", parent=done, reason="the run before it")
+    operator, parent = after(ExperimentFiles(state["experiment_dir"]).read_runs(done)[-1] if done else None)
+    return NextRun(number=done + 1, operator=operator, parent=parent, reason="the run before it")

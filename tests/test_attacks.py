@@ -175,9 +175,8 @@ def test_writes_outside_the_run_are_denied_and_secret_files_unreadable(tmp_path:
     assert record["status"] == "ok", log
     for path in writes:
         assert f"DENIED {path} " in log, log
-    for path in (bait["key"], "/etc/shadow"):
+    for path in reads:
         assert f"NOREAD {path} " in log, log
-    assert f"READ {root / '.env'} \n" in log, log  # there, but empty: a script loading its dotenv finds nothing
     assert {p: p.read_bytes() for p in writes if p.exists()} == before
     assert not bait["new_in_home"].exists() and not bait["new_in_etc"].exists() and not (root / "PLAN.md").exists()
     assert "HOME holds []" in log
@@ -298,8 +297,7 @@ def test_end_to_end_with_bwrap_and_no_network(experiment: Path, llm_server):
     assert brain.stages == ["initialize", "codegen", "analyze", "report"]
     log = (experiment / "run_1" / "output.log").read_text()
     assert "openrouter key: None" in log and "llm key: None" in log
-    assert "read ../.env \n" in log and "dotenv-secret-e2e" not in log  # shown empty
-    assert "no network:" in log and "phoned home" not in log
+    assert "cannot read ../.env" in log and "no network:" in log and "phoned home" not in log
     for path, content in every_file(experiment).items():
         assert key.encode() not in content, path
         assert b"dotenv-secret-e2e" not in content or path.name == ".env", path

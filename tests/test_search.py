@@ -106,3 +106,8 @@ def test_the_choice_depends_only_on_the_runs():
     runs = [draft(1, 0.7), draft(2, 0.8), draft(3, status="failed", error="E"), child(4, "debug", 3, 0.75)]
     choices = {next_choice([dict(run) for run in runs], GOAL, TREE) for _ in range(5)}
     assert len(choices) == 1
+
+
+def test_with_one_failure_allowed_the_tree_stops_at_the_first_failure_as_the_loop_did():
+    runs = [draft(1, status="failed", error="E")]
+    assert stuck(runs, Policy(search="tree", same_failures=1)) is not None

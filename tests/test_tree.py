@@ -151,3 +151,28 @@ def checkpoints(experiment: Path) -> int:
         return connection.execute("select count(*) from checkpoints").fetchone()[0]
     finally:
         connection.close()
+
+
+def test_an_experiment_saved_before_the_tree_search_resumes_from_its_runs(experiment: Path, llm_server):
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    server = llm_server(ScriptedBrain(codes=[scores(0.8), scores(0.7), scores(0.85)]))
+    run_experiment(experiment, max_runs=2, **llm(server))
+    # Make the latest checkpoint what the runner saved before: every record in a `runs` channel, no run_count.
+    with SqliteSaver.from_conn_string(str(experiment / ".runner" / "checkpoints.sqlite")) as saver:
+        config = {"configurable": {"thread_id": "experiment", "checkpoint_ns": ""}}
+        saved = saver.get_tuple(config)
+        values = saved.checkpoint["channel_values"]
+        records = [json.loads((experiment / f"run_{n}" / "result.json").read_text()) for n in (1, 2)]
+        for name in ("run_count", "latest_run", "best_run", "next_run"):
+            values.pop(name, None)
+        values["runs"] = [{key: value for key, value in record.items() if key not in ("operator", "parent")} for record in records]
+        saver.put(saved.config, saved.checkpoint, saved.metadata, {})
+    first_log = (experiment / "run_1" / "output.log").stat().st_mtime_ns
+    asked = len(codegen_prompts(server))
+
+    final = run_experiment(experiment, max_runs=3, resume=True, **llm(server))
+
+    assert len(codegen_prompts(server)) == asked + 1  # run 3 only: runs 1 and 2 are not run again
+    assert final["run_count"] == 3 and (experiment / "run_1" / "output.log").stat().st_mtime_ns == first_log
+    assert [(run["number"], run["operator"], run["parent"]) for run in final["runs"]][-1] == (3, "improve", 1)  # the best, 0.8

@@ -175,7 +175,7 @@ def test_read_runs_reads_each_record_once_and_forgets_runs_past_the_count(experi
     first = experiment_files.read_runs(3)
     assert [(run["number"], run["operator"], run["parent"]) for run in first] == [(1, "draft", None), (2, "improve", 1), (3, "improve", 1)]
     # A record the state counts is final: not read again (a changed file goes unnoticed while counted)...
-    experiment_files.write_result(_result(2, "failed", operator="improve", parent=1))
+    write_atomic(experiment_files.run_dir(2) / "result.json", json.dumps(_result(2, "failed", operator="improve", parent=1)))
     assert experiment_files.read_runs(3)[1]["status"] == "ok"
     # ...but a run the state no longer counts (a resume or a fork runs it again) is read afresh.
     assert [run["number"] for run in experiment_files.read_runs(1)] == [1]
@@ -212,3 +212,15 @@ def test_findings_and_tasks_are_read_again_only_when_someone_else_changed_them(e
     tasks = experiment_files.read_tasks()
     tasks[0]["title"] = "changed by a caller"
     assert experiment_files.read_tasks()[0]["title"] == "t"  # a caller's change does not reach the next reader
+
+
+def test_a_run_written_again_or_moved_aside_is_read_afresh(experiment_files):
+    for number in (1, 2):
+        experiment_files.write_result(_result(number, operator="draft", parent=None))
+    assert [run["status"] for run in experiment_files.read_runs(2)] == ["ok", "ok"]
+    experiment_files.write_result(_result(2, "failed", operator="draft", parent=None))  # a fork from an earlier checkpoint runs it again
+    assert [run["status"] for run in experiment_files.read_runs(2)] == ["ok", "failed"]
+    experiment_files.write_findings(["## Run 1 (ok, draft)\n\nOld."])
+    experiment_files.move_aside()  # --fresh: a new experiment at the same path
+    experiment_files.write_result(_result(1, "timeout", operator="draft", parent=None))
+    assert [run["status"] for run in experiment_files.read_runs(1)] == ["timeout"] and experiment_files.read_findings() == []
