@@ -227,7 +227,9 @@ class ExperimentFiles:
         write_atomic(self.plan, plan.rstrip() + "\n")
 
     def write_tasks(self, tasks: list[Task]) -> None:
-        write_atomic(self.tasks, json.dumps({"tasks": tasks}, indent=2) + "\n")
+        """tasks.json: every task, one a line (json's C encoder; `indent=` would take its pure-Python one, slow at hundreds of tasks)."""
+        lines = ",\n".join(f"    {json.dumps(task, ensure_ascii=False)}" for task in tasks)
+        write_atomic(self.tasks, '{\n  "tasks": [\n' + lines + ("\n" if lines else "") + "  ]\n}\n")
         _remember(self.tasks, [dict(task) for task in tasks])
 
     def read_tasks(self) -> list[Task]:
