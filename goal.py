@@ -133,10 +133,13 @@ def ranking(runs: list[RunRecord], goal: str) -> Ranking | None:
 
 
 def best_ranked(runs: list[RunRecord], rank: Ranking | None) -> RunRecord | None:
-    """The run with the best value of the ranking metric (the earliest on a tie)."""
+    """The run with the best value of the ranking metric (the earliest on a tie), among the runs that ended well when
+    any did: a run that crashed or timed out after printing a metric is best only while none finished, since its
+    script cannot be run again to that result, and the search never builds on it."""
     if rank is None:
         return None
     scored = [r for r in runs if rank.metric in r["metrics"]]
+    scored = [r for r in scored if r["status"] == "ok"] or scored
     if not scored:
         return None
     pick = max if rank.higher_is_better else min

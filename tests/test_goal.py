@@ -130,3 +130,10 @@ def test_a_target_with_more_digits_than_six_is_compared_exactly():
     big = goal_from_idea("goal: reward >= 1234567")
     assert big == "reward >= 1234567"
     assert goal_reached(big, {"reward": 1234566.9}) is False and goal_reached(big, {"reward": 1234567}) is True
+
+
+def test_a_run_that_ended_badly_is_best_only_while_none_finished():
+    crashed = make_run(2, "timeout", {"accuracy": 0.97}, "timed out")
+    finished = make_run(1, "ok", {"accuracy": 0.9})
+    assert best_run([finished, crashed], "accuracy >= 0.99")["number"] == 1
+    assert best_run([crashed], "accuracy >= 0.99")["number"] == 2
