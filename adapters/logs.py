@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -339,15 +340,18 @@ def missing_package_hint(error: str, python: str) -> str | None:
     )
 
 
-def run_summary(run_dir: Path, number: int, status: str, exit_code: int | None, duration_s: float, error: str, python: str) -> str:
+def run_summary(
+    run_dir: Path, number: int, status: str, exit_code: int | None, duration_s: float, error: str, python: str, log: LogSummary | None = None
+) -> str:
     """The bounded summary of a finished run as the LLM reads it, made from its folder (output.log, metrics.json) and its record.
 
+    `log` is summarize_log's reading of the folder when the caller has it already (a log may be 100 MiB: read once);
     `error` is the record's (a limit the runner enforced wins over the log's own); a module the training
     environment lacks is said first, with what to do about it.
     """
-    log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
+    log = log or summarize_log(run_dir / "output.log", run_dir / "metrics.json")
     if error and error != log.error:
-        log = LogSummary(**{**log.__dict__, "error": error})
+        log = dataclasses.replace(log, error=error)
     summary = render_summary(number, status, exit_code, duration_s, log)
     if hint := missing_package_hint(error, python):
         summary = f"Run {number} failed because {hint}.\n{summary}"

@@ -100,7 +100,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         operator=coming["operator"],
         parent=coming["parent"],
     )
-    summary = run_summary(run_dir, number, status, result.exit_code, record["duration_s"], record["error"], settings.python)
+    summary = run_summary(run_dir, number, status, result.exit_code, record["duration_s"], record["error"], settings.python, log)
     if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said to the user too
         runtime.stream_writer({"event": "warning", "message": f"run {number}: {hint}"})
     files.write_result(record)
