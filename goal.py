@@ -92,6 +92,8 @@ def runs_without_improvement(runs: list[RunRecord], goal: str) -> int:
     better = COMPARE[">" if parsed.higher_is_better else "<"]
     best, stale = None, 0
     for run in runs:
+        if run["status"] == "cancelled":  # stopped in flight: neither better nor worse
+            continue
         value = run["metrics"].get(parsed.metric)
         if value is not None and (best is None or better(value, best)):
             best, stale = value, 0
@@ -121,6 +123,7 @@ class Ranking:
 def ranking(runs: list[RunRecord], goal: str) -> Ranking | None:
     """The goal's metric when runs report it; else the first metric reported, its direction guessed from its name (None without any metric)."""
     parsed = parse_goal(goal)
+    runs = [run for run in runs if run["status"] != "cancelled"]  # a cancelled run's metrics are from its middle: never ranked
     if parsed and any(parsed.metric in run["metrics"] for run in runs):
         direction = "higher" if parsed.higher_is_better else "lower"
         return Ranking(parsed.metric, parsed.higher_is_better, parsed, f"{parsed.metric}, the goal's metric ({direction} is better)")
@@ -138,7 +141,7 @@ def best_ranked(runs: list[RunRecord], rank: Ranking | None) -> RunRecord | None
     script cannot be run again to that result, and the search never builds on it."""
     if rank is None:
         return None
-    scored = [r for r in runs if rank.metric in r["metrics"]]
+    scored = [r for r in runs if rank.metric in r["metrics"] and r["status"] != "cancelled"]  # a cancelled run's metric is from its middle
     scored = [r for r in scored if r["status"] == "ok"] or scored
     if not scored:
         return None

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import shlex
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 
 from adapters.logs import one_line
 from settings import ENV_SETTINGS, SettingsError, UsageError, resume_command
+
+if TYPE_CHECKING:
+    from adapters.files import ExperimentFiles
 
 # LangGraph, the LLM client and the runner itself are imported once the arguments are read: `--help` stays instant.
 
@@ -85,7 +91,16 @@ def parse_args(argv: list[str] | None, prog: str = "main.py") -> argparse.Namesp
     parser.add_argument(
         "--search", choices=("tree", "linear"), help="tree: draft, debug, improve the best; linear: build on the run before (default: SEARCH, tree)"
     )
-    parser.add_argument("--drafts", type=_like("DRAFTS", "--drafts"), metavar="N", help="how many of the first runs are fresh solutions (default: DRAFTS, 1)")
+    parser.add_argument(
+        "--drafts", type=_like("DRAFTS", "--drafts"), metavar="N", help="how many of the first runs are fresh solutions (default: DRAFTS, else 1 per worker)"
+    )
+    parser.add_argument(
+        "-w", "--workers", type=_like("WORKERS", "--workers"), metavar="K", help="runs in flight at once; each ended run is analysed while the others train (default: WORKERS, 1)"
+    )
+    parser.add_argument(
+        "--gpus", type=_like("GPUS", "--gpus"), metavar="LIST", help="GPUs to share out, e.g. 0,1,2,3, or none (default: GPUS, else every GPU nvidia-smi lists)"
+    )
+    parser.add_argument("--gpus-per-run", type=_like("GPUS_PER_RUN", "--gpus-per-run"), metavar="G", help="GPUs each run gets (default: GPUS_PER_RUN, 1)")
     parser.add_argument(
         "--debug-depth",
         type=_like("DEBUG_DEPTH", "--debug-depth"),
@@ -122,6 +137,9 @@ def flag_settings(args: argparse.Namespace) -> dict:
         "patience": args.patience,
         "search": args.search,
         "drafts": args.drafts,
+        "workers": args.workers,
+        "gpus": args.gpus,
+        "gpus_per_run": args.gpus_per_run,
         "debug_depth": args.debug_depth,
         "max_cost_usd": args.max_cost,
         "max_tokens": args.max_tokens,
@@ -172,7 +190,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
             model_prices=settings.model_prices,
         )
         values = started.values()
-        progress.seed(values, started.runs(values))
+        progress.seed(values, started.files.runs_of(values))  # not 1 to run_count: a run in flight may come before a finished one
         view = _view(args, console, errors, progress)
         on_leave.append(view.stop)
         view.start()
@@ -228,7 +246,6 @@ def _answer(request: dict, settings, console: Console) -> dict:
 def status(args: argparse.Namespace, console: Console) -> int:
     """Print where an experiment stands, from its checkpoint (opened read-only) and files: a working runner is not disturbed."""
     from adapters.files import ExperimentFiles
-    from adapters.logs import run_progress
     from adapters.views import Progress, runs_table
     from runner import outcome, read_state, unfinished
     from search import lineage_text, origin
@@ -245,12 +262,13 @@ def status(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{files.root}: not started yet; start it with `{settings.start_command(args.experiment_dir)}`", soft_wrap=True)
         return EXIT_FINISHED
     values = snapshot.values
-    runs = files.read_runs(values.get("run_count", 0))
+    runs = files.runs_of(values)
+    in_flight = values.get("in_flight") or []
     progress = Progress(experiment=str(files.root), max_runs=values.get("max_runs", 0), models={}, sandbox="", model_prices=settings.model_prices)
     progress.seed(values, runs)
     pending = unfinished(snapshot)
     coming = values.get("next_run") if pending or runner else None
-    if coming and coming["number"] != len(runs) + 1:  # chosen before the last run finished: not the coming one
+    if coming and coming["number"] != len(runs) + len(in_flight) + 1:  # in flight already, or chosen before the last run ended
         coming = None
 
     if runner:
@@ -262,12 +280,15 @@ def status(args: argparse.Namespace, console: Console) -> int:
     else:
         state = "finished" if not values.get("halted") else "cut short"
     console.print(f"[bold]{escape(str(files.root))}[/]: {state}", soft_wrap=True)
-    console.print(f"goal: {escape(values.get('goal') or '(not planned yet)')} · runs: {len(runs)} of {values.get('max_runs', '?')}", soft_wrap=True)
+    flying = f" · {len(in_flight)} in flight" if in_flight else ""
+    console.print(f"goal: {escape(values.get('goal') or '(not planned yet)')} · runs: {len(runs)} of {values.get('max_runs', '?')}{flying}", soft_wrap=True)
+    if in_flight:
+        console.print("in flight:" if runner else "in flight when the runner stopped (a resume starts them again):", soft_wrap=True)
+        for flight in in_flight:
+            console.print(escape(f"  {_in_flight_line(files, flight, running=runner is not None)}"), soft_wrap=True)
     if coming:
         why = f": {coming['reason']}" if coming.get("reason") else ""
-        console.print(escape(f"run {coming['number']} · {origin(coming)}{why}"), soft_wrap=True)
-    if runner and (where := run_progress(files.run_dir(len(runs) + 1) / "output.log")):
-        console.print(f"run {len(runs) + 1} in progress: {escape(where)}", soft_wrap=True)
+        console.print(escape(f"next: run {coming['number']} · {origin(coming)}{why}"), soft_wrap=True)
     if runs:
         console.print(runs_table(progress))
     if (best := progress.best) is not None:
@@ -280,6 +301,38 @@ def status(args: argparse.Namespace, console: Console) -> int:
     elif not runner:
         console.print(f"To go on with more runs: `{hint} --max-runs M` with M above {len(runs)}", soft_wrap=True)
     return EXIT_FINISHED
+
+
+def _in_flight_line(files: ExperimentFiles, flight: dict, running: bool) -> str:
+    """`run 3 · improve ← 1 · GPU 0 · 2:05 · epoch 3/10 (30%)`: a run in flight as its files tell (child-N.json while its
+    train.py runs, output.log, result.json once it ended); its time only while a runner is at work (`running`)."""
+    from adapters.logs import run_progress
+    from adapters.views import devices_text, elapsed
+    from search import origin
+
+    number = flight["number"]
+    parts = [f"run {number}", origin(flight)]
+    if (ended := files.read_result(number)) is not None:  # it ended; the runner has yet to take it (or a resume will)
+        return " · ".join([*parts, f"ended: {ended['status']}"])
+    log = files.run_dir(number) / "output.log"
+    if (note := _child_note(files, number)) is not None:
+        parts.append(devices_text(note.get("gpus") or []))
+        if running and isinstance(note.get("started"), int | float):
+            parts.append(elapsed(max(time.time() - note["started"], 0)))
+    elif running and not log.exists():  # queued for a device, or about to start
+        parts.append("waiting to start")
+    if where := run_progress(log):
+        parts.append(where)
+    return " · ".join(parts)
+
+
+def _child_note(files: ExperimentFiles, number: int) -> dict | None:
+    """What run `number` wrote of itself while it runs (.runner/child-N.json: its GPUs, when it started), or None."""
+    try:
+        note = json.loads((files.private / f"child-{number}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return note if isinstance(note, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:

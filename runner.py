@@ -20,9 +20,10 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command, StateSnapshot
 
 from adapters.checkpoints import prune_checkpoints
+from adapters.executor import close_executor, listen
 from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
-from adapters.machine import check_python, describe_machine, machine_text
+from adapters.machine import check_python, describe_machine, gpu_devices, machine_text
 from adapters.preflight import preflight
 from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts, check_limit_tools
 from adapters.sandbox import python_installation, resolve_mode
@@ -62,6 +63,8 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
     if settings.train_python:
         settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
     check_limit_tools()
+    if (devices := gpu_devices(settings.gpus)) and settings.gpus_per_run > len(devices):
+        raise UsageError(f"GPUS_PER_RUN={settings.gpus_per_run} but only {len(devices)} GPUs are given ({','.join(devices)}): no run could start")
     if resolve_mode(settings.sandbox, no_network=settings.no_network)[0] == "bwrap":
         python_installation(settings.python)
     return settings
@@ -150,8 +153,23 @@ class Session:
         return self.files.read_runs((values if values is not None else self.values()).get("run_count", 0))
 
     def drive(self, *, on_event: Callable[[dict], None], on_update: Callable[[str, dict], None], answer: Callable[[dict], dict]) -> dict:
-        """Stream the graph to its end (see drive); the final state."""
-        return drive(self.app, self.config, self.stream_input, self.settings, on_event=on_event, on_update=on_update, answer=answer)
+        """Stream the graph to its end (see drive); the final state.
+
+        The runs in flight report their output as it comes, from their own threads, straight to `on_event` (one
+        event at a time, never two at once); whatever still runs when this returns or raises is stopped.
+        """
+        lock = threading.Lock()
+
+        def one_at_a_time(event: dict) -> None:
+            with lock:
+                on_event(event)
+
+        listen(self.files.root, one_at_a_time)
+        try:
+            return drive(self.app, self.config, self.stream_input, self.settings, on_event=one_at_a_time, on_update=on_update, answer=answer)
+        finally:
+            listen(self.files.root, None)
+            close_executor(self.files.root)
 
 
 @contextmanager
@@ -297,16 +315,22 @@ def start_or_resume(app: CompiledStateGraph, config: dict, files: ExperimentFile
     if "run_count" not in values and (legacy := saved_channel(app, config, "runs")) is not None:
         update["run_count"] = len(legacy)  # saved before the tree search, when the state held every run's record
     runs_done = update.get("run_count", values.get("run_count", 0))
+    in_flight = values.get("in_flight") or []
+    runs_given = runs_done + len(in_flight)  # the runs in flight were started: they finish, or start again
     halted = values.get("halted")
     pending = unfinished(snapshot)
     if pending or halted:
         if max_runs:
-            if max_runs < runs_done:
-                raise UsageError(f"--max-runs {max_runs} is below the {runs_done} runs already done")
+            if max_runs < runs_given:
+                started = f"{runs_given} runs already started ({len(in_flight)} of them in flight)" if in_flight else f"{runs_done} runs already done"
+                raise UsageError(f"--max-runs {max_runs} is below the {started}")
             update["max_runs"] = max_runs
         resume_at = halted["stage"] if halted else pending[0]
-        if resume_at in ("codegen", "review") and update.get("max_runs", values.get("max_runs", 0)) <= runs_done:
+        if resume_at in ("codegen", "review") and update.get("max_runs", values.get("max_runs", 0)) <= runs_given:
             # Past the check before each run (summarize), under a run limit lowered since: no new run.
+            if in_flight:  # those in flight finish first
+                app.update_state(config, {**update, "next_run": None, "halted": None}, as_node="summarize")
+                return None
             stop = run_limit(update.get("max_runs", values.get("max_runs", 0)))
             app.update_state(config, {**update, "stop_reason": stop.reason, "stop_detail": stop.detail, "halted": None}, as_node="analyze")
             return None

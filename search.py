@@ -16,6 +16,7 @@ resume makes the same choice an uninterrupted runner would have made, and a test
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from goal import best_ranked, ranking
@@ -41,7 +42,7 @@ class Policy:
     @classmethod
     def of(cls, settings) -> Policy:
         """The policy a Settings object sets."""
-        return cls(settings.search, settings.drafts, settings.debug_depth, settings.max_consecutive_failures)
+        return cls(settings.search, settings.draft_count, settings.debug_depth, settings.max_consecutive_failures)
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class Choice:
 
 
 def failed(run: RunRecord) -> bool:
-    """A run that did not end well: a non-zero exit, or the time limit."""
-    return run["status"] != "ok"
+    """A run that did not end well: a non-zero exit, or the time limit. A cancelled run did not fail: it was stopped."""
+    return run["status"] not in ("ok", "cancelled")
 
 
 def failure_signature(run: RunRecord) -> str | None:
@@ -92,7 +93,7 @@ def abandoned(line: list[RunRecord], policy: Policy) -> str | None:
 
 def best_good_run(runs: list[RunRecord], goal: str) -> RunRecord | None:
     """The good run to improve: the best by the goal's metric (goal.ranking), else the latest good one when none reports a metric."""
-    good = [run for run in runs if not failed(run)]
+    good = [run for run in runs if run["status"] == "ok"]
     return best_ranked(good, ranking(good, goal)) or (good[-1] if good else None)
 
 
@@ -103,18 +104,23 @@ def after(run: RunRecord | None) -> tuple[str, int | None]:
     return ("debug" if failed(run) else "improve"), run["number"]
 
 
-def next_choice(runs: list[RunRecord], goal: str, policy: Policy) -> Choice:
-    """The coming run's operator and parent, given every run so far (in the order they started)."""
-    if not runs:
+def next_choice(runs: list[RunRecord], goal: str, policy: Policy, in_flight: Sequence[Mapping] = ()) -> Choice:
+    """The coming run's operator and parent, given every finished run (in the order they started) and the runs in flight.
+
+    A run in flight counts as its parent's child and, if a draft, as a draft. Among good runs to improve, one on a
+    draft's branch where nothing runs now comes first, then one nothing in flight improves, then the best: two runs
+    in flight apply the same operator to the same parent only when nothing else can be chosen.
+    """
+    if not runs and not in_flight:
         return Choice("draft", None, "the first run")
     if policy.search == "linear":
         last = runs[-1]
         return Choice(*after(last), f"the run before it (SEARCH=linear); run {last['number']} {last['status']}")
-    drafts = sum(run["operator"] == "draft" for run in runs)
+    drafts = sum(run["operator"] == "draft" for run in [*runs, *in_flight])
     if drafts < policy.drafts:
         return Choice("draft", None, f"draft {drafts + 1} of {policy.drafts} (DRAFTS)")
     by_number = {run["number"]: run for run in runs}
-    parents = {run["parent"] for run in runs}
+    parents = {run["parent"] for run in [*runs, *in_flight]}
     for run in reversed(runs):
         if failed(run) and run["number"] not in parents:
             line = line_of(run, by_number)
@@ -122,8 +128,39 @@ def next_choice(runs: list[RunRecord], goal: str, policy: Policy) -> Choice:
                 return Choice("debug", run["number"], f"run {run['number']} {run['status']}: fix {len(line)} of at most {policy.debug_depth}")
     best = best_good_run(runs, goal)
     if best is None:
-        return Choice("draft", None, "no run has worked yet")
-    return Choice("improve", best["number"], f"run {best['number']} is the best so far")
+        return Choice("draft", None, "no run has worked yet" + (f" ({len(in_flight)} in flight)" if in_flight else ""))
+    if not in_flight:
+        return Choice("improve", best["number"], f"run {best['number']} is the best so far")
+    return spread(runs, goal, best, in_flight, by_number)
+
+
+def spread(runs: list[RunRecord], goal: str, best: RunRecord, in_flight: Sequence[Mapping], by_number: dict[int, RunRecord]) -> Choice:
+    """The good run to improve while others are in flight: the best on a branch nothing runs on, else the best nothing improves now, else the best."""
+    improving = {flight["parent"] for flight in in_flight if flight["operator"] == "improve"}
+    busy_roots = {root_of(flight, by_number) for flight in in_flight if flight["parent"] is not None} | {
+        ("run", flight["number"]) for flight in in_flight if flight["parent"] is None
+    }
+    good = [run for run in runs if run["status"] == "ok"]
+    rank = ranking(good, goal)
+    scored = [run for run in good if rank is not None and rank.metric in run["metrics"]]
+    ranked = sorted(scored, key=lambda run: run["metrics"][rank.metric], reverse=rank.higher_is_better) if scored else []
+    ranked += [run for run in reversed(good) if run not in scored]  # no metric: the latest first
+    for run in ranked:
+        if root_of(run, by_number) not in busy_roots and run["number"] not in improving:
+            return Choice("improve", run["number"], f"run {run['number']} is the best on a branch with no run in flight")
+    for run in ranked:
+        if run["number"] not in improving:
+            return Choice("improve", run["number"], f"run {run['number']} is the best that no run in flight improves")
+    return Choice("improve", best["number"], f"run {best['number']} is the best so far (every good run is being improved)")
+
+
+def root_of(run: Mapping, by_number: dict[int, RunRecord]) -> tuple[str, int]:
+    """The draft a run (or run in flight) grew from, as a key: its branch of the tree."""
+    number, parent, seen = run["number"], run["parent"], set()
+    while parent is not None and parent in by_number and parent not in seen:
+        seen.add(parent)
+        number, parent = parent, by_number[parent]["parent"]
+    return ("run", number if parent is None else parent)
 
 
 def stuck(runs: list[RunRecord], policy: Policy) -> str | None:
@@ -132,6 +169,7 @@ def stuck(runs: list[RunRecord], policy: Policy) -> str | None:
     The same failure over and over within one failed line only abandons that line (next_choice moves on); the
     experiment stops when runs of other lines fail that way too. Linear search has one line: it stops at once.
     """
+    runs = [run for run in runs if run["status"] != "cancelled"]
     latest = runs[-policy.same_failures :]
     signatures = {failure_signature(run) for run in latest}
     if len(latest) < policy.same_failures or None in signatures or len(signatures) != 1:

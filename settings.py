@@ -81,6 +81,18 @@ def _amount(name: str, raw: str) -> float:
     return value
 
 
+def _devices(name: str, raw: str) -> str:
+    """'0,1, 2' → '0,1,2'; 'none' stays. Device names are what CUDA_VISIBLE_DEVICES takes: indices, or GPU-/MIG- UUIDs."""
+    if raw.strip().lower() == "none":
+        return "none"
+    devices = [d.strip() for d in raw.split(",") if d.strip()]
+    if bad := [d for d in devices if not re.fullmatch(r"\d+|(GPU|MIG)-[A-Za-z0-9/-]+", d)]:
+        raise SettingsError(f"{name} must be comma-separated GPU indices (0,1,2) or UUIDs, or none, got {bad[0]!r}")
+    if len(set(devices)) != len(devices):
+        raise SettingsError(f"{name} names a GPU twice: {raw.strip()!r}")
+    return ",".join(devices)
+
+
 def _prices(name: str, raw: str) -> dict[str, list[float]]:
     """'openai/gpt-4o-mini=0.15/0.6, other/model=3/15' → {model: [input, output]} in USD per million tokens."""
     prices = {}
@@ -153,7 +165,24 @@ class Settings:
         "How each run's code comes about (`--search`): tree (draft, debug a failed run, else improve the best) or linear (build on the run before).",
         _choice("tree", "linear"),
     )
-    drafts: int = _setting("DRAFTS", 1, "How many of the first runs are fresh solutions (drafts) in the tree search (`--drafts`).", _whole_number(1))
+    drafts: int = _setting(
+        "DRAFTS",
+        0,
+        "How many of the first runs are fresh solutions (drafts) in the tree search (`--drafts`); 0: 1, or WORKERS when that is more.",
+        _whole_number(0),
+    )
+    workers: int = _setting(
+        "WORKERS", 1, "Runs in flight at once (`--workers`): when one ends it is analysed and the next starts while the others train.", _whole_number(1)
+    )
+    gpus: str = _setting(
+        "GPUS",
+        "",
+        "GPUs shared out among the runs (`--gpus 0,1,2,3`), each its own CUDA_VISIBLE_DEVICES; empty: every GPU nvidia-smi lists; none: no GPU.",
+        _devices,
+    )
+    gpus_per_run: int = _setting(
+        "GPUS_PER_RUN", 1, "GPUs each run gets (`--gpus-per-run`); a run waits for that many to be free rather than share one.", _whole_number(1)
+    )
     debug_depth: int = _setting(
         "DEBUG_DEPTH", 3, "Fixes in a row that may fail before the tree search abandons a failed run's line (`--debug-depth`).", _whole_number(0)
     )
@@ -225,9 +254,18 @@ class Settings:
         return resume_command(self.program, experiment_dir)
 
     def check(self) -> None:
-        """Raise SettingsError for a combination no LLM call can succeed with."""
+        """Raise SettingsError for a combination no LLM call can succeed with, or no run can."""
         if self.chat_model is None and self.uses_openrouter and not self.api_key:
             raise SettingsError("OPENROUTER_API_KEY is not set: put it in .env or the environment (or set LLM_BASE_URL for a local server)")
+        if self.workers > 1 and self.search == "linear":
+            raise SettingsError(
+                f"SEARCH=linear builds each run on the one before it, so runs cannot overlap: use WORKERS=1, or SEARCH=tree with WORKERS={self.workers}"
+            )
+
+    @property
+    def draft_count(self) -> int:
+        """How many of the first runs are drafts: DRAFTS, or when it is 0, one per worker."""
+        return self.drafts or self.workers
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -34,7 +34,7 @@ class RunRecord(TypedDict):
     number: int
     """N of run_N/."""
     status: str
-    """ok (exit 0), failed (non-zero exit) or timeout."""
+    """ok (exit 0), failed (non-zero exit), timeout, or cancelled (stopped in flight when another run ended the experiment)."""
     exit_code: int | None
     """The process's exit status; negative for a signal; None if it never ended by itself."""
     duration_s: float
@@ -62,6 +62,13 @@ class NextRun(TypedDict):
     """Why the search chose it, in words."""
     change: NotRequired[str]
     """The one change the code model named in advance (improve), once it has written the code."""
+
+
+class InFlight(NextRun):
+    """A run submitted to the executor and not recorded yet: training, or waiting for a device."""
+
+    submitted_at: float
+    """time.time() when it was handed to the executor."""
 
 
 class Usage(TypedDict):
@@ -174,14 +181,20 @@ class ExperimentState(InputState):
     """KEY_FINDINGS.md as prompts read it, within its budget (see nodes.records.findings_digest); made by analyze.
     The sections themselves live in the file only: every checkpoint holds the whole state."""
     run_count: NotRequired[int]
-    """How many runs finished. Their records are run_N/result.json, never the state: every checkpoint holds the whole
+    """How many runs finished (or were cancelled). Their records are run_N/result.json, never the state: every checkpoint holds the whole
     state, and a search runs hundreds of runs (ExperimentFiles.read_runs reads them)."""
     latest_run: NotRequired[RunRecord | None]
     """The record of the run that finished last, as analyze and the views read it."""
     best_run: NotRequired[RunRecord | None]
     """The best run so far by the goal's metric, kept up to date by analyze."""
     next_run: NotRequired[NextRun | None]
-    """What the coming run does (draft, improve or debug) and on which parent: chosen by summarize, read by codegen and execute."""
+    """What the coming run does (draft, improve or debug) and on which parent: chosen by summarize, read by codegen and execute;
+    None when no new run may start now (every worker busy, or a limit reached while runs are still in flight)."""
+    in_flight: NotRequired[list[InFlight]]
+    """The runs submitted and not recorded yet (at most WORKERS), in the order they were submitted. The runs given out are
+    numbered 1 to run_count + len(in_flight): every one either finished (run_N/result.json) or is in here."""
+    latest_change: NotRequired[str]
+    """The change the latest finished run named in advance (improve), as analyze tells the analyst."""
     usage: Annotated[list[Usage], add_usage]
     """LLM tokens and cost so far, summed per stage and model (see add_usage)."""
     last_summary: NotRequired[str]

@@ -9,7 +9,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ RESULT_FIELDS = tuple(RunRecord.__annotations__)
 TREE_FIELDS = ("operator", "parent")
 """Fields a result.json written before the tree search lacks: read_runs gives such a run the parent of the linear loop."""
 
-_RUNS: dict[Path, list[RunRecord]] = {}
-"""The run records read_runs has read, by experiment folder: runs 1 to N, each read once."""
+_RUNS: dict[Path, dict[int, RunRecord]] = {}
+"""The run records read_runs has read, by experiment folder and run number, each read once."""
 _PARSED: dict[Path, tuple[tuple[int, int, int], Any]] = {}
 """KEY_FINDINGS.md's sections and tasks.json's tasks as last read or written by this process, with the file's (inode, size,
 mtime) then: a step re-reads a file only when someone else changed it, so its cost does not grow with the experiment."""
@@ -171,6 +171,10 @@ class ExperimentFiles:
     def run_dir(self, number: int) -> Path:
         return self.root / f"run_{number}"
 
+    def child_file(self, number: int) -> Path:
+        """.runner/child-N.json: run N's processes, GPUs and origin while it runs (for kill_leftover() after a crash, and for readers)."""
+        return self.private / f"child-{number}.json"
+
     def existing_runs(self) -> list[int]:
         """Numbers of the run_N folders present, sorted."""
         if not self.root.is_dir():
@@ -251,31 +255,49 @@ class ExperimentFiles:
         """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
         result = {name: record[name] for name in RESULT_FIELDS}
         write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
-        del _RUNS.setdefault(self.root, [])[record["number"] - 1 :]  # run again (a resume, a fork): read afresh
+        _RUNS.setdefault(self.root, {}).pop(record["number"], None)  # run again (a resume, a fork): read afresh
 
-    def read_runs(self, count: int) -> list[RunRecord]:
-        """The records of runs 1 to `count` (the finished ones, as the state counts them), from their result.json, in order.
+    def read_runs(self, count: int, in_flight: Collection[int] = ()) -> list[RunRecord]:
+        """The records of the finished runs among 1 to `count`, from their result.json, in order; the runs `in_flight` are left out.
 
         The records live in these files, not in the state, so that a checkpoint stays small however many runs there
         are. A finished run's record never changes while the state counts it, so each is read once per process:
-        a step costs nothing per earlier run. Records past `count` are forgotten (a resume or a fork from an earlier
-        checkpoint runs them again). ExperimentInputError when one is missing or unreadable.
+        a step costs nothing per earlier run. Records past `count`, and of runs in flight, are forgotten (a resume or
+        a fork from an earlier checkpoint runs them again). ExperimentInputError when one is missing or unreadable.
         """
-        known = _RUNS.setdefault(self.root, [])
-        del known[count:]
-        for number in range(len(known) + 1, count + 1):
-            path = self.run_dir(number) / "result.json"
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS):
-                    raise ValueError("not a run record")
-            except (OSError, ValueError) as exc:
-                raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
-            if "operator" not in record:  # written before the tree search: the linear loop's parent
-                operator, parent = after(known[-1] if known else None)
-                record = {**record, "operator": operator, "parent": parent}
-            known.append(RunRecord(**{name: record[name] for name in RESULT_FIELDS}))
-        return list(known)
+        known = _RUNS.setdefault(self.root, {})
+        for number in [number for number in known if number > count or number in in_flight]:
+            del known[number]
+        if len(known) + len(in_flight) < count:
+            for number in range(1, count + 1):
+                if number not in known and number not in in_flight:
+                    known[number] = self._read_run(number, known)
+        return [known[number] for number in range(1, count + 1) if number in known]
+
+    def runs_of(self, state: Mapping[str, Any]) -> list[RunRecord]:
+        """The finished runs of an experiment state: those given out (run_count + in flight), less those in flight."""
+        in_flight = [flight["number"] for flight in state.get("in_flight") or []]
+        return self.read_runs(state.get("run_count", 0) + len(in_flight), in_flight)
+
+    def _read_run(self, number: int, known: dict[int, RunRecord]) -> RunRecord:
+        path = self.run_dir(number) / "result.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS):
+                raise ValueError("not a run record")
+        except (OSError, ValueError) as exc:
+            raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
+        if "operator" not in record:  # written before the tree search: the linear loop's parent
+            operator, parent = after(known.get(number - 1))
+            record = {**record, "operator": operator, "parent": parent}
+        return RunRecord(**{name: record[name] for name in RESULT_FIELDS})
+
+    def read_result(self, number: int) -> RunRecord | None:
+        """Run `number`'s record if its result.json is there and whole, else None (it has not ended, or never recorded)."""
+        try:
+            return self._read_run(number, _RUNS.get(self.root, {}))
+        except ExperimentInputError:
+            return None
 
     def read_results(self) -> list[dict]:
         """Every finished run's result.json, in run order; a run still going (or unreadable) is left out."""

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 from collections import Counter
+from collections.abc import Mapping
 from typing import TypedDict
 
 from settings import SettingsError
@@ -213,3 +214,36 @@ def _probe(python: str) -> list[dict]:
         except ValueError:
             break
     return [line for line in lines if isinstance(line, dict)]
+
+
+_DETECTED: list[str] | None = None
+
+
+def gpu_devices(setting: str, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The GPUs the runs share out, as CUDA_VISIBLE_DEVICES names them: GPUS's list; for "none", none; when it is empty,
+    the runner's own CUDA_VISIBLE_DEVICES if set, else every GPU nvidia-smi lists (asked once per process)."""
+    global _DETECTED
+    if setting == "none":
+        return []
+    if setting:
+        return setting.split(",")
+    if (visible := environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [device.strip() for device in visible.split(",") if device.strip()]
+    if _DETECTED is None:
+        _DETECTED = [str(index) for index in range(len(gpus()))]
+    return list(_DETECTED)
+
+
+def share_text(workers: int, devices: list[str], per_run: int, cpus: int | None = None) -> str:
+    """What one run gets when runs share the machine, as the code model should know it; empty for one run at a time on it all."""
+    cpus = cpus or os.cpu_count() or 1
+    if workers <= 1:
+        return (
+            f"Each run gets {per_run} of the GPUs ({len(devices)} given: {','.join(devices)}), as CUDA_VISIBLE_DEVICES shows."
+            if devices and per_run < len(devices)
+            else ""
+        )
+    parts = [f"Up to {workers} runs train at once; each gets {max(1, cpus // workers)} CPU threads (OMP_NUM_THREADS)"]
+    if devices:
+        parts.append(f"and {per_run} GPU{'s' if per_run > 1 else ''} of its own (CUDA_VISIBLE_DEVICES; device 0 inside the run)")
+    return " ".join(parts) + "."

@@ -59,6 +59,8 @@ class LimitToolMissing(SettingsError):
 
 _running: set[int] = set()
 """Pids of the scripts running now, each the leader of its own process group."""
+_trees: set[_ProcessTree] = set()
+"""The process trees of the runs going on now (several run at once with WORKERS > 1): an orphan one of them has found is not another's."""
 _running_lock = threading.Lock()
 _cancelled = threading.Event()
 
@@ -108,7 +110,7 @@ class ProcessResult:
     duration_s: float
     timed_out: bool
     stopped: str = ""
-    """Why the runner stopped it: "" (it ended by itself), "timeout", "memory" or "processes"."""
+    """Why the runner stopped it: "" (it ended by itself), "timeout", "memory", "processes" or "cancelled" (its `cancel` was set)."""
     peak_memory_mb: float = 0.0
     """The largest summed RSS of the tree seen while it ran: exact for one process, high for forked workers that share pages."""
     log_bytes_dropped: int = 0
@@ -125,9 +127,16 @@ def run_script(
     on_output: Callable[[list[str]], None] | None = None,
     on_redraw: Callable[[str], None] | None = None,
     pid_file: Path | None = None,
+    cancel: threading.Event | None = None,
+    on_start: Callable[[int], None] | None = None,
+    pid_note: Mapping[str, object] | None = None,
 ) -> ProcessResult:
     """Run `argv` in `cwd` within `limits`; stdout and stderr go, line by line, to `log_path` and `on_output`;
     a line redrawn in place before it ends (a tqdm bar) goes to `on_redraw` as it stands at each poll.
+
+    Several may run at once, each in its own thread. Setting `cancel` stops this one run (its result then says
+    stopped="cancelled"); cancel_running_scripts() stops them all and each raises RunCancelled. `on_start` gets
+    the child's pid once it runs. `pid_note` is written into `pid_file` beside the processes, for readers such as `status`.
 
     The child leads a new session. Every process it starts is tracked through /proc, those that left its
     group with setsid() included (the runner is their subreaper, so orphans come back to it). On timeout,
@@ -155,7 +164,9 @@ def run_script(
         with contextlib.suppress(OSError):  # a bigger pipe: fewer, larger reads while the script floods its output
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_BYTES)
         tree = _ProcessTree.of_child(proc.pid)
-        record = _PidRecord(pid_file, tree, Path(cwd).resolve())
+        record = _PidRecord(pid_file, tree, Path(cwd).resolve(), pid_note)
+        if on_start:
+            on_start(proc.pid)
         pump = _LogPump(proc.stdout, log)
         pump.start()
 
@@ -165,7 +176,7 @@ def run_script(
             if on_redraw and (line := pump.take_redraw()) is not None:
                 on_redraw(line)
 
-        watch = _Watch(proc.pid, tree, limits)
+        watch = _Watch(proc.pid, tree, limits, cancel)
         try:
             watch.until_done(echo, record)
         finally:
@@ -179,6 +190,7 @@ def run_script(
             if not pump.is_alive():
                 proc.stdout.close()
             record.remove()
+            tree.forget()
         echo()
     if _cancelled.is_set():
         raise RunCancelled(f"run interrupted after {time.monotonic() - start:.1f} s")
@@ -195,8 +207,8 @@ def run_script(
 class _Watch:
     """Waits for the child to exit while holding its tree to the limits; `stopped` says which one ended it."""
 
-    def __init__(self, pid: int, tree: _ProcessTree, limits: Limits):
-        self.pid, self.tree, self.limits = pid, tree, limits
+    def __init__(self, pid: int, tree: _ProcessTree, limits: Limits, cancel: threading.Event | None = None):
+        self.pid, self.tree, self.limits, self.cancel = pid, tree, limits, cancel
         self.stopped = ""
         self.peak_memory_mb = 0.0
         self.pss_read_at = -PSS_EVERY_S
@@ -211,6 +223,9 @@ class _Watch:
         deadline = time.monotonic() + self.limits.timeout_s if self.limits.timeout_s > 0 else float("inf")
         interval = WATCHDOG_POLL_S if self.limits.memory_mb or self.limits.max_processes else POLL_S
         while not _cancelled.is_set():
+            if self.cancel is not None and self.cancel.is_set():
+                self.stopped = "cancelled"
+                return
             members = self.tree.scan()
             self.tree.reap(members)
             self.stopped = self.over_limit(members)
@@ -320,6 +335,14 @@ class _ProcessTree:
         self.child = child
         """The run's child, the runner's own; None for the tree of a runner that died."""
         self.adopt_since = seen[child] if child is not None else None
+        if child is not None:
+            with _running_lock:
+                _trees.add(self)
+
+    def forget(self) -> None:
+        """The run is over: its processes are no longer this tree's to claim (another run's tree may adopt none of them either)."""
+        with _running_lock:
+            _trees.discard(self)
 
     @classmethod
     def of_child(cls, pid: int) -> _ProcessTree:
@@ -334,9 +357,17 @@ class _ProcessTree:
             children[proc.ppid].append(pid)
         queue = [pid for pid, start in self.seen.items() if pid in table and table[pid].start == start]
         if self.adopt_since is not None:
-            with _running_lock:
-                other_runs = _running - self.seen.keys()
-            queue += [pid for pid in children[os.getpid()] if table[pid].start >= self.adopt_since and pid not in other_runs]
+            with _running_lock:  # what the runs going on beside this one have found is theirs
+                others = [tree for tree in _trees if tree is not self]
+                claimed = (_running - self.seen.keys()).union(*(tree.seen.keys() for tree in others))
+                younger = [tree.adopt_since for tree in others if tree.adopt_since is not None and tree.adopt_since > self.adopt_since]
+            # An orphan that started after another run's child may be that run's: it is this tree's only once that run is over.
+            until = min(younger, default=None)
+            queue += [
+                pid
+                for pid in children[os.getpid()]
+                if table[pid].start >= self.adopt_since and pid not in claimed and (until is None or table[pid].start < until)
+            ]
         members: dict[int, _Proc] = {}
         while queue:
             pid = queue.pop()
@@ -474,9 +505,9 @@ def kill_group(pgid: int) -> None:
 class _PidRecord:
     """The pid file: the child's group, its folder, and every process of its tree, for kill_leftover() after a crash."""
 
-    def __init__(self, path: Path | None, tree: _ProcessTree, cwd: Path):
+    def __init__(self, path: Path | None, tree: _ProcessTree, cwd: Path, note: Mapping[str, object] | None = None):
         """Write the file at once, the child alone in it: a runner killed a moment later must leave it behind."""
-        self.path, self.pgid, self.cwd = path, tree.child, cwd
+        self.path, self.pgid, self.cwd, self.note = path, tree.child, cwd, dict(note or {})
         self.written: dict[int, int] = {}
         self.written_at = -PID_FILE_EVERY_S
         if path is not None:
@@ -487,7 +518,7 @@ class _PidRecord:
         if self.path is None or tree.seen == self.written or time.monotonic() - self.written_at < PID_FILE_EVERY_S:
             return
         self.written, self.written_at = dict(tree.seen), time.monotonic()
-        record = {"pid": self.pgid, "cwd": str(self.cwd), "tree": [[pid, start] for pid, start in self.written.items()]}
+        record = {**self.note, "pid": self.pgid, "cwd": str(self.cwd), "tree": [[pid, start] for pid, start in self.written.items()]}
         partial = self.path.with_name(self.path.name + ".partial")
         partial.write_text(json.dumps(record))
         partial.replace(self.path)

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -113,6 +114,21 @@ def child_environment(parent: Mapping[str, str], *, home: str, data_dir: str, ex
     return env
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+"""What the thread pools of OpenMP (torch's CPU ops, scikit-learn), MKL, OpenBLAS and numexpr size themselves by."""
+
+
+def share_environment(devices: list[str] | None, threads: int | None, keep: Iterable[str] = ()) -> dict[str, str]:
+    """The variables that give a run its share of the machine: CUDA_VISIBLE_DEVICES naming its GPUs ("" hides them all;
+    None leaves the runner's as it is), and each thread pool's size when the CPUs are divided among runs in flight
+    (None: not divided). Names in `keep` (SANDBOX_ENV: the user's own values) are left alone."""
+    shared = {} if devices is None else {"CUDA_VISIBLE_DEVICES": ",".join(devices)}
+    if threads is not None:
+        shared |= {name: str(threads) for name in THREAD_VARIABLES}
+    kept = set(keep)
+    return {name: value for name, value in shared.items() if name not in kept}
+
+
 def nvidia_devices(dev: Path = Path("/dev")) -> list[Path]:
     """The NVIDIA device nodes (and /dev/nvidia-caps) a GPU job needs; none on a machine without NVIDIA GPUs."""
     try:
@@ -201,16 +217,43 @@ def workspace(mode: str, run_dir: Path, data_dir: Path) -> Iterator[str]:
         return
     dropping = os.geteuid() == 0
     if dropping:
-        for folder in (run_dir, data_dir):
+        data_key = data_dir.resolve()
+        with _DATA_LOCK:  # runs in flight share data/: it is the sandbox's until the last of them ends
+            _DATA_HOLDERS[data_key] = _DATA_HOLDERS.get(data_key, 0) + 1
             try:
-                chown_tree(folder, SANDBOX_UID, SANDBOX_GID)
-            except OSError as exc:  # e.g. NFS with root_squash
-                raise SandboxError(f"cannot hand {folder} to the sandbox's user ({exc}): move the experiment to a local disk, or set SANDBOX=none") from exc
+                for folder in (run_dir, data_dir):
+                    try:
+                        chown_tree(folder, SANDBOX_UID, SANDBOX_GID)
+                    except OSError as exc:  # e.g. NFS with root_squash
+                        raise SandboxError(
+                            f"cannot hand {folder} to the sandbox's user ({exc}): move the experiment to a local disk, or set SANDBOX=none"
+                        ) from exc
+            except BaseException:
+                _release(data_key)
+                raise
     try:
         yield SANDBOX_HOME
     finally:
         if dropping:
-            reclaim(run_dir, data_dir)
+            reclaim(run_dir)
+            with _DATA_LOCK:
+                if _release(data_key) == 0:
+                    reclaim(data_dir)
+
+
+_DATA_HOLDERS: dict[Path, int] = {}
+"""How many runs in flight hold each data folder now."""
+_DATA_LOCK = threading.Lock()
+
+
+def _release(data_key: Path) -> int:
+    """One run fewer holds the data folder (call holding _DATA_LOCK); how many still do."""
+    left = _DATA_HOLDERS.get(data_key, 1) - 1
+    if left:
+        _DATA_HOLDERS[data_key] = left
+    else:
+        _DATA_HOLDERS.pop(data_key, None)
+    return left
 
 
 def reclaim(*folders: Path) -> None:

@@ -1,4 +1,8 @@
-"""The wiring: initialize, then summarize → codegen → review → execute → analyze until a stop reason, then report.
+"""The wiring: initialize, then summarize → codegen → review → execute → wait → analyze until a stop reason, then report.
+
+With WORKERS > 1, execute only submits its run and leads back to summarize while a worker is free, so the next
+run's code is written while the others train; wait takes whichever run ends first, and analyze judges it while
+the rest go on (adapters.executor holds them across steps: no step waits for a batch).
 
 An LLM error that retrying cannot fix, and Ctrl-C, end the loop too: the node records why and where
 (`halted`) and hands over to report, which writes the record without asking the LLM. A resume re-enters
@@ -17,11 +21,12 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from adapters.executor import existing_executor
 from adapters.llm import LLMError, is_retryable
 from adapters.process import RunCancelled, cancel_requested
 from nodes.analyze import analyze
 from nodes.codegen import codegen
-from nodes.execute import execute
+from nodes.execute import execute, wait
 from nodes.initialize import initialize
 from nodes.report import report
 from nodes.review import review
@@ -35,9 +40,21 @@ def after_analyze(state: ExperimentState) -> Literal["summarize", "report"]:
     return "report" if state.get("stop_reason") else "summarize"
 
 
-def after_summarize(state: ExperimentState) -> Literal["codegen", "report"]:
-    """A new run only when no limit or budget forbids it (and the step was not cut short)."""
-    return "report" if state.get("stop_reason") or state.get("halted") else "codegen"
+def after_summarize(state: ExperimentState) -> Literal["codegen", "wait", "report"]:
+    """A new run when no limit, budget or busy worker forbids it; else wait for a run in flight (and report once none is)."""
+    if state.get("stop_reason") or state.get("halted"):
+        return "report"
+    if state.get("next_run") is None and state.get("in_flight"):
+        return "wait"
+    return "codegen"
+
+
+def after_execute(state: ExperimentState, runtime: Runtime[Settings]) -> Literal["summarize", "wait", "report"]:
+    """Another run while a worker is free (its code is written while the others train); else wait for the first to end."""
+    if state.get("halted"):
+        return "report"
+    workers = runtime.context.workers if runtime.context is not None else settings_for(state, runtime).workers
+    return "summarize" if len(state.get("in_flight") or []) < workers else "wait"
 
 
 def after_review(state: ExperimentState) -> Literal["codegen", "execute", "report"]:
@@ -136,6 +153,8 @@ def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
     def run(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         if runtime.context is None:
             runtime = runtime.override(context=settings_for(state, runtime))
+        if (pool := existing_executor(Path(state["experiment_dir"]).resolve())) is not None:  # what the runs in flight said meanwhile
+            pool.relay(runtime.stream_writer)
         halted = state.get("halted")
         if halted and halted["stage"] != stage:  # report, writing the record of a halt: nothing may cut it short again
             return node(state, runtime)
@@ -180,13 +199,14 @@ def build_graph() -> StateGraph:
     builder = StateGraph(ExperimentState, context_schema=Settings, input_schema=InputState, output_schema=OutputState)
     for name, node in (("initialize", initialize), ("codegen", codegen), ("analyze", analyze), ("report", report)):
         builder.add_node(name, stops_cleanly(node, name, LLM_NODE_ATTEMPTS))
-    for name, node in (("summarize", summarize), ("review", review), ("execute", execute)):
+    for name, node in (("summarize", summarize), ("review", review), ("execute", execute), ("wait", wait)):
         builder.add_node(name, stops_cleanly(node, name))
 
     builder.add_edge(START, "initialize")
-    for node, next_node in (("initialize", "summarize"), ("codegen", "review"), ("execute", "analyze")):
+    for node, next_node in (("initialize", "summarize"), ("codegen", "review"), ("wait", "analyze")):
         builder.add_conditional_edges(node, unless_halted(next_node), [next_node, "report"])
     builder.add_conditional_edges("summarize", after_summarize)
+    builder.add_conditional_edges("execute", after_execute)
     builder.add_conditional_edges("review", after_review)
     builder.add_conditional_edges("analyze", after_analyze)
     builder.add_edge("report", END)

@@ -35,6 +35,14 @@ def apply_analysis(tasks: list[Task], analysis: RunAnalysis, run: int, created: 
     return result
 
 
+def run_code(files: ExperimentFiles, number: int, fallback: str) -> str:
+    """The train.py run `number` ran (with runs in flight, the state's `code` is the latest written, not this one's)."""
+    try:
+        return (files.run_dir(number) / "train.py").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return fallback
+
+
 def working_tasks(tasks: list[Task]) -> list[Task]:
     """The tasks the state keeps: every open one and the RECENT_CLOSED latest finished ones, what prompts read (tasks_text).
 
@@ -77,17 +85,17 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     """Read the run's summary, update tasks.json and KEY_FINDINGS.md, judge the goal."""
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
-    runs = files.read_runs(state["run_count"])
-    run = runs[-1]
+    runs = files.runs_of(state)
+    run = state["latest_run"] if state.get("latest_run") else runs[-1]  # with runs in flight, the last to end is not the last in number
     runtime.stream_writer({"event": "stage", "stage": "analyze", "run": run["number"], "model": settings.summarize_model})
 
-    coming = state.get("next_run") or {}
-    how = f"Run {run['number']} came about as: {origin_words(run)}" + (f"; the change it named in advance: {coming['change']}" if coming.get("change") else "")
+    change = state.get("latest_change") if "in_flight" in state else (state.get("next_run") or {}).get("change")  # saved before parallel runs: next_run's
+    how = f"Run {run['number']} came about as: {origin_words(run)}" + (f"; the change it named in advance: {change}" if change else "")
     prompt = ANALYZE_USER.format(
         goal=state.get("goal", ""),
         origin=how,
         tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
-        code=clip(state.get("code", ""), BUDGET["previous_code"]),
+        code=clip(run_code(files, run["number"], state.get("code", "")), BUDGET["previous_code"]),
         run=state.get("last_summary", ""),
     )
     messages = [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)]
@@ -102,7 +110,8 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     sections.append(section)
     files.write_findings(sections)
     goal = state.get("goal", "")
-    stop = decide_stop(runs, [*state.get("usage", []), *usage], goal, analysis.goal_achieved, state["max_runs"], settings)
+    in_flight = len(state.get("in_flight") or [])
+    stop = decide_stop(runs, [*state.get("usage", []), *usage], goal, analysis.goal_achieved, state["max_runs"], settings, latest=run, in_flight=in_flight)
     goal_met = stop is not None and stop.reason == "goal_met"
     runtime.stream_writer({"event": "analysis", "run": run["number"], "summary": analysis.summary, "goal_met": goal_met})
     return {

@@ -1,20 +1,28 @@
-"""Run run_N/train.py in the sandbox, within the limits, and record mechanically what happened."""
+"""Runs of train.py: execute submits the coming run to the executor, wait takes the first run in flight that ends and
+records it, stop_runs stops the rest when the experiment ends. The processes and threads live in the executor
+(adapters.executor); these nodes only hand it jobs and read what they left in the run folders."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from langgraph.runtime import Runtime
 
+from adapters.executor import Executor, Job, executor_for
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.logs import missing_package_hint, run_summary, summarize_log
+from adapters.logs import LogSummary, missing_package_hint, run_summary, summarize_log
+from adapters.machine import gpu_devices
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
-from adapters.sandbox import child_environment, resolve_mode, sandbox_command, workspace
+from adapters.sandbox import child_environment, resolve_mode, sandbox_command, share_environment, workspace
 from adapters.tracking import TrackingError, log_run
 from nodes.summarize import coming_run
 from settings import Settings
-from state import ExperimentState, RunRecord
+from state import ExperimentState, InFlight, RunRecord
 
 MAX_TASKS = 8192
 """Processes and threads a run may have at once. A fork bomb stops here; a training job with many data-loader
@@ -24,27 +32,143 @@ _warned: set[str] = set()
 """Warnings already shown by this runner process: auto's fallback to no sandbox is said once, not every run."""
 
 
+@dataclass
+class Ended:
+    """What a job leaves when its train.py has ended: the process's result and, unless it was cancelled, the run's record."""
+
+    result: ProcessResult
+    record: RunRecord | None
+    log: LogSummary | None
+
+
 def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
-    """Execute the run's train.py with its folder as working directory, log to output.log."""
+    """Submit the coming run: it starts at once on free devices (or waits in line for them) and trains while the graph goes on."""
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
     coming = coming_run(state)
-    number = coming["number"]
+    mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)  # SandboxError when what was asked for cannot work here
+    pool = executor_for(files.root, _devices(settings))
+    in_flight = [flight for flight in state.get("in_flight") or [] if flight["number"] != coming["number"]]
+    _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
+    flight = InFlight(**coming, submitted_at=round(time.time(), 3))
+    runtime.stream_writer(
+        {
+            "event": "stage",
+            "stage": "execute",
+            "run": coming["number"],
+            "timeout_s": settings.timeout_seconds,
+            "sandbox": mode,
+            "operator": coming["operator"],
+            "parent": coming["parent"],
+            "in_flight": len(in_flight) + 1,
+        }
+    )
+    if warning and warning not in _warned:  # auto's fallback to no sandbox: said once
+        _warned.add(warning)
+        runtime.stream_writer({"event": "warning", "message": warning})
+    if not (files.run_dir(coming["number"]) / "train.py").exists():
+        write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
+    pool.submit(run_job(files, settings, flight, mode))
+    pool.relay(runtime.stream_writer)
+    return {"in_flight": [*in_flight, flight]}
+
+
+def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
+    """Wait for the first run in flight to end (the others train on), and record it for analyze."""
+    settings = runtime.context
+    files = ExperimentFiles(state["experiment_dir"])
+    in_flight = list(state.get("in_flight") or [])
+    mode = _sandbox_mode(settings, runtime)
+    pool = executor_for(files.root, _devices(settings))
+    recorded = _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
+    if recorded is not None:  # ended and recorded by a runner that was killed before it could take the run
+        flight, record = recorded
+        log = summarize_log(files.run_dir(record["number"]) / "output.log", files.run_dir(record["number"]) / "metrics.json")
+    else:
+        ended = pool.wait_first([flight["number"] for flight in in_flight], relay=runtime.stream_writer)
+        pool.take(ended.job.number)
+        if ended.error is not None:
+            raise ended.error
+        outcome: Ended = ended.outcome
+        flight = next(flight for flight in in_flight if flight["number"] == ended.job.number)
+        record, log = outcome.record, outcome.log
+    number = record["number"]
+    summary = run_summary(files.run_dir(number), number, record["status"], record["exit_code"], record["duration_s"], record["error"], settings.python, log)
+    if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said to the user too
+        runtime.stream_writer({"event": "warning", "message": f"run {number}: {hint}"})
+    if settings.mlflow_tracking_uri:
+        _track(files, settings, record, mode, summary, runtime.stream_writer)
+    return {
+        "latest_run": record,
+        "run_count": state.get("run_count", 0) + 1,
+        "last_summary": summary,
+        "in_flight": [other for other in in_flight if other["number"] != number],
+        "latest_change": flight.get("change", ""),
+    }
+
+
+def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict], None]) -> dict:
+    """The runs still in flight when the experiment ends, stopped. At a final stop (goal_met, stuck, plateau, …) each is
+    recorded as cancelled with its partial log and counted; when the experiment was cut short (an error, Ctrl-C) they
+    stay in flight, unrecorded, and a resume starts them again. The state's update."""
+    in_flight = list(state.get("in_flight") or [])
+    if not in_flight:
+        return {}
+    files = ExperimentFiles(state["experiment_dir"])
+    pool = executor_for(files.root, _devices(settings))
+    stopped = {flight.job.number: flight for flight in pool.cancel([flight["number"] for flight in in_flight])}
+    if state.get("halted"):
+        return {}
+    why = f"cancelled: the experiment stopped ({state.get('stop_reason') or 'max_runs'}) while it ran"
+    for flight in in_flight:
+        number = flight["number"]
+        if files.read_result(number) is not None:  # recorded already (it ended as it was stopped, or a report cut short)
+            continue
+        ran = stopped.get(number)
+        outcome = ran.outcome if ran is not None and isinstance(ran.outcome, Ended) else None
+        if outcome is not None and outcome.record is not None:  # it ended by itself just before
+            continue
+        kill_leftover(files.child_file(number))  # a runner killed while stopping it left it running
+        run_dir = files.run_dir(number)
+        log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
+        duration = outcome.result.duration_s if outcome is not None else (ran.ended - ran.started if ran and ran.started and ran.ended else 0.0)
+        record = RunRecord(
+            number=number,
+            status="cancelled",
+            exit_code=None,
+            duration_s=round(duration, 3),
+            metrics=log.metrics,
+            error=why,
+            operator=flight["operator"],
+            parent=flight["parent"],
+        )
+        files.write_result(record)
+        emit(
+            {
+                "event": "run_done",
+                "run": number,
+                "status": "cancelled",
+                "duration_s": record["duration_s"],
+                "metrics": log.metrics,
+                "operator": flight["operator"],
+                "parent": flight["parent"],
+            }
+        )
+    return {"in_flight": [], "run_count": state.get("run_count", 0) + len(in_flight)}
+
+
+def run_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: str) -> Job:
+    """The job that runs `flight`'s train.py in the sandbox, within the limits, on the devices the executor hands it, and
+    records mechanically what happened (run_N/result.json) as soon as it ends. Whatever an earlier runner left of
+    the run (a process, a partial log) is dealt with first: killed, and kept aside as output.interrupted-K.log."""
+    number = flight["number"]
     run_dir = files.run_dir(number)
     data_dir = files.root / "data"
     script = run_dir / "train.py"
     log_path = run_dir / "output.log"
-
-    # 1. Where it runs: bwrap or none (SandboxError when what was asked for cannot work here).
-    mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)
-    runtime.stream_writer({"event": "stage", "stage": "execute", "run": number, "timeout_s": settings.timeout_seconds, "sandbox": mode})
-    if warning and warning not in _warned:
-        _warned.add(warning)
-        runtime.stream_writer({"event": "warning", "message": warning})
-
-    # 2. A runner killed during this run left its child and a partial log: stop the one, keep the other.
-    pid_file = files.private / "child.json"
+    pid_file = files.child_file(number)
     kill_leftover(pid_file)
+    kill_leftover(files.private / "child.json")  # a runner from before parallel runs kept one pid file
     if log_path.exists():
         attempt = 1
         while (kept := run_dir / f"output.interrupted-{attempt}.log").exists():
@@ -52,10 +176,6 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         log_path.rename(kept)
     (run_dir / "metrics.json").unlink(missing_ok=True)
     (run_dir / "result.json").unlink(missing_ok=True)
-    if not script.exists():
-        write_atomic(script, state.get("code", ""))
-
-    # 3. Run it.
     limits = Limits(
         timeout_s=settings.timeout_seconds,
         memory_mb=settings.memory_limit_mb,
@@ -64,74 +184,133 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         log_max_bytes=settings.log_max_mb * 2**20,
     )
     python = shutil.which(settings.python) or settings.python  # a name on PATH (python3) as the path the sandbox must show
-    with workspace(mode, run_dir, data_dir) as home:
-        env = child_environment(os.environ, home=home, data_dir=str(data_dir), extra_names=settings.sandbox_env, tmpdir="/tmp" if mode == "bwrap" else None)
-        argv = sandbox_command(
-            [python, script.name],
-            mode=mode,
-            run_dir=run_dir,
-            experiment_dir=files.root,
-            data_dir=data_dir,
-            home=home,
-            network=not settings.no_network,
-            python=python,
-        )
-        result = run_script(
-            argv,
-            cwd=run_dir,
-            log_path=log_path,
-            limits=limits,
-            env=env,
-            on_output=lambda lines: runtime.stream_writer({"event": "output", "run": number, "lines": lines}),
-            on_redraw=lambda line: runtime.stream_writer({"event": "output_redraw", "run": number, "line": line}),
-            pid_file=pid_file,
-        )
+    gpus_given = settings.gpus == "none" or bool(_devices(settings))
+    threads = max(1, (os.cpu_count() or 1) // settings.workers) if settings.workers > 1 else None
 
-    # 4. Record what happened: a limit the runner enforced wins over whatever the log says.
-    log = summarize_log(log_path, run_dir / "metrics.json")
-    status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-    record = RunRecord(
-        number=number,
-        status=status,
-        exit_code=result.exit_code,
-        duration_s=round(result.duration_s, 3),
-        metrics=log.metrics,
-        error=_stop_reason(result, settings) or log.error,
-        operator=coming["operator"],
-        parent=coming["parent"],
-    )
-    summary = run_summary(run_dir, number, status, result.exit_code, record["duration_s"], record["error"], settings.python, log)
-    if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said to the user too
-        runtime.stream_writer({"event": "warning", "message": f"run {number}: {hint}"})
-    files.write_result(record)
-    runtime.stream_writer(
-        {
-            "event": "run_done",
-            "run": number,
-            "status": status,
-            "duration_s": record["duration_s"],
-            "metrics": log.metrics,
-            "operator": record["operator"],
-            "parent": record["parent"],
-        }
-    )
+    def start(devices: list[str], cancel: threading.Event, emit: Callable[[dict], None]) -> Ended:
+        emit(
+            {
+                "event": "run_started",
+                "run": number,
+                "operator": flight["operator"],
+                "parent": flight["parent"],
+                "gpus": devices,
+                "started": round(time.time(), 3),
+            }
+        )
+        with workspace(mode, run_dir, data_dir) as home:
+            env = child_environment(os.environ, home=home, data_dir=str(data_dir), extra_names=settings.sandbox_env, tmpdir="/tmp" if mode == "bwrap" else None)
+            env.update(share_environment(devices if gpus_given else None, threads, keep=settings.sandbox_env))
+            argv = sandbox_command(
+                [python, script.name],
+                mode=mode,
+                run_dir=run_dir,
+                experiment_dir=files.root,
+                data_dir=data_dir,
+                home=home,
+                network=not settings.no_network,
+                python=python,
+            )
+            result = run_script(
+                argv,
+                cwd=run_dir,
+                log_path=log_path,
+                limits=limits,
+                env=env,
+                on_output=lambda lines: emit({"event": "output", "run": number, "lines": lines}),
+                on_redraw=lambda line: emit({"event": "output_redraw", "run": number, "line": line}),
+                pid_file=pid_file,
+                cancel=cancel,
+                pid_note={"run": number, "operator": flight["operator"], "parent": flight["parent"], "gpus": devices, "started": round(time.time(), 3)},
+            )
+        if result.stopped == "cancelled":  # stop_runs records it, or a resume runs it again
+            return Ended(result, None, None)
+        # A limit the runner enforced wins over whatever the log says.
+        log = summarize_log(log_path, run_dir / "metrics.json")
+        status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
+        record = RunRecord(
+            number=number,
+            status=status,
+            exit_code=result.exit_code,
+            duration_s=round(result.duration_s, 3),
+            metrics=log.metrics,
+            error=_stop_reason(result, settings) or log.error,
+            operator=flight["operator"],
+            parent=flight["parent"],
+        )
+        files.write_result(record)
+        emit(
+            {
+                "event": "run_done",
+                "run": number,
+                "status": status,
+                "duration_s": record["duration_s"],
+                "metrics": log.metrics,
+                "operator": flight["operator"],
+                "parent": flight["parent"],
+                "gpus": devices,
+            }
+        )
+        return Ended(result, record, log)
 
-    # 5. With tracking on, log it to MLflow too: a tracking failure costs that record only, never the run.
-    if settings.mlflow_tracking_uri:
-        params = {
-            "run_number": number,
-            "code_model": settings.code_model,
-            "summarize_model": settings.summarize_model,
-            "report_model": settings.report_model,
-            "sandbox": mode,
-            "no_network": settings.no_network,
-            "status": status,
-        }
-        try:
-            log_run(settings.mlflow_tracking_uri, files.root, record, params=params, artifacts=[script, log_path], log_path=log_path, description=summary)
-        except TrackingError as exc:
-            runtime.stream_writer({"event": "warning", "message": str(exc)})
-    return {"latest_run": record, "run_count": number, "last_summary": summary}
+    return Job(number=number, start=start, devices=settings.gpus_per_run if _devices(settings) else 0)
+
+
+def _resubmit_unknown(
+    state: ExperimentState, in_flight: list[InFlight], pool: Executor, files: ExperimentFiles, settings: Settings, mode: str, runtime: Runtime[Settings]
+) -> tuple[InFlight, RunRecord] | None:
+    """After a resume, the runs the state has in flight are unknown to this process's executor: one already recorded
+    (it ended just before the runner was killed) is returned to be taken as ended; the others start again."""
+    recorded = None
+    for flight in in_flight:
+        if pool.knows(flight["number"]):
+            continue
+        if recorded is None and (record := files.read_result(flight["number"])) is not None:
+            recorded = (flight, record)
+            continue
+        runtime.stream_writer({"event": "warning", "message": f"run {flight['number']} was in flight when the runner stopped: it starts again"})
+        pool.submit(run_job(files, settings, flight, mode))
+    return recorded
+
+
+def _devices(settings: Settings) -> list[str]:
+    return gpu_devices(settings.gpus)
+
+
+def _sandbox_mode(settings: Settings, runtime: Runtime[Settings]) -> str:
+    """bwrap or none (SandboxError when what was asked for cannot work here); auto's fallback is said once."""
+    mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)
+    if warning and warning not in _warned:
+        _warned.add(warning)
+        runtime.stream_writer({"event": "warning", "message": warning})
+    return mode
+
+
+def _track(files: ExperimentFiles, settings: Settings, record: RunRecord, mode: str, summary: str, emit: Callable[[dict], None]) -> None:
+    """Log the run to MLflow too: a tracking failure costs that record only, never the run."""
+    number = record["number"]
+    params = {
+        "run_number": number,
+        "code_model": settings.code_model,
+        "summarize_model": settings.summarize_model,
+        "report_model": settings.report_model,
+        "sandbox": mode,
+        "no_network": settings.no_network,
+        "status": record["status"],
+    }
+    run_dir = files.run_dir(number)
+    try:
+        log_run(
+            settings.mlflow_tracking_uri,
+            files.root,
+            record,
+            params=params,
+            artifacts=[run_dir / "train.py", run_dir / "output.log"],
+            log_path=run_dir / "output.log",
+            description=summary,
+        )
+    except TrackingError as exc:
+        emit({"event": "warning", "message": str(exc)})
 
 
 def _stop_reason(result: ProcessResult, settings: Settings) -> str:

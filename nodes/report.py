@@ -22,6 +22,7 @@ from adapters.llm import ask_text
 from adapters.logs import clip, one_line
 from adapters.plots import plot_curves, plot_metric_per_run, plot_tree, read_curves
 from goal import Ranking, best_ranked, goal_reached, ranking
+from nodes.execute import stop_runs
 from nodes.prompts import REPORT_SYSTEM, REPORT_USER
 from nodes.records import changes_by_run, exact_number, experiment_context, metrics_text, runs_table
 from search import lineage_text, origin
@@ -42,11 +43,13 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     reason = state.get("stop_reason") or "max_runs"
     files = ExperimentFiles(state["experiment_dir"])
-    runs = files.read_runs(state.get("run_count", 0))
+    stopped = stop_runs(state, settings, runtime.stream_writer)  # the runs still in flight: cancelled, or (cut short) kept to start again
+    state = {**state, **stopped}
+    runs = files.runs_of(state)
     if halted := state.get("halted"):
         runtime.stream_writer({"event": "stage", "stage": "report", "model": None, "stop_reason": reason})
         files.write_report(report_text(state, settings, runs, [], head=halt_notice(state, halted, settings)))
-        return {"report_path": str(files.report)}
+        return {**stopped, "report_path": str(files.report)}
     runtime.stream_writer({"event": "stage", "stage": "report", "model": settings.report_model, "stop_reason": reason})
 
     # 1. The narrative: findings and what to try next, from the experiment as it stands and the runs' exact lines.
@@ -65,7 +68,7 @@ def report(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if narrative := narrative_body(narrative):
         narrative = f"_The account below is written by {settings.report_model}; the tables and plots are computed from the run files._\n\n{narrative}"
     files.write_report(report_text(state, settings, runs, [usage], head="# Report", narrative=narrative))
-    return {"report_path": str(files.report), "stop_reason": reason, "usage": [usage]}
+    return {**stopped, "report_path": str(files.report), "stop_reason": reason, "usage": [usage]}
 
 
 def halt_notice(state: ExperimentState, halted: Halt, settings: Settings) -> str:
@@ -78,6 +81,9 @@ def halt_notice(state: ExperimentState, halted: Halt, settings: Settings) -> str
     ]
     if halted["stop_reason"]:
         lines.append(f"The experiment itself had ended before that: {halted['stop_reason']} ({halted['stop_detail']}).")
+    if in_flight := state.get("in_flight"):
+        numbers = ", ".join(str(flight["number"]) for flight in in_flight)
+        lines.append(f"Runs {numbers} were in flight and were cancelled; their partial logs are kept, and a resume starts them again.")
     fix = "" if reason == "interrupted" else "after fixing the cause, "
     lines += [
         "",
@@ -103,9 +109,14 @@ def report_text(state: ExperimentState, settings: Settings, runs: list[RunRecord
         "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
         plots_section(files, runs, rank, best),
         usage_section(all_usage, settings.model_prices),
-        reproduce_section(files, best or (runs[-1] if runs else None), is_best=best is not None, python=settings.python, machine=state.get("machine", "")),
+        reproduce_section(files, best or last_ended(runs), is_best=best is not None, python=settings.python, machine=state.get("machine", "")),
     ]
     return "\n\n".join(part.strip() for part in parts if part.strip())
+
+
+def last_ended(runs: list[RunRecord]) -> RunRecord | None:
+    """The run to reproduce when none is best: the last one that ran to its end (a cancelled run never did)."""
+    return next((run for run in reversed(runs) if run["status"] != "cancelled"), runs[-1] if runs else None)
 
 
 def report_line(run: RunRecord, changes: dict[int, str]) -> str:
@@ -114,7 +125,7 @@ def report_line(run: RunRecord, changes: dict[int, str]) -> str:
     if changes.get(run["number"]):
         parts.append(f"changed: {changes[run['number']]}")
     if run["error"]:
-        parts.append(f"error: {run['error']}")
+        parts.append(run["error"] if run["status"] == "cancelled" else f"error: {run['error']}")
     return ", ".join(parts)
 
 
@@ -179,7 +190,8 @@ def plots_section(files: ExperimentFiles, runs: list[RunRecord], rank: Ranking |
         values = {run["number"]: run["metrics"].get(rank.metric) for run in runs}
         target = rank.goal.written if rank.goal else None  # the number as written, on the plot too
         alt = f"{rank.metric} per run, with the best so far"
-        draw(GOAL_PLOT, plot_metric_per_run, values, rank.metric, rank.higher_is_better, alt=alt, target=target, best=best_number)
+        cancelled = {run["number"] for run in runs if run["status"] == "cancelled"}
+        draw(GOAL_PLOT, plot_metric_per_run, values, rank.metric, rank.higher_is_better, alt=alt, target=target, best=best_number, cancelled=cancelled)
     if runs:
         metric, higher = (rank.metric, rank.higher_is_better) if rank else (None, True)
         alt = "The search tree: each run under the run it builds on, by status, the best run's line marked"

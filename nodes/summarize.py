@@ -22,11 +22,17 @@ def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     """Stop if no new run may start; else choose the coming run's operator and parent, and digest for codegen what it builds on."""
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
-    runs = files.read_runs(state.get("run_count", 0))
-    if stop := before_run(runs, state.get("usage", []), state.get("max_runs") or settings.max_runs, settings):
+    runs = files.runs_of(state)
+    in_flight = state.get("in_flight") or []
+    if stop := before_run(runs, len(in_flight), state.get("usage", []), state.get("max_runs") or settings.max_runs, settings):
+        if in_flight:  # no new run, but those in flight finish first (and may still meet the goal)
+            runtime.stream_writer({"event": "stage", "stage": "wait", "run": None, "reason": f"{stop.detail}: no new run; {len(in_flight)} in flight"})
+            return {"next_run": None}
         return {"stop_reason": stop.reason, "stop_detail": stop.detail}
-    choice = next_choice(runs, state.get("goal", ""), Policy.of(settings))
-    number = len(runs) + 1
+    if len(in_flight) >= settings.workers:  # resumed with fewer workers than runs in flight
+        return {"next_run": None}
+    choice = next_choice(runs, state.get("goal", ""), Policy.of(settings), in_flight)
+    number = len(runs) + len(in_flight) + 1
     runtime.stream_writer(
         {"event": "stage", "stage": "summarize", "run": number, "operator": choice.operator, "parent": choice.parent, "reason": choice.reason}
     )
@@ -70,6 +76,6 @@ def coming_run(state: ExperimentState) -> NextRun:
     """The coming run as summarize chose it; for a state saved before the tree search, the linear loop's next run."""
     if coming := state.get("next_run"):
         return coming
-    done = state.get("run_count", 0)
+    done = state.get("run_count", 0)  # saved before the tree search: one run at a time, none in flight
     operator, parent = after(ExperimentFiles(state["experiment_dir"]).read_runs(done)[-1] if done else None)
     return NextRun(number=done + 1, operator=operator, parent=parent, reason="the run before it")

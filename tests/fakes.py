@@ -144,3 +144,13 @@ def seed_runs(root: str | Path, runs: list[RunRecord], code: bool = False) -> di
         if code:
             (files.run_dir(run["number"]) / "train.py").write_text(run_code(run["number"]), encoding="utf-8")
     return {"run_count": len(runs)}
+
+
+def execute(state: dict, runtime: Runtime[Settings]) -> dict:
+    """One run as the graph makes it: the execute node submits it, the wait node takes it once it ends; wait's update."""
+    from nodes.execute import execute as submit
+    from nodes.execute import wait
+
+    submitted = submit(state, runtime)
+    assert [flight["number"] for flight in submitted["in_flight"]] == [state.get("run_count", 0) + 1]
+    return wait({**state, **submitted}, runtime)

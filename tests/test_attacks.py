@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from fakes import make_runtime
+from fakes import execute, make_runtime
 from scripted import REPO, ScriptedBrain, run_main, runner_env
 
 from adapters import sandbox
 from adapters.sandbox import SANDBOX_UID, SandboxError
-from nodes.execute import execute
 
 BWRAP_PROBLEM = sandbox.bwrap_problem()
 needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap cannot run here: {BWRAP_PROBLEM}")

@@ -25,7 +25,7 @@ def test_compiled_graph_has_no_checkpointer():
 
 
 def test_nodes():
-    assert set(graph.nodes) - {"__start__"} == {"initialize", "summarize", "codegen", "review", "execute", "analyze", "report"}
+    assert set(graph.nodes) - {"__start__"} == {"initialize", "summarize", "codegen", "review", "execute", "wait", "analyze", "report"}
 
 
 def test_input_schema_requires_only_the_experiment_dir():
@@ -69,7 +69,7 @@ def test_two_runs_end_to_end(tmp_path: Path):
         assert (exp / name).is_file(), name
     assert [next(iter(u)) for u in updates] == [
         "initialize",
-        *["summarize", "codegen", "review", "execute", "analyze"] * 2,
+        *["summarize", "codegen", "review", "execute", "wait", "analyze"] * 2,
         "report",
     ]
 

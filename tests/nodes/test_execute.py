@@ -1,4 +1,4 @@
-"""execute: runs run_N/train.py as a real child process and records what happened."""
+"""execute and wait: run_N/train.py runs as a real child process (submitted by execute, taken by wait), and what happened is recorded."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import events_of, make_experiment, make_next_run, make_run, make_runtime, seed_runs
+from fakes import events_of, execute, make_experiment, make_next_run, make_run, make_runtime, seed_runs
 from venvs import make_venv
 
 from adapters import sandbox
 from adapters.files import ExperimentFiles
 from adapters.sandbox import SandboxError
 from nodes import execute as execute_module
-from nodes.execute import execute
 
 MODE = sandbox.resolve_mode("auto")[0]
 """What the default setting runs in on this machine: bwrap where it works, else none."""
@@ -83,7 +82,8 @@ def test_successful_run(tmp_path: Path):
 
     record = update["latest_run"]
     summary = update["last_summary"]
-    assert set(update) == {"latest_run", "run_count", "last_summary"}  # the record goes to result.json, never a list in the state
+    assert set(update) == {"latest_run", "run_count", "last_summary", "in_flight", "latest_change"}  # the record goes to result.json, never a list in the state
+    assert update["in_flight"] == []
     assert update["run_count"] == 1
     assert record["number"] == 1
     assert record["status"] == "ok"
@@ -103,7 +103,18 @@ def test_emits_stage_output_and_run_done(tmp_path: Path):
     runtime, events = make_runtime()
     execute({"experiment_dir": scratch_run(tmp_path, TRAIN_OK), "run_count": 0}, runtime)
 
-    assert events[0] == {"event": "stage", "stage": "execute", "run": 1, "timeout_s": runtime.context.timeout_seconds, "sandbox": MODE}
+    assert events[0] == {
+        "event": "stage",
+        "stage": "execute",
+        "run": 1,
+        "timeout_s": runtime.context.timeout_seconds,
+        "sandbox": MODE,
+        "operator": "draft",
+        "parent": None,
+        "in_flight": 1,
+    }
+    [started] = events_of(events, "run_started")
+    assert started["run"] == 1 and started["gpus"] == []
     output = [line for e in events_of(events, "output") for line in e["lines"]]
     assert output == ["epoch=1 loss=0.5"]
     assert all(e["run"] == 1 for e in events_of(events, "output"))
