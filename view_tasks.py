@@ -1,4 +1,10 @@
-"""Show an experiment's tasks and runs (a table, or the tree the search grew) from its files; it only reads, so it works while the runner is busy."""
+"""Show an experiment's tasks and runs (a table, or the tree the search grew) from its files; it only reads, so it works while the runner is busy.
+
+With several runs in flight, runs end out of order: run 3 may have its result.json while run 2 still trains. A run
+folder without a result is shown by what its files say: running (the runner lists its processes in
+.runner/child-N.json), interrupted (listed there, but no runner is working), not started (no output.log yet) or not
+finished.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +43,10 @@ TREE_KEEP = 3
 """In a folded tree: runs kept at each end of a long line, and the latest attempts kept under a run."""
 
 TASK_STYLE = {"todo": "white", "in_progress": "yellow", "done": "green", "dropped": "dim"}
-RUN_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow"}
-NOT_FINISHED = "running / not finished"
+RUN_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow", "cancelled": "dim"}
+RUNNING, INTERRUPTED, NOT_STARTED, NOT_FINISHED = "running", "interrupted", "not started", "not finished"
+"""Where a run without a result stands (see Unfinished.state)."""
+UNFINISHED_STYLE = {RUNNING: "cyan", INTERRUPTED: "yellow", NOT_STARTED: "dim", NOT_FINISHED: "cyan"}
 
 
 class ViewError(Exception):
@@ -50,6 +58,23 @@ class NotStarted(ViewError):
 
 
 @dataclass
+class Unfinished:
+    """A run folder without a result: where the run stands, as the files tell."""
+
+    state: str
+    """running (.runner/child-N.json lists its processes and a runner is working), interrupted (listed, but no runner
+    is working: a resume runs it again), not started (no output.log yet: waiting for a device, say) or not finished."""
+    note: str
+    """What the folder shows: its output.log's size, and the GPUs a running run was given."""
+    elapsed_s: float | None = None
+    """Seconds since the run started, when its child-N.json says when."""
+    operator: str | None = None
+    """How the run came about, when its child-N.json says: it then has its place in the tree."""
+    parent: int | None = None
+    """The run it builds on (None for a draft), when its child-N.json says."""
+
+
+@dataclass
 class Snapshot:
     """What the experiment's files say at one moment."""
 
@@ -58,9 +83,9 @@ class Snapshot:
     """PLAN.md's goal line, e.g. 'test_accuracy >= 0.98', or empty."""
     tasks: list[dict]
     results: list[dict]
-    """Finished runs' result.json, in run order."""
-    unfinished: dict[int, str] = field(default_factory=dict)
-    """Run number -> what its folder shows instead of a result (the size of its output.log)."""
+    """Finished runs' result.json, in run order (a cancelled run too: it was stopped in flight, with a record)."""
+    unfinished: dict[int, Unfinished] = field(default_factory=dict)
+    """Run number -> where a run folder without a result stands; a gap among the finished runs is one of these."""
     report: Path | None = None
     """REPORT.md, once the experiment has finished."""
 
@@ -94,19 +119,47 @@ def read_snapshot(files: ExperimentFiles) -> Snapshot:
     tasks = read_tasks(files.tasks)
     results = files.read_results()
     finished = {result["number"] for result in results}
-    unfinished = {number: run_folder_note(files.run_dir(number)) for number in files.existing_runs() if number not in finished}
+    pending = [number for number in files.existing_runs() if number not in finished]
+    working = bool(pending) and files.runner() is not None
+    unfinished = {number: unfinished_run(files, number, working, time.time()) for number in pending}
     report = files.report if files.report.is_file() else None
     return Snapshot(files.root, read_goal(files.plan), tasks, results, unfinished, report)
 
 
-def run_folder_note(run_dir: Path) -> str:
-    """How far a run without a result has got, by its output.log."""
+def unfinished_run(files: ExperimentFiles, number: int, working: bool, now: float) -> Unfinished:
+    """Where run `number`, whose folder holds no readable result, stands; `working`: whether a runner holds the experiment."""
+    run_dir = files.run_dir(number)
     if (run_dir / "result.json").exists():
-        return "result.json unreadable"
+        return Unfinished(NOT_FINISHED, "result.json unreadable")
     try:
-        return f"output.log {human_size((run_dir / 'output.log').stat().st_size)}"
+        log = f"output.log {human_size((run_dir / 'output.log').stat().st_size)}"
     except OSError:
-        return "no output.log yet"
+        log = ""
+    child = read_child(files.child_file(number))
+    if child is None:
+        return Unfinished(NOT_FINISHED if log else NOT_STARTED, log or "no output.log yet")
+    note = log or "no output.log yet"
+    if gpus := [str(gpu) for gpu in child.get("gpus") or []]:
+        note += f" · GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}"
+    started = child.get("started")
+    elapsed = max(0.0, now - started) if isinstance(started, int | float) else None
+    operator, parent = child.get("operator"), child.get("parent")
+    if not isinstance(operator, str) or not (parent is None or isinstance(parent, int)):
+        operator, parent = None, None  # the file does not say how the run came about: it is listed apart from the tree
+    if not working:
+        return Unfinished(INTERRUPTED, f"{note} · no runner is working: a resume runs it again", None, operator, parent)
+    return Unfinished(RUNNING, note, elapsed, operator, parent)
+
+
+def read_child(path: Path) -> dict | None:
+    """What a run's child-N.json says (the runner writes it while the run's processes live), {} when it cannot be read, None without one."""
+    try:
+        child = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return child if isinstance(child, dict) else {}
 
 
 def human_size(size: int) -> str:
@@ -140,16 +193,31 @@ def tasks_table(tasks: list[dict]) -> Table:
 
 
 def metric_text(result: dict, parsed: Goal | None) -> str:
-    """The run's value of the goal metric ("-" when it reported none), or all its metrics when there is no numeric goal."""
+    """The run's value of the goal metric ("-" when it reported none), or all its metrics when there is no numeric goal;
+    a cancelled run's are where its log had got to when it was stopped, and say so."""
     if parsed is None:
-        return format_metrics(result["metrics"])
-    value = result["metrics"].get(parsed.metric)
-    return "-" if value is None else f"{value:.6g}"
+        text = format_metrics(result["metrics"])
+    else:
+        value = result["metrics"].get(parsed.metric)
+        text = "-" if value is None else f"{value:.6g}"
+    return f"{text} when stopped" if result["status"] == "cancelled" and result["metrics"] else text
+
+
+def error_text(result: dict, limit: int) -> str:
+    """The run's error, cut to `limit`; for a cancelled run, why it was stopped."""
+    error = result.get("error") or ""
+    return short(error.removeprefix("cancelled: ") if result["status"] == "cancelled" else error, limit)
+
+
+def unfinished_status(run: Unfinished) -> Text:
+    """Where a run without a result stands, over what its folder shows."""
+    return Text(f"{run.state}\n{run.note}", style=UNFINISHED_STYLE[run.state])
 
 
 def runs_table(snapshot: Snapshot) -> Table:
     """One row a run: how it came about (its operator and parent: `improve ← 3`), status, duration, the goal metric (or
-    all metrics without a numeric goal), error; the best run starred."""
+    all metrics without a numeric goal), error; the best run starred. A run without a result says where it stands, and
+    a running run how long it has run."""
     parsed = parse_goal(snapshot.goal)
     best = best_run(snapshot.results, snapshot.goal)
     table = Table(title="Runs", title_justify="left")
@@ -162,21 +230,29 @@ def runs_table(snapshot: Snapshot) -> Table:
     rows = [(result["number"], result) for result in snapshot.results] + [(number, None) for number in snapshot.unfinished]
     for number, result in sorted(rows, key=lambda row: row[0]):
         if result is None:
-            table.add_row(str(number), "", Text(f"{NOT_FINISHED}\n{snapshot.unfinished[number]}", style="cyan"), "-", "-", "")
+            run = snapshot.unfinished[number]
+            since = "-" if run.elapsed_s is None else human_duration(run.elapsed_s)
+            table.add_row(str(number), unfinished_origin(run), unfinished_status(run), since, "-", "")
             continue
         star = " ★" if best is not None and best["number"] == number else ""
         status = Text(result["status"], style=RUN_STYLE.get(result["status"], ""))
-        row = (run_origin(result), status, human_duration(result["duration_s"]), metric_text(result, parsed), Text(short(result["error"] or "")))
+        row = (run_origin(result), status, human_duration(result["duration_s"]), metric_text(result, parsed), Text(error_text(result, ERROR_CHARS)))
         table.add_row(f"{number}{star}", *row)
     return table
+
+
+def unfinished_origin(run: Unfinished) -> str:
+    """How a run without a result came about, when its child-N.json says; else empty."""
+    return run_origin({"operator": run.operator, "parent": run.parent}) if run.operator else ""
 
 
 def runs_tree(snapshot: Snapshot, limit: int = TREE_RUNS) -> Tree:
     """The runs as the search grew them: drafts as roots, each run under the run it builds on, ★ on the best.
 
     A line of runs where each has a single child is one node, a run a row, each building on the row above: a long
-    line of improvements or fixes stays at one depth. Runs from before the tree search (no parent) are roots; a run
-    not finished yet is listed last. Past `limit` runs, long lines and long lists of attempts are folded (TREE_RUNS).
+    line of improvements or fixes stays at one depth. Runs from before the tree search (no parent) are roots. A run
+    in flight stands under its parent when its child-N.json says which that is; any other run without a result is
+    listed last. Past `limit` runs, long lines and long lists of attempts are folded (TREE_RUNS).
     """
     grown = RunTree(snapshot, folded=len(snapshot.results) > limit)
     title = "Runs as a tree: each under the run it builds on, ★ the best"
@@ -192,31 +268,48 @@ def runs_tree(snapshot: Snapshot, limit: int = TREE_RUNS) -> Tree:
         node = branch.add(grown.line_text(line))
         # Folded, the best run's line goes on at this depth (each row names its parent), however deep it grew.
         stack += [(branch if child in grown.spine else node, child) for child in reversed(grown.shown_children(node, line[-1]))]
-    for number, note in sorted(snapshot.unfinished.items()):
-        tree.add(Text(f"{number} {NOT_FINISHED} · {note}", style="cyan"))
+    for number, run in sorted(snapshot.unfinished.items()):
+        if number not in grown.flights:
+            tree.add(unfinished_line(number, run))
     return tree
 
 
+def unfinished_line(number: int, run: Unfinished, text: Text | None = None) -> Text:
+    """`8 improve ← 5 · running · 1.5 min · output.log 2.0 KiB · GPU 0`, appended to `text` when given."""
+    text = Text() if text is None else text
+    text.append(f"{number}{f' {unfinished_origin(run)}' if run.operator else ''} · ").append(run.state, style=UNFINISHED_STYLE[run.state])
+    since = "" if run.elapsed_s is None else f" · {human_duration(run.elapsed_s)}"
+    return text.append(f"{since} · {run.note}", style="dim")
+
+
 class RunTree:
-    """The finished runs as a tree, and what a folded tree keeps in sight: the best run and the latest, and the way to them."""
+    """The finished runs as a tree, with the runs in flight that say their parent, and what a folded tree keeps in sight:
+    the best run, the latest and those in flight, and the way to them."""
 
     def __init__(self, snapshot: Snapshot, folded: bool):
         self.results = {result["number"]: result for result in snapshot.results}
+        self.flights = {
+            number: run
+            for number, run in snapshot.unfinished.items()
+            if run.operator and (run.parent is None or (run.parent in self.results and run.parent < number))
+        }
+        """The runs without a result whose child-N.json says how they came about: leaves under their parent (or drafts)."""
         self.best = best_run(snapshot.results, snapshot.goal)
         self.goal = parse_goal(snapshot.goal)
         self.folded = folded
         self.parent: dict[int, int | None] = {}
         self.children: dict[int | None, list[int]] = {}
-        for number in sorted(self.results):
-            parent = self.results[number].get("parent")
+        for number in sorted([*self.results, *self.flights]):  # by number, not by when they ended: runs in flight end out of order
+            parent = self.results[number].get("parent") if number in self.results else self.flights[number].parent
             self.parent[number] = parent if parent in self.results and parent < number else None  # a parent always starts first
             self.children.setdefault(self.parent[number], []).append(number)
         self.sizes: dict[int, int] = {}
         """How many runs each run's subtree holds, itself included."""
-        for number in sorted(self.results, reverse=True):
+        for number in sorted(self.parent, reverse=True):
             self.sizes[number] = 1 + sum(self.sizes[child] for child in self.children.get(number, []))
-        self.marked = ({max(self.results)} if self.results else set()) | ({self.best["number"]} if self.best else set())
-        """The runs a folded tree never hides: the best and the latest."""
+        latest = {max(self.results)} if self.results else set()
+        self.marked = latest | ({self.best["number"]} if self.best else set()) | set(self.flights)
+        """The runs a folded tree never hides: the best, the latest finished and those in flight."""
         self.leading = {ancestor for number in self.marked for ancestor in self.lineage(number)}
         """The marked runs and their ancestors: a folded list of attempts keeps the one that leads to them."""
         self.spine = set(self.lineage(self.best["number"])) if folded and self.best else set()
@@ -242,7 +335,8 @@ class RunTree:
         return shown
 
     def line_text(self, line: list[int]) -> Text:
-        """A line of runs, one a row: how it came about, its status and goal metric (its error when it failed).
+        """A line of runs, one a row: how it came about, its status and goal metric (its error when it failed, why when it was
+        cancelled); a run in flight where it stands.
 
         Folded, a long line shows its ends and its marked runs; the runs between are counted in a row."""
         rows: list[int | str] = []
@@ -263,6 +357,9 @@ class RunTree:
             if isinstance(row, str):
                 text.append(row, style="dim")
                 continue
+            if row in self.flights:
+                unfinished_line(row, self.flights[row], text)
+                continue
             result = self.results[row]
             star = self.best is not None and row == self.best["number"]
             text.append(f"{row}{' ★' if star else ''}", style="bold" if star else "")
@@ -272,7 +369,7 @@ class RunTree:
             if result["status"] == "ok" or metric not in ("-", format_metrics({})):  # a failed run's error says more than "-"
                 text.append(f" · {metric}")
             if result["status"] != "ok" and result.get("error"):
-                text.append(f" · {short(result['error'], TREE_ERROR_CHARS)}", style="dim")
+                text.append(f" · {error_text(result, TREE_ERROR_CHARS)}", style="dim")
         return text
 
 
@@ -281,9 +378,12 @@ def plural(count: int) -> str:
 
 
 def summary_line(snapshot: Snapshot) -> str:
-    """N runs finished, the best run against the goal, and the report once there is one."""
+    """N runs finished (C cancelled), how many stand where (running, ...), the best run against the goal, and the report once there is one."""
     finished = len(snapshot.results)
-    parts = [f"{finished} run{'' if finished == 1 else 's'} finished" + (f", {len(snapshot.unfinished)} not finished" if snapshot.unfinished else "")]
+    cancelled = sum(result["status"] == "cancelled" for result in snapshot.results)
+    standing = Counter(run.state for run in snapshot.unfinished.values())
+    counts = "".join(f", {standing[state]} {state}" for state in (RUNNING, INTERRUPTED, NOT_STARTED, NOT_FINISHED) if standing[state])
+    parts = [f"{finished} run{plural(finished)} finished" + (f" ({cancelled} cancelled)" if cancelled else "") + counts]
     parsed = parse_goal(snapshot.goal)
     best = best_run(snapshot.results, snapshot.goal)
     if parsed is None:

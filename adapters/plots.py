@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,17 +147,50 @@ def _save(figure, path: Path, metadata: dict[str, str] | None = None) -> None:
     write_atomic(path, png.getvalue())
 
 
-@_literal_text
+CANCELLED_FILL = "lightgray"
+CANCELLED_EDGE = "dimgray"
+"""A cancelled run (stopped in flight when another run ended the experiment; its metrics are where its log had got
+to) is drawn apart from the runs that ended: pale, its outline or line dashed, never the best."""
+
+
 def plot_metric_per_run(
-    values: dict[int, float | None], metric: str, higher_is_better: bool, path: Path, *, target: str | None = None, best: int | None = None
+    values: dict[int, float | None],
+    metric: str,
+    higher_is_better: bool,
+    path: Path,
+    *,
+    target: str | None = None,
+    best: int | None = None,
+    cancelled: Collection[int] = (),
 ) -> None:
-    """The metric of each run (runs without it marked), the best so far as a step line, the goal's target (as written) and the best run."""
+    """The metric per run as draw_metric_per_run draws it; the PNG's Description names each run's value (metric_description)."""
+    metadata = {"Title": f"{metric} per run", "Description": metric_description(values, metric, best, cancelled)}
+    _save(draw_metric_per_run(values, metric, higher_is_better, target=target, best=best, cancelled=cancelled), path, metadata=metadata)
+
+
+@_literal_text
+def draw_metric_per_run(
+    values: dict[int, float | None],
+    metric: str,
+    higher_is_better: bool,
+    *,
+    target: str | None = None,
+    best: int | None = None,
+    cancelled: Collection[int] = (),
+):
+    """The metric of each run (runs without it marked), the best so far as a step line, the goal's target (as written) and the best run.
+
+    The `cancelled` runs are drawn apart, hollow and grey at the value their log had reached when they were stopped:
+    they count for neither the best so far nor the best run.
+    """
     from matplotlib.ticker import MaxNLocator
 
     figure = _figure(8, 4.5)
     ax = figure.add_subplot()
-    scored = [(run, value) for run, value in sorted(values.items()) if value is not None and math.isfinite(value)]
-    missing = [run for run, value in sorted(values.items()) if value is None]
+    ended = sorted((run, value) for run, value in values.items() if run not in cancelled)
+    stopped = sorted((run, value) for run, value in values.items() if run in cancelled)
+    scored = [(run, value) for run, value in ended if value is not None and math.isfinite(value)]
+    missing = [run for run, value in ended if value is None]
     if scored:
         runs, metric_values = zip(*scored, strict=True)
         pick = max if higher_is_better else min
@@ -166,9 +199,14 @@ def plot_metric_per_run(
         ax.step(runs, best_so_far, where="post", color="tab:orange", label="best so far")
     for i, run in enumerate(missing):
         ax.axvline(run, color="tab:red", linestyle=":", alpha=0.6, label="no value (run failed or did not report it)" if i == 0 else None)
+    if stopped_scored := [(run, value) for run, value in stopped if value is not None and math.isfinite(value)]:
+        runs, metric_values = zip(*stopped_scored, strict=True)
+        ax.plot(runs, metric_values, "o", markerfacecolor="none", markeredgecolor=CANCELLED_EDGE, linestyle="", label="cancelled: its value when stopped")
+    for i, run in enumerate(run for run, value in stopped if value is None):
+        ax.axvline(run, color=CANCELLED_EDGE, linestyle="--", alpha=0.6, label="cancelled before it reported a value" if i == 0 else None)
     if target is not None:
         ax.axhline(float(target), color="tab:green", linestyle="--", label=f"goal {'≥' if higher_is_better else '≤'} {target}")
-    if best is not None and values.get(best) is not None:
+    if best is not None and best not in cancelled and values.get(best) is not None:
         ax.plot([best], [values[best]], "*", markersize=16, color="gold", markeredgecolor="black", label=f"best: run {best}")
     ax.set_xlabel("run")
     ax.set_ylabel(metric)
@@ -176,10 +214,22 @@ def plot_metric_per_run(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-    _save(figure, path)
+    return figure
 
 
-STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "timeout": "tab:orange"}
+def metric_description(values: dict[int, float | None], metric: str, best: int | None = None, cancelled: Collection[int] = ()) -> str:
+    """A line per run, as the metric plot's Description holds it: `3: acc=0.8, best`, `5: cancelled, acc=0.7 when stopped`, `2: no acc`."""
+    lines = []
+    for run, value in sorted(values.items()):
+        shown = f"no {metric}" if value is None else f"{metric}={value!r}"
+        if run in cancelled:
+            lines.append(f"{run}: cancelled, {shown}{'' if value is None else ' when stopped'}")
+        else:
+            lines.append(f"{run}: {shown}{', best' if run == best else ''}")
+    return "\n".join(lines)
+
+
+STATUS_COLOURS = {"ok": "tab:green", "failed": "tab:red", "timeout": "tab:orange", "cancelled": CANCELLED_FILL}
 """A tree node's fill by its run's status; any other status is grey."""
 OTHER_COLOUR = "tab:gray"
 PATH_COLOUR = "tab:blue"
@@ -191,18 +241,19 @@ MIN_LABEL_POINTS = 4.5
 
 
 def tree_layout(runs: list[RunRecord]) -> dict[int, tuple[float, int]]:
-    """Where each run sits in the tree figure: run number -> (x, depth).
+    """Where each run sits in the tree figure: run number -> (x, depth), whatever order `runs` come in.
 
-    A draft (or a run whose parent is not an earlier run) is a root at depth 0, each other run one level below its
-    parent. Leaves take x = 0, 1, 2... in depth-first order, children by run number; a parent sits midway over its
-    first and last child; each draft's tree starts half a step after the one before.
+    A draft (or a run whose parent is not an earlier run among `runs`) is a root at depth 0, each other run one level
+    below its parent. Leaves take x = 0, 1, 2... in depth-first order, children by run number; a parent sits midway
+    over its first and last child; each draft's tree starts half a step after the one before. Runs in flight end
+    out of order, so the records may too: a run's place depends on its parent only, never on when it ended.
     """
-    children: dict[int, list[int]] = {}
+    numbers = {run["number"] for run in runs}
+    children: dict[int, list[int]] = {number: [] for number in sorted(numbers)}
     roots: list[int] = []
-    for run in runs:
+    for run in sorted(runs, key=lambda run: run["number"]):
         parent = run["parent"]
-        (children[parent] if parent is not None and parent in children else roots).append(run["number"])
-        children[run["number"]] = []
+        (children[parent] if parent in numbers and parent < run["number"] else roots).append(run["number"])  # a parent always starts first
     places: dict[int, tuple[float, int]] = {}
     next_x = 0.0
     for root in roots:
@@ -242,13 +293,21 @@ def node_label(run: RunRecord, metric: str | None, with_value: bool = True) -> s
     return f"{number}\n{name}{'—' if value is None else short_number(value)}"
 
 
+def ranked_best(runs: list[RunRecord], best: int | None) -> int | None:
+    """`best`, unless it names a cancelled run: its metric is from the middle of its training, so it is never the best."""
+    return None if any(run["number"] == best and run["status"] == "cancelled" for run in runs) else best
+
+
 def tree_description(runs: list[RunRecord], metric: str | None, best: int | None = None) -> str:
-    """A line per run, as the tree PNG's Description holds it: `7: improve ← 3, ok, acc=0.981` (the value exactly as recorded)."""
+    """A line per run in run order, as the tree PNG's Description holds it: `7: improve ← 3, ok, acc=0.981` (the value
+    exactly as recorded), `9: improve ← 7, cancelled while in flight, acc=0.95 when stopped`."""
+    best = ranked_best(runs, best)
     lines = []
-    for run in runs:
-        parts = [f"{run['number']}: {origin(run)}", run["status"]]
+    for run in sorted(runs, key=lambda run: run["number"]):
+        stopped = run["status"] == "cancelled"
+        parts = [f"{run['number']}: {origin(run)}", "cancelled while in flight" if stopped else run["status"]]
         if metric is not None and metric in run["metrics"]:
-            parts.append(f"{metric}={run['metrics'][metric]!r}")
+            parts.append(f"{metric}={run['metrics'][metric]!r}" + (" when stopped" if stopped else ""))
         if run["number"] == best:
             parts.append("best")
         lines.append(", ".join(parts))
@@ -270,10 +329,17 @@ def label_points(labels: list[str], room_x: float, room_y: float) -> float:
     return min(9.0, room_x * 0.9 / (0.62 * chars), room_y * 0.85 / (1.2 * lines))
 
 
-@_literal_text
 def plot_tree(runs: list[RunRecord], metric: str | None, higher_is_better: bool, path: Path, *, best: int | None = None) -> None:
+    """The search tree as draw_tree draws it; the PNG's Description names every run (tree_description)."""
+    metadata = {"Title": f"Search tree of {len(runs)} runs", "Description": tree_description(runs, metric, best)}
+    _save(draw_tree(runs, metric, higher_is_better, best=best), path, metadata=metadata)
+
+
+@_literal_text
+def draw_tree(runs: list[RunRecord], metric: str | None, higher_is_better: bool, *, best: int | None = None):
     """The search tree: each run under the run it builds on, filled by status and labelled with its number and `metric`,
-    the line from the best run back to its draft marked; the PNG's Description names every run (tree_description).
+    the line from the best run back to its draft marked. A cancelled run is pale with a dashed outline and edge, and
+    never the best.
 
     The figure grows with the tree up to MAX_TREE_INCHES, then its nodes and labels shrink; labels too small to read
     keep only the run number.
@@ -281,6 +347,7 @@ def plot_tree(runs: list[RunRecord], metric: str | None, higher_is_better: bool,
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
+    best = ranked_best(runs, best)
     places = tree_layout(runs)
     xs = [x for x, _ in places.values()] or [0.0]
     span, levels = max(xs) - min(xs) + 1, max((depth for _, depth in places.values()), default=0) + 1
@@ -302,27 +369,35 @@ def plot_tree(runs: list[RunRecord], metric: str | None, higher_is_better: bool,
         below, beside = label_points(list(labels.values()), room_x, room_y - marker), label_points(list(labels.values()), room_x - marker, room_y)
     size = max(below, beside, 2.0)
 
-    # 2. Edges parent -> child, the best run's line over the others.
+    # 2. Edges parent -> child, the best run's line over the others, an edge to a cancelled run dashed.
     on_path = {run["number"] for run in lineage(runs, best)} if best is not None else set()
-    edges, path_edges = [], []
+    edges, path_edges, cancelled_edges = [], [], []
     for run in runs:
         if places[run["number"]][1] > 0:  # not a root
             (px, pd), (cx, cd) = places[run["parent"]], places[run["number"]]
-            (path_edges if run["number"] in on_path and run["parent"] in on_path else edges).append([(px, -pd), (cx, -cd)])
+            if run["number"] in on_path and run["parent"] in on_path:
+                path_edges.append([(px, -pd), (cx, -cd)])
+            else:
+                (cancelled_edges if run["status"] == "cancelled" else edges).append([(px, -pd), (cx, -cd)])
     ax.add_collection(LineCollection(edges, colors="0.6", linewidths=1.0, zorder=1))
+    ax.add_collection(LineCollection(cancelled_edges, colors="0.6", linewidths=1.0, linestyles="--", zorder=1))
     ax.add_collection(LineCollection(path_edges, colors=PATH_COLOUR, linewidths=3.0, zorder=2))
 
-    # 3. Nodes by status, the best run's line outlined, and their labels.
-    for status in dict.fromkeys(run["status"] for run in runs):
+    # 3. Nodes by status, the best run's line outlined, cancelled runs in dashes, and their labels.
+    statuses = list(dict.fromkeys(run["status"] for run in runs))
+    for status in statuses:
         group = [run["number"] for run in runs if run["status"] == status]
+        outline = CANCELLED_EDGE if status == "cancelled" else "white"
         ax.scatter(
             [places[n][0] for n in group],
             [-places[n][1] for n in group],
             s=[(marker * (1.4 if n == best else 1.0)) ** 2 for n in group],
             c=STATUS_COLOURS.get(status, OTHER_COLOUR),
-            edgecolors=[PATH_COLOUR if n in on_path else "white" for n in group],
-            linewidths=[max(1.0, min(2.5, marker / 5)) if n in on_path else 0.5 for n in group],
+            edgecolors=[PATH_COLOUR if n in on_path else outline for n in group],
+            linewidths=[max(1.0, min(2.5, marker / 5)) if n in on_path or status == "cancelled" else 0.5 for n in group],
+            linestyles="--" if status == "cancelled" else "-",
             zorder=3,
+            label=status,
         )
     box = {"boxstyle": "round,pad=0.1", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}  # edges pass behind labels
     for number, (x, depth) in places.items():
@@ -336,16 +411,28 @@ def plot_tree(runs: list[RunRecord], metric: str | None, higher_is_better: bool,
     drafts = sum(depth == 0 for _, depth in places.values())
     shown = f"run number and {metric} ({'higher' if higher_is_better else 'lower'} is better)" if metric and with_values else "run number"
     roots = f"{drafts} draft{'s' if drafts != 1 else ''}"
-    figure.suptitle(f"Search tree: {len(runs)} runs from {roots}, each under the run it builds on\nLabels: {shown}", fontsize="medium")
+    stopped = sum(run["status"] == "cancelled" for run in runs)
+    cancelled = f" · {stopped} cancelled" if stopped else ""
+    figure.suptitle(f"Search tree: {len(runs)} runs from {roots}, each under the run it builds on\nLabels: {shown}{cancelled}", fontsize="medium")
     handles = [
-        Line2D([], [], marker="o", linestyle="", markersize=8, color=STATUS_COLOURS.get(status, OTHER_COLOUR), label=status)
-        for status in dict.fromkeys(run["status"] for run in runs)
+        Line2D(
+            [],
+            [],
+            marker="o",
+            linestyle="",
+            markersize=8,
+            markerfacecolor=STATUS_COLOURS.get(status, OTHER_COLOUR),
+            markeredgecolor=CANCELLED_EDGE if status == "cancelled" else STATUS_COLOURS.get(status, OTHER_COLOUR),
+            label=status,
+        )
+        for status in statuses
     ]
     if on_path:
         handles.append(Line2D([], [], color=PATH_COLOUR, linewidth=3, label=f"best run's line: {path_text(runs, best)}"))
     if handles:
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4), fontsize="small", frameon=False)
-    _save(figure, path, metadata={"Title": f"Search tree of {len(runs)} runs", "Description": tree_description(runs, metric, best)})
+        # Three columns at most: with four, the best run's line (a long label) runs off a narrow figure.
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize="small", frameon=False)
+    return figure
 
 
 def plot_curves(curves: dict[str, tuple[str, list[float], list[float]]], title: str, path: Path) -> None:

@@ -125,6 +125,10 @@ def experiment_context(state: ExperimentState) -> dict[str, str]:
 
 
 def run_line(run: RunRecord) -> str:
+    """`run 4: failed, 12 s, none found, error: ...`; a cancelled run says why it stopped and that its metrics are from then."""
+    if run["status"] == "cancelled":  # stopped in flight: it neither failed nor finished
+        why = run["error"].removeprefix("cancelled: ")
+        return f"run {run['number']}: cancelled{f' ({why})' if why else ''}, {run['duration_s']:.0f} s, when stopped: {format_metrics(run['metrics'])}"
     return f"run {run['number']}: {run['status']}, {run['duration_s']:.0f} s, {format_metrics(run['metrics'])}" + (
         f", error: {run['error']}" if run["error"] else ""
     )
@@ -153,7 +157,10 @@ def cell(text: str, limit: int | None = CELL_CHARS) -> str:
 
 
 def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
-    """Markdown table of every run: the run it builds on and how (— for a draft), exact metric values and what each changed; ★ marks the best run."""
+    """Markdown table of every run: the run it builds on and how (— for a draft), exact metric values and what each changed; ★ marks the best run.
+
+    A cancelled run's row says so in its status and error, and a note under the table says what its values are: never the best.
+    """
     rank = ranking(runs, goal)
     best = best_ranked(runs, rank)
     names = list(dict.fromkeys([*([rank.metric] if rank else []), *(name for run in runs for name in run["metrics"])]))
@@ -173,4 +180,9 @@ def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | 
         parent = "—" if run["parent"] is None else run["parent"]
         start = f"| {run['number']}{mark} | {parent} | {run['operator']} | {run['status']} | {exact_number(run['duration_s'])} s | "
         rows.append(start + " | ".join([*values, change]) + " |")
+    if cancelled := [str(run["number"]) for run in runs if run["status"] == "cancelled"]:
+        one = len(cancelled) == 1
+        which = f"Run {cancelled[0]} was" if one else f"Runs {', '.join(cancelled)} were"
+        theirs = "its metrics are the last values its log showed, and it is" if one else "their metrics are the last values their logs showed, and they are"
+        rows += ["", f"{which} stopped in flight when the experiment ended: {theirs} not ranked."]
     return "\n".join(rows)

@@ -99,7 +99,7 @@ def test_a_run_without_result_json_shows_as_not_finished_with_its_log_size(in_pr
     code, out = show("-d", str(in_progress.root))
     assert code == 0
     assert "in_progress" in out and "Deeper net" in out and "Tune lr" in out
-    assert "running / not finished" in row(out, "Runs", "2") and "output.log 2.0 KiB" in out
+    assert cells(out, "2") == ["2", "", "not finished", "-", "-", ""] and "output.log 2.0 KiB" in out  # no child-2.json: not known to run
     assert "0.9" in row(out, "Runs", "1 ★")
     summary = out.rstrip().splitlines()[-1]
     assert summary == "1 run finished, 1 not finished · best run 1 with test_accuracy=0.9 vs target >= 0.98 (goal not met)"
@@ -170,7 +170,7 @@ def test_watch_in_a_terminal_redraws_in_place_and_ctrl_c_exits_0(in_progress, mo
     console = Console(file=io.StringIO(), width=WIDE, force_terminal=True, color_system=None)
     code, out = show("-d", str(in_progress.root), "--watch", "0.5", console=console)
     assert code == 0 and sleeps == [0.5, 0.5]
-    assert "running / not finished" in out and "every 0.5 s, Ctrl-C to stop" in out
+    assert "not finished" in out and "every 0.5 s, Ctrl-C to stop" in out
     assert "best run 2 with test_accuracy=0.99 vs target >= 0.98 (goal met)" in out
     assert "\x1b[" in out  # Live moved the cursor back to redraw
 
@@ -268,7 +268,7 @@ def test_the_runs_table_says_how_each_run_came_about(searched):
     assert cells(out, "3") == ["3", "debug ← 2", "ok", "1.5 s", "0.93", ""]
     assert cells(out, "5 ★") == ["5 ★", "improve ← 4", "ok", "1.5 s", "0.985", ""]
     assert cells(out, "7") == ["7", "draft", "ok", "1.5 s", "0.8", ""]
-    assert cells(out, "8")[:3] == ["8", "", "running / not finished"]
+    assert cells(out, "8")[:3] == ["8", "", "not finished"]
     assert "Runs as a tree" not in out, "the tree only with --tree"
 
 
@@ -284,7 +284,7 @@ def test_the_tree_puts_each_run_under_its_parent_and_stacks_a_line_of_single_chi
         "│       ├── 5 ★ improve ← 4 · ok · 0.985",
         "│       └── 6 improve ← 4 · timeout",
         "├── 7 draft · ok · 0.8",
-        "└── 8 running / not finished · output.log 2.0 KiB",
+        "└── 8 · not finished · output.log 2.0 KiB",
     ]
     assert "\nRuns\n" not in out and "Duration" not in out, "the tree in place of the table"
     assert out.rstrip().endswith("7 runs finished, 1 not finished · best run 5 with test_accuracy=0.985 vs target >= 0.98 (goal met)")
@@ -360,3 +360,143 @@ def test_a_folded_tree_shows_the_best_runs_line_at_one_depth_however_deep_it_gre
     assert best == "└── 59 ★ improve ← 57 · ok · 0.79"
     assert [line[:4] for line in folded if " ok " in line] == ["├── "] * 29 + ["└── "], "every run of the best's line at the top"
     assert folded[:2] == ["├── 1 draft · ok · 0.5", "│   └── 2 improve ← 1 · failed · boom"], "its failed attempts one level in"
+
+
+# --- several runs in flight: out of order, running and cancelled ---
+
+
+def start_run(files: ExperimentFiles, number: int, log: str = "", child: dict | None = None, ago_s: float = 300.0) -> None:
+    """Run `number` as the runner leaves it while it trains: train.py, a growing output.log, and .runner/child-N.json
+    listing its processes with the note execute adds (the run, its GPUs, when it started; `child` adds to or replaces it)."""
+    run_dir = files.run_dir(number)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train.py").write_text("print('training')\n")
+    if log:
+        (run_dir / "output.log").write_text(log)
+    if child is not None:
+        note = {"run": number, "gpus": [], "started": round(time.time() - ago_s, 3), **child}
+        files.private.mkdir(exist_ok=True)
+        (files.private / f"child-{number}.json").write_text(json.dumps({**note, "pid": 4242, "cwd": str(run_dir), "tree": [[4242, 1]]}))
+
+
+@pytest.fixture
+def parallel(tmp_path: Path) -> ExperimentFiles:
+    """Five runs given out with three workers: run 2 trains on GPU 1 while run 3, which started after it, has ended;
+    run 4 trains too (its child-4.json names no operator: how execute writes it today) and run 5's code waits for a device."""
+    runs = [
+        make_run(1, metrics={"test_accuracy": 0.9}, operator="draft", parent=None),
+        make_run(3, metrics={"test_accuracy": 0.95}, operator="improve", parent=1),
+    ]
+    files = write_experiment(tmp_path / "parallel", "test_accuracy >= 0.98", [make_task(1, "Baseline", "in_progress", runs=[1, 3])], runs)
+    start_run(files, 2, log="x" * 2048, child={"gpus": ["1"], "operator": "improve", "parent": 1})
+    start_run(files, 4, log="epoch 1\n", child={"gpus": ["0", "2"]}, ago_s=600)
+    start_run(files, 5)
+    return files
+
+
+def test_runs_in_flight_show_as_running_beside_runs_that_ended_before_them(parallel):
+    with parallel.runner_lock():  # a runner is working on it
+        code, out = show("-d", str(parallel.root))
+
+    assert code == 0
+    assert cells(out, "1") == ["1", "draft", "ok", "1.5 s", "0.9", ""]
+    assert cells(out, "2") == ["2", "improve ← 1", "running", "5.0 min", "-", ""]
+    assert cells(out, "3 ★") == ["3 ★", "improve ← 1", "ok", "1.5 s", "0.95", ""]
+    assert cells(out, "4") == ["4", "", "running", "10.0 min", "-", ""]
+    assert cells(out, "5") == ["5", "", "not started", "-", "-", ""]
+    assert "output.log 2.0 KiB · GPU 1" in out and "output.log 8 B · GPUs 0,2" in out and "no output.log yet" in out
+    assert out.rstrip().splitlines()[-1] == "2 runs finished, 2 running, 1 not started · best run 3 with test_accuracy=0.95 vs target >= 0.98 (goal not met)"
+
+
+def test_the_tree_puts_a_run_in_flight_under_its_parent_and_lists_the_others_last(parallel):
+    with parallel.runner_lock():
+        code, out = show("-d", str(parallel.root), "--tree")
+
+    assert code == 0
+    assert tree_lines(out) == [
+        "├── 1 draft · ok · 0.9",
+        "│   ├── 2 improve ← 1 · running · 5.0 min · output.log 2.0 KiB · GPU 1",
+        "│   └── 3 ★ improve ← 1 · ok · 0.95",
+        "├── 4 · running · 10.0 min · output.log 8 B · GPUs 0,2",
+        "└── 5 · not started · no output.log yet",
+    ]
+
+
+def test_a_run_listed_in_flight_without_a_runner_working_shows_as_interrupted(parallel):
+    _, out = show("-d", str(parallel.root), "--tree")  # no runner holds the lock: it was killed mid-run
+
+    assert tree_lines(out)[1] == "│   ├── 2 improve ← 1 · interrupted · output.log 2.0 KiB · GPU 1 · no runner is working: a resume runs it again"
+    assert "2 runs finished, 2 interrupted, 1 not started ·" in out
+
+
+def test_runs_that_end_out_of_order_are_shown_at_each_refresh(parallel, monkeypatch):
+    # --watch while run 2 trains on after run 3 ended, then run 2 ends (after run 4 did): every refresh shows them all.
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            parallel.write_result(make_run(4, metrics={"test_accuracy": 0.97}, operator="improve", parent=3))
+            (parallel.private / "child-4.json").unlink()
+        elif len(sleeps) == 2:
+            parallel.write_result(make_run(2, metrics={"test_accuracy": 0.99}, operator="improve", parent=1))
+            (parallel.private / "child-2.json").unlink()
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(view_tasks.time, "sleep", sleep)
+    with parallel.runner_lock():
+        code, out = show("-d", str(parallel.root), "--watch", "0.5", "--tree")
+
+    assert code == 0 and len(sleeps) == 3
+    summaries = [line for line in out.splitlines() if re.match(r"\d+ runs? finished", line)]
+    assert [summary.split(" · ")[0] for summary in summaries] == [
+        "2 runs finished, 2 running, 1 not started",
+        "3 runs finished, 1 running, 1 not started",
+        "4 runs finished, 1 not started",
+    ]
+    assert "│   └── 3 improve ← 1 · ok · 0.95" in out and "│       4 improve ← 3 · ok · 0.97" in out
+    assert "best run 2 with test_accuracy=0.99" in summaries[-1]
+
+
+@pytest.fixture
+def stopped(tmp_path: Path) -> ExperimentFiles:
+    """Run 3 met the goal while runs 2 and 4 were in flight: both were cancelled, run 2 further along than run 3 had got."""
+    why = "cancelled: the experiment stopped (goal_met) while it ran"
+    runs = [
+        make_run(1, metrics={"test_accuracy": 0.9}, operator="draft", parent=None),
+        {**make_run(2, "cancelled", metrics={"test_accuracy": 0.995}, error=why, operator="improve", parent=1), "exit_code": None},
+        make_run(3, metrics={"test_accuracy": 0.985}, operator="improve", parent=1),
+        {**make_run(4, "cancelled", error=why, operator="improve", parent=3), "exit_code": None},
+    ]
+    return write_experiment(tmp_path / "stopped", "test_accuracy >= 0.98", [make_task(1, "Baseline", "done", runs=[1, 2, 3, 4])], runs, report=True)
+
+
+def test_cancelled_runs_say_so_with_their_values_when_stopped_and_are_never_the_best(stopped):
+    _, table = show("-d", str(stopped.root))
+    _, tree = show("-d", str(stopped.root), "--tree")
+
+    assert cells(table, "2") == ["2", "improve ← 1", "cancelled", "1.5 s", "0.995 when stopped", "the experiment stopped (goal_met) while it ran"]
+    assert cells(table, "3 ★")[2:5] == ["ok", "1.5 s", "0.985"]
+    assert cells(table, "4") == ["4", "improve ← 3", "cancelled", "1.5 s", "-", "the experiment stopped (goal_met) while it ran"]
+    assert table.count("★") == 1 and "".join(tree_lines(tree)).count("★") == 1
+    assert tree_lines(tree) == [
+        "└── 1 draft · ok · 0.9",
+        "    ├── 2 improve ← 1 · cancelled · 0.995 when stopped · the experiment stopped (goal_met) while it ran",
+        "    └── 3 ★ improve ← 1 · ok · 0.985",
+        "        4 improve ← 3 · cancelled · the experiment stopped (goal_met) while it ran",
+    ]
+    assert "4 runs finished (2 cancelled) · best run 3 with test_accuracy=0.985 vs target >= 0.98 (goal met)" in table
+
+
+def test_a_child_file_that_cannot_be_read_still_marks_its_run_running(parallel):
+    (parallel.private / "child-2.json").write_text('{"run": 2, "oper')  # a torn write: the runner replaces it whole, but a copy may not be
+    (parallel.private / "child-4.json").write_text(json.dumps({"run": 4, "operator": "improve", "parent": "three"}))
+    with parallel.runner_lock():
+        _, out = show("-d", str(parallel.root), "--tree")
+
+    assert tree_lines(out)[-3:] == [
+        "├── 2 · running · output.log 2.0 KiB",
+        "├── 4 · running · output.log 8 B",
+        "└── 5 · not started · no output.log yet",
+    ]

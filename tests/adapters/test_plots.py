@@ -1,5 +1,6 @@
 """Tests for adapters/plots.py: what best_run_curves.png is drawn from (x values and their label) and its axis ticks;
-where tree.png places each run, and that it is a real PNG naming every run in the colours of their statuses."""
+where tree.png places each run, and that it is a real PNG naming every run in the colours of their statuses; how both
+plots show a run cancelled in flight."""
 
 from __future__ import annotations
 
@@ -11,7 +12,22 @@ from fakes import make_run
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from adapters.plots import LINE_X, PATH_COLOUR, STATUS_COLOURS, draw_curves, node_label, plot_curves, plot_tree, read_curves, tree_layout
+from adapters.plots import (
+    CANCELLED_EDGE,
+    CANCELLED_FILL,
+    LINE_X,
+    PATH_COLOUR,
+    STATUS_COLOURS,
+    draw_curves,
+    draw_metric_per_run,
+    draw_tree,
+    node_label,
+    plot_curves,
+    plot_metric_per_run,
+    plot_tree,
+    read_curves,
+    tree_layout,
+)
 from state import RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -222,3 +238,95 @@ def test_a_tree_of_400_runs_draws_within_seconds_at_a_bounded_size(tmp_path: Pat
     lines = described_runs(path)
     assert [int(line.split(":")[0]) for line in lines] == list(range(1, 401))
     assert lines[-1].endswith(", best")
+
+
+# runs in flight: out of order, and cancelled
+
+
+def cancelled_run(number: int, parent: int | None, metrics: dict[str, float] | None = None) -> RunRecord:
+    """A run stopped in flight when another run ended the experiment, as execute.stop_runs records it."""
+    run = make_run(number, status="cancelled", metrics=metrics, error="cancelled: the experiment stopped (goal_met) while it ran", parent=parent)
+    return RunRecord(**{**run, "exit_code": None})
+
+
+def parallel_runs() -> list[RunRecord]:
+    """Four runs in flight at once, in the order they ended: run 4 (on 3) before run 2, run 3 before 2; run 6 was
+    cancelled when run 5 met the goal."""
+    return [
+        make_run(1, metrics={"acc": 0.9}, parent=None),
+        make_run(3, metrics={"acc": 0.93}, parent=1),
+        make_run(4, metrics={"acc": 0.95}, parent=3),
+        make_run(2, metrics={"acc": 0.85}, parent=None),
+        make_run(5, metrics={"acc": 0.99}, parent=4),
+        cancelled_run(6, parent=2, metrics={"acc": 0.995}),
+    ]
+
+
+def test_tree_layout_places_runs_by_their_parent_not_by_when_they_ended():
+    in_order = sorted(parallel_runs(), key=lambda run: run["number"])
+    for ended in (parallel_runs(), list(reversed(in_order))):  # a child ahead of its parent in the list
+        places = tree_layout(ended)
+        assert places == tree_layout(in_order)
+        assert {number: depth for number, (_, depth) in places.items()} == {1: 0, 2: 0, 3: 1, 4: 2, 5: 3, 6: 1}
+        x = {number: x for number, (x, _) in places.items()}
+        assert x[1] == x[3] == x[4] == x[5] < x[2] == x[6]  # draft 1's line, then draft 2 with its cancelled child
+
+
+def test_tree_layout_with_a_gap_where_a_run_is_still_in_flight():
+    # Run 2 trains on; runs 3 and 4 have ended: the tree holds them without it.
+    places = tree_layout([make_run(1, parent=None), make_run(3, parent=1), make_run(4, parent=3)])
+    assert {number: depth for number, (_, depth) in places.items()} == {1: 0, 3: 1, 4: 2}
+
+
+def test_a_cancelled_run_in_the_tree_is_pale_dashed_named_so_and_never_the_best(tmp_path: Path):
+    path = tmp_path / "tree.png"
+    plot_tree(parallel_runs(), "acc", True, path, best=6)  # a caller that passes the cancelled run as best
+
+    assert described_runs(path) == [
+        "1: draft, ok, acc=0.9",
+        "2: draft, ok, acc=0.85",
+        "3: improve ← 1, ok, acc=0.93",
+        "4: improve ← 3, ok, acc=0.95",
+        "5: improve ← 4, ok, acc=0.99",
+        "6: improve ← 2, cancelled while in flight, acc=0.995 when stopped",
+    ]
+    assert node_label(parallel_runs()[-1], "acc") == "6\ncancelled"
+    assert colour_pixels(path, PATH_COLOUR) == 0, "no best run's line drawn to a cancelled run"
+    without = tmp_path / "without.png"
+    plot_tree(parallel_runs()[:-1], "acc", True, without)
+    assert colour_pixels(path, CANCELLED_FILL) > colour_pixels(without, CANCELLED_FILL) + 150  # the node's pale fill
+
+    figure = draw_tree(parallel_runs(), "acc", True, best=5)
+    nodes = {collection.get_label(): collection for collection in figure.axes[0].collections if collection.get_label() in ("ok", "cancelled")}
+    [(_, dashes)] = nodes["cancelled"].get_linestyle()
+    assert dashes, "a dashed outline"
+    assert all(dashes is None for _, dashes in nodes["ok"].get_linestyle())
+    assert [tuple(colour[:3]) for colour in nodes["cancelled"].get_edgecolor()] == [to_rgb(CANCELLED_EDGE)]
+    assert [tuple(colour[:3]) for colour in nodes["cancelled"].get_facecolor()] == [to_rgb(STATUS_COLOURS["cancelled"])]
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert legend[:2] == ["ok", "cancelled"] and legend[2].startswith("best run's line: run 5 ← 4 ← 3 ← 1")
+    assert "6 runs from 2 drafts" in figure.get_suptitle() and "· 1 cancelled" in figure.get_suptitle()
+
+
+def test_the_metric_plot_draws_cancelled_runs_apart_and_never_as_the_best(tmp_path: Path):
+    values = {1: 0.9, 2: 0.85, 3: 0.93, 4: 0.995, 5: 0.97, 6: None}  # 4 and 6 cancelled; 4 had got past every run that ended
+    figure = draw_metric_per_run(values, "acc", True, target="0.99", best=4, cancelled={4, 6})
+
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    assert list(lines["best so far"].get_ydata()) == [0.9, 0.9, 0.93, 0.97]  # run 4's value left out
+    assert list(lines["acc"].get_xdata()) == [1, 2, 3, 5]
+    assert list(lines["cancelled: its value when stopped"].get_xdata()) == [4]
+    assert list(lines["cancelled before it reported a value"].get_xdata()) == [6, 6]
+    assert not any(label.startswith("best:") for label in lines), "no star on a cancelled run"
+    assert "best: run 5" in {line.get_label() for line in draw_metric_per_run(values, "acc", True, best=5, cancelled={4, 6}).axes[0].get_lines()}
+
+    path = tmp_path / "goal.png"
+    plot_metric_per_run(values, "acc", True, path, best=5, cancelled={4, 6})
+    assert described_runs(path) == [
+        "1: acc=0.9",
+        "2: acc=0.85",
+        "3: acc=0.93",
+        "4: cancelled, acc=0.995 when stopped",
+        "5: acc=0.97, best",
+        "6: cancelled, no acc",
+    ]

@@ -17,7 +17,7 @@ from nodes.records import (
     runs_table,
     tasks_text,
 )
-from state import RunAnalysis
+from state import RunAnalysis, RunRecord
 
 
 def test_tasks_text_lists_open_tasks_first():
@@ -185,3 +185,46 @@ def test_runs_table_says_which_run_each_builds_on_and_how():
         ["| 5 ★", "4", "improve", "ok"],
         ["| 6", "1", "improve", "ok"],
     ]
+
+
+# runs in flight: cancelled when another run ended the experiment
+
+
+def cancelled_run(number: int, parent: int | None, metrics: dict[str, float] | None = None) -> RunRecord:
+    """A run stopped in flight when another run ended the experiment, as execute.stop_runs records it."""
+    run = make_run(number, status="cancelled", metrics=metrics, error="cancelled: the experiment stopped (goal_met) while it ran", parent=parent)
+    return RunRecord(**{**run, "exit_code": None})
+
+
+def test_run_line_says_a_cancelled_run_was_stopped_and_its_metrics_are_from_then():
+    assert run_line(cancelled_run(4, parent=1, metrics={"accuracy": 0.97})) == (
+        "run 4: cancelled (the experiment stopped (goal_met) while it ran), 2 s, when stopped: accuracy=0.97"
+    )
+    assert run_line(cancelled_run(5, parent=None)) == "run 5: cancelled (the experiment stopped (goal_met) while it ran), 2 s, when stopped: none found"
+    assert "error" not in run_line(cancelled_run(5, parent=None))
+
+
+def test_runs_table_marks_cancelled_runs_and_never_stars_one():
+    # Runs ended out of order: 3 met the goal while 2 and 4 were in flight; 2 had got further than 3 when stopped.
+    runs = [
+        make_run(1, metrics={"accuracy": 0.8}, parent=None),
+        cancelled_run(2, parent=1, metrics={"accuracy": 0.99}),
+        make_run(3, metrics={"accuracy": 0.96}, parent=1),
+        cancelled_run(4, parent=3),
+    ]
+    table = runs_table(runs, "accuracy >= 0.95").splitlines()
+    why = "cancelled: the experiment stopped (goal_met) while it ran"
+    assert table[2:6] == [
+        "| 1 | — | draft | ok | 1.5 s | 0.8 |  |  |",
+        f"| 2 | 1 | improve | cancelled | 1.5 s | 0.99 | {why} |  |",
+        "| 3 ★ | 1 | improve | ok | 1.5 s | 0.96 |  |  |",
+        f"| 4 | 3 | improve | cancelled | 1.5 s | — | {why} |  |",
+    ]
+    assert table[6:] == [
+        "",
+        "Runs 2, 4 were stopped in flight when the experiment ended: their metrics are the last values their logs showed, and they are not ranked.",
+    ]
+    assert runs_table(runs[:2], "accuracy >= 0.95").splitlines()[-1] == (
+        "Run 2 was stopped in flight when the experiment ended: its metrics are the last values its log showed, and it is not ranked."
+    )
+    assert "stopped in flight" not in runs_table(runs[:1], "accuracy >= 0.95")
