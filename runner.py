@@ -150,7 +150,7 @@ class Session:
 
     def runs(self, values: dict | None = None) -> list[RunRecord]:
         """Every finished run's record, from run_N/result.json (the state only counts them)."""
-        return self.files.read_runs((values if values is not None else self.values()).get("run_count", 0))
+        return self.files.runs_of(values if values is not None else self.values())
 
     def drive(self, *, on_event: Callable[[dict], None], on_update: Callable[[str, dict], None], answer: Callable[[dict], dict]) -> dict:
         """Stream the graph to its end (see drive); the final state.
