@@ -95,7 +95,11 @@ def parse_args(argv: list[str] | None, prog: str = "main.py") -> argparse.Namesp
         "--drafts", type=_like("DRAFTS", "--drafts"), metavar="N", help="how many of the first runs are fresh solutions (default: DRAFTS, else 1 per worker)"
     )
     parser.add_argument(
-        "-w", "--workers", type=_like("WORKERS", "--workers"), metavar="K", help="runs in flight at once; each ended run is analysed while the others train (default: WORKERS, 1)"
+        "-w",
+        "--workers",
+        type=_like("WORKERS", "--workers"),
+        metavar="K",
+        help="runs in flight at once; each ended run is analysed while the others train (default: WORKERS, 1)",
     )
     parser.add_argument(
         "--gpus", type=_like("GPUS", "--gpus"), metavar="LIST", help="GPUs to share out, e.g. 0,1,2,3, or none (default: GPUS, else every GPU nvidia-smi lists)"
@@ -190,7 +194,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
             model_prices=settings.model_prices,
         )
         values = started.values()
-        progress.seed(values, started.files.runs_of(values))  # not 1 to run_count: a run in flight may come before a finished one
+        progress.seed(values, started.runs(values))
         view = _view(args, console, errors, progress)
         on_leave.append(view.stop)
         view.start()
@@ -329,7 +333,7 @@ def _in_flight_line(files: ExperimentFiles, flight: dict, running: bool) -> str:
 def _child_note(files: ExperimentFiles, number: int) -> dict | None:
     """What run `number` wrote of itself while it runs (.runner/child-N.json: its GPUs, when it started), or None."""
     try:
-        note = json.loads((files.private / f"child-{number}.json").read_text(encoding="utf-8"))
+        note = json.loads(files.child_file(number).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return note if isinstance(note, dict) else None

@@ -155,8 +155,8 @@ class Session:
     def drive(self, *, on_event: Callable[[dict], None], on_update: Callable[[str, dict], None], answer: Callable[[dict], dict]) -> dict:
         """Stream the graph to its end (see drive); the final state.
 
-        The runs in flight report their output as it comes, from their own threads, straight to `on_event` (one
-        event at a time, never two at once); whatever still runs when this returns or raises is stopped.
+        The runs in flight report their output as it comes, from their own threads, straight to `on_event`; `on_event`
+        and `on_update` are called one at a time, never two at once. Whatever still runs when this returns or raises is stopped.
         """
         lock = threading.Lock()
 
@@ -164,9 +164,13 @@ class Session:
             with lock:
                 on_event(event)
 
+        def updated(node: str, update: dict) -> None:
+            with lock:
+                on_update(node, update)
+
         listen(self.files.root, one_at_a_time)
         try:
-            return drive(self.app, self.config, self.stream_input, self.settings, on_event=one_at_a_time, on_update=on_update, answer=answer)
+            return drive(self.app, self.config, self.stream_input, self.settings, on_event=one_at_a_time, on_update=updated, answer=answer)
         finally:
             listen(self.files.root, None)
             close_executor(self.files.root)

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ TREE_FIELDS = ("operator", "parent")
 
 _RUNS: dict[Path, dict[int, RunRecord]] = {}
 """The run records read_runs has read, by experiment folder and run number, each read once."""
+_RUNS_LOCK = threading.Lock()
 _PARSED: dict[Path, tuple[tuple[int, int, int], Any]] = {}
 """KEY_FINDINGS.md's sections and tasks.json's tasks as last read or written by this process, with the file's (inode, size,
 mtime) then: a step re-reads a file only when someone else changed it, so its cost does not grow with the experiment."""
@@ -255,7 +257,8 @@ class ExperimentFiles:
         """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
         result = {name: record[name] for name in RESULT_FIELDS}
         write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
-        _RUNS.setdefault(self.root, {}).pop(record["number"], None)  # run again (a resume, a fork): read afresh
+        with _RUNS_LOCK:
+            _RUNS.setdefault(self.root, {}).pop(record["number"], None)  # run again (a resume, a fork): read afresh
 
     def read_runs(self, count: int, in_flight: Collection[int] = ()) -> list[RunRecord]:
         """The records of the finished runs among 1 to `count`, from their result.json, in order; the runs `in_flight` are left out.
@@ -265,14 +268,15 @@ class ExperimentFiles:
         a step costs nothing per earlier run. Records past `count`, and of runs in flight, are forgotten (a resume or
         a fork from an earlier checkpoint runs them again). ExperimentInputError when one is missing or unreadable.
         """
-        known = _RUNS.setdefault(self.root, {})
-        for number in [number for number in known if number > count or number in in_flight]:
-            del known[number]
-        if len(known) + len(in_flight) < count:
-            for number in range(1, count + 1):
-                if number not in known and number not in in_flight:
-                    known[number] = self._read_run(number, known)
-        return [known[number] for number in range(1, count + 1) if number in known]
+        with _RUNS_LOCK:  # a run in flight records itself from its own thread (write_result)
+            known = _RUNS.setdefault(self.root, {})
+            for number in [number for number in known if number > count or number in in_flight]:
+                del known[number]
+            if len(known) + len(in_flight) < count:
+                for number in range(1, count + 1):
+                    if number not in known and number not in in_flight:
+                        known[number] = self._read_run(number, known)
+            return [known[number] for number in range(1, count + 1) if number in known]
 
     def runs_of(self, state: Mapping[str, Any]) -> list[RunRecord]:
         """The finished runs of an experiment state: those given out (run_count + in flight), less those in flight."""

@@ -150,16 +150,16 @@ def run_script(
     _become_subreaper()
     start = time.monotonic()
     with CappedLog(log_path, limits.log_max_bytes) as log:
-        proc = subprocess.Popen(
-            command,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            start_new_session=True,
-        )
-        with _running_lock:
+        with _running_lock:  # the runs beside this one must never see the child before it is known as a run's own
+            proc = subprocess.Popen(
+                command,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+            )
             _running.add(proc.pid)
         with contextlib.suppress(OSError):  # a bigger pipe: fewer, larger reads while the script floods its output
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_BYTES)

@@ -1,13 +1,17 @@
 """What the person watching sees: a live view on a terminal, one plain line per event elsewhere, or nothing but the outcome.
 
 All three are fed the same way, by main.py from the graph's stream: `event()` for each custom event the
-nodes emit (stage, output, run_done, ...) and `update()` for each node's state update (latest_run, next_run,
-usage, goal). Every run is named with how it came about (search.origin): `draft`, `improve ← 3`, `debug ← 4`.
+nodes emit (stage, run_started, output, run_done, ...) and `update()` for each node's state update (latest_run,
+next_run, in_flight, usage, goal). Every run is named with how it came about (search.origin): `draft`, `improve ← 3`.
+
+With WORKERS > 1 several runs are in flight at once and their events come interleaved, from the runs' own threads
+as well as the graph's: every view takes Progress.lock for each event and update, and the live view for each frame.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -23,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adapters.logs import RunProgress, format_metrics, latest_progress, one_line, parse_metrics, parse_progress
+from adapters.terminal import KeyReader
 from goal import best_run, parse_goal
 from search import origin
 from state import add_usage, spend
@@ -60,9 +65,73 @@ def elapsed(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def devices_text(gpus: list[str]) -> str:
+    """The devices a run was given, as CUDA_VISIBLE_DEVICES names them: `GPU 0`, `GPUs 0,1`, or `CPU` when none."""
+    if not gpus:
+        return "CPU"
+    return f"GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}"
+
+
+@dataclass
+class Running:
+    """A run in flight as the views follow it: from its execute stage (or its first event) until its run_done."""
+
+    number: int
+    submitted: float
+    """time.monotonic() when the view first heard of it."""
+    operator: str | None = None
+    parent: int | None = None
+    started: float | None = None
+    """time.monotonic() when its train.py started (run_started); None while it waits for a device."""
+    gpus: list[str] = field(default_factory=list)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Every metric its output named so far, the newest value of each."""
+    latest: dict[str, float] = field(default_factory=dict)
+    """The metrics of its newest output line that named any."""
+    progress: RunProgress | None = None
+    """Its newest progress line (tqdm bar, `epoch 3/10`...), if it printed one."""
+    progress_at: float = 0.0
+    """When `progress` was seen, for the time left."""
+
+    @property
+    def since(self) -> float:
+        """When its time started: when train.py started, else when it was submitted."""
+        return self.started if self.started is not None else self.submitted
+
+    @property
+    def how(self) -> str:
+        """How it came about (search.origin: `improve ← 3`); empty until an event says."""
+        return origin({"operator": self.operator, "parent": self.parent}) if self.operator else ""
+
+    def hear(self, lines: list[str]) -> None:
+        """Take in output lines: metrics from each, progress from the newest only (a flood costs no more), the tail's last lines."""
+        for line in lines:
+            if found := parse_metrics(line):
+                self.metrics.update(found)
+                self.latest = found
+        if found_progress := latest_progress(lines):
+            self.progress, self.progress_at = found_progress, time.monotonic()
+        self.tail.extend(as_shown(line) for line in lines[-TAIL_LINES:])
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds the script has left by its newest progress line: the bar's own estimate, else its time so far scaled by
+        the fraction still to do; None without a progress line (or at 0%)."""
+        progress = self.progress
+        if progress is None:
+            return None
+        since = now - self.progress_at
+        if progress.left_s is not None:
+            return max(progress.left_s - since, 0.0)
+        if progress.fraction <= 0:
+            return None
+        run_time = self.progress_at - self.since
+        return max(run_time * (1 - progress.fraction) / progress.fraction - since, 0.0)
+
+
 @dataclass
 class Progress:
-    """Where the experiment stands, kept up to date from the stream; the views only read it."""
+    """Where the experiment stands, kept up to date from the stream; the views only read it (under `lock`)."""
 
     experiment: str
     max_runs: int
@@ -72,94 +141,134 @@ class Progress:
     model_prices: dict[str, list[float]] = field(default_factory=dict)
     goal: str = ""
     runs: list[dict] = field(default_factory=list)
-    """The finished runs' records, in run order: read from files when the view starts, then each latest_run update."""
+    """The ended runs' records, in run order: read from files when the view starts, then from each run_done and latest_run."""
     coming: dict | None = None
     """The coming run as the search chose it (state.NextRun: number, operator, parent, reason, and change once codegen names it)."""
     usage: list[dict] = field(default_factory=list)
     stage: str = ""
     stage_run: int | None = None
     stage_model: str | None = None
+    stage_reason: str = ""
+    """Why the stage runs, when its event says (wait: why no new run starts)."""
     stage_started: float = field(default_factory=time.monotonic)
     started: float = field(default_factory=time.monotonic)
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
-    live_metrics: dict[str, float] = field(default_factory=dict)
-    run_progress: RunProgress | None = None
-    """The running script's latest progress line (tqdm bar, `epoch 3/10`...), if it printed one."""
-    run_progress_at: float = 0.0
-    """When run_progress was seen, for the time left."""
+    in_flight: dict[int, Running] = field(default_factory=dict)
+    """The runs in flight by number, in the order the view heard of them."""
+    ended: set[int] = field(default_factory=set)
+    """The runs seen to end: an event the stream brings after the run's own thread said it ended does not bring it back."""
     halted: tuple[str, int | None, str] | None = None
     """(stage, run, stop reason) of the stage that was cut short (fatal, llm_unavailable, interrupted), once its update says so."""
+    halted_at: float | None = None
+    """When the halt was heard: the runs in flight were stopped then, and their time stops with it."""
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    """Held for each event, update and frame: the runs' threads, the graph's stream and the live view's redraws take turns."""
 
     def seed(self, values: dict, runs: list[dict]) -> None:
-        """Start from a saved state (a resume) and its finished runs, which live in files, not in the state (ExperimentFiles.read_runs)."""
-        self.goal = values.get("goal", "") or self.goal
-        self.max_runs = values.get("max_runs") or self.max_runs
-        self.runs = list(runs)
-        self.coming = values.get("next_run")
-        self.usage = list(values.get("usage", []))
+        """Start from a saved state (a resume) and its finished runs, which live in files, not in the state (ExperimentFiles.runs_of)."""
+        with self.lock:
+            self.goal = values.get("goal", "") or self.goal
+            self.max_runs = values.get("max_runs") or self.max_runs
+            self.runs = list(runs)
+            self.coming = values.get("next_run")
+            self.usage = list(values.get("usage", []))
+            for flight in values.get("in_flight") or []:  # they start again: their run_started comes
+                self._hear_of(flight["number"], flight.get("operator"), flight.get("parent"))
 
     def event(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "stage":
-            self.stage, self.stage_run, self.stage_model = event["stage"], event.get("run"), event.get("model")
-            self.stage_started = time.monotonic()
-            if "operator" in event:  # summarize and codegen say what the coming run does
-                known = self.coming if self.coming and self.coming["number"] == event.get("run") else {}
-                self.coming = {**known, "number": event.get("run"), "operator": event["operator"], "parent": event.get("parent")}
-                if event.get("reason"):
-                    self.coming["reason"] = event["reason"]
-            if self.stage == "execute":
-                self.tail.clear()
-                self.live_metrics = {}
-                self.run_progress = None
-        elif kind == "output":
-            for line in event["lines"]:
-                self.live_metrics.update(parse_metrics(line))
-            if found := latest_progress(event["lines"]):  # the newest lines only: a flood costs no more
-                self.run_progress, self.run_progress_at = found, time.monotonic()
-            self.tail.extend(as_shown(line) for line in event["lines"][-TAIL_LINES:])
-        elif kind == "output_redraw" and (found := parse_progress(event["line"])):  # a bar redrawn in place, not ended yet
-            self.run_progress, self.run_progress_at = found, time.monotonic()
+        with self.lock:
+            kind = event.get("event")
+            if kind == "stage":
+                self._stage(event)
+            elif kind == "run_started":  # (again, after a resume: what was heard of it before is over)
+                number, now = event["run"], time.monotonic()
+                known = self.in_flight.get(number)
+                self.ended.discard(number)
+                gpus = list(event.get("gpus") or [])
+                self.in_flight[number] = Running(number, known.submitted if known else now, event.get("operator"), event.get("parent"), started=now, gpus=gpus)
+            elif kind == "output" and (running := self._hear_of(event.get("run"))):
+                running.hear(event["lines"])
+            elif kind == "output_redraw" and (running := self._hear_of(event.get("run"))) and (found := parse_progress(event["line"])):
+                running.progress, running.progress_at = found, time.monotonic()  # a bar redrawn in place, not ended yet
+            elif kind == "run_done":  # in the table at once; wait's latest_run brings its whole record
+                record = {"number": event["run"], "status": event["status"], "exit_code": None, "duration_s": event["duration_s"], "metrics": event["metrics"]}
+                self._ended(event["run"], {**record, "error": "", "operator": event.get("operator"), "parent": event.get("parent")})
+
+    def _stage(self, event: dict) -> None:
+        self.stage, self.stage_run, self.stage_model = event["stage"], event.get("run"), event.get("model")
+        self.stage_reason = event.get("reason") or ""
+        self.stage_started = time.monotonic()
+        if "operator" in event:  # summarize, codegen and execute say what the coming run does
+            known = self.coming if self.coming and self.coming["number"] == event.get("run") else {}
+            self.coming = {**known, "number": event.get("run"), "operator": event["operator"], "parent": event.get("parent")}
+            if event.get("reason"):
+                self.coming["reason"] = event["reason"]
+        if self.stage == "execute":  # submitted: it trains, or waits for a device
+            how = self.coming if self.coming and self.coming["number"] == self.stage_run else {}
+            self._hear_of(self.stage_run, how.get("operator"), how.get("parent"))
+
+    def _hear_of(self, number: int | None, operator: str | None = None, parent: int | None = None) -> Running | None:
+        """Run `number` in flight, known from now on; None for a run seen to end (or no run)."""
+        if number is None or number in self.ended:
+            return None
+        running = self.in_flight.get(number)
+        if running is None:
+            running = self.in_flight[number] = Running(number, submitted=time.monotonic())
+        if operator and not running.operator:
+            running.operator, running.parent = operator, parent
+        return running
+
+    def _ended(self, number: int, record: dict | None = None) -> None:
+        """Run `number` ended: out of flight for good, and its `record` into the runs (a record sent again, by latest_run
+        or a resumed step, replaces the first)."""
+        self.in_flight.pop(number, None)
+        self.ended.add(number)
+        if record is not None:
+            self.runs = sorted([*(run for run in self.runs if run["number"] != number), record], key=lambda run: run["number"])
 
     def update(self, node: str, update: dict | None) -> None:
         if not isinstance(update, dict):
             return
-        self.goal = update.get("goal") or self.goal
-        self.max_runs = update.get("max_runs") or self.max_runs
-        if latest := update.get("latest_run"):  # a resumed step may send the same run again: it replaces the first
-            self.runs = sorted([*(run for run in self.runs if run["number"] != latest["number"]), latest], key=lambda run: run["number"])
-        if "next_run" in update:
-            self.coming = update["next_run"]
-        self.usage = add_usage(self.usage, update.get("usage", []))  # summed as the state sums it: a few entries, however many calls
-        if (halted := update.get("halted")) and halted.get("stage") == node:  # a resumed stage that succeeds carries halted: None
-            self.halted = (node, self.stage_run if self.stage == node else None, update.get("stop_reason") or "")
+        with self.lock:
+            self.goal = update.get("goal") or self.goal
+            self.max_runs = update.get("max_runs") or self.max_runs
+            if latest := update.get("latest_run"):
+                self._ended(latest["number"], latest)
+            if "in_flight" in update:
+                listed = update["in_flight"] or []
+                for number in [] if listed else list(self.in_flight):  # none left (the final stop cancelled them), whatever the view missed
+                    self._ended(number)
+                for flight in listed:  # a resumed runner's, before they start again
+                    self._hear_of(flight["number"], flight.get("operator"), flight.get("parent"))
+            if "next_run" in update:
+                self.coming = update["next_run"]
+            self.usage = add_usage(self.usage, update.get("usage", []))  # summed as the state sums it: a few entries, however many calls
+            if (halted := update.get("halted")) and halted.get("stage") == node:  # a resumed stage that succeeds carries halted: None
+                self.halted = (node, self.stage_run if self.stage == node else None, update.get("stop_reason") or "")
+                self.halted_at = time.monotonic()
 
-    def time_left(self) -> float | None:
-        """Seconds the running script has left by its latest progress line: the bar's own estimate, else the run's
-        time so far scaled by the fraction still to do; None without a progress line (or at 0%)."""
-        progress, now = self.run_progress, time.monotonic()
-        if progress is None:
-            return None
-        since = now - self.run_progress_at
-        if progress.left_s is not None:
-            return max(progress.left_s - since, 0.0)
-        if progress.fraction <= 0:
-            return None
-        run_time = self.run_progress_at - self.stage_started
-        return max(run_time * (1 - progress.fraction) / progress.fraction - since, 0.0)
+    def in_flight_runs(self) -> list[Running]:
+        """The runs in flight, by number: the live view's lines, which keys 1–9 pick."""
+        return sorted(self.in_flight.values(), key=lambda running: running.number)
+
+    def followed(self, choice: int | None = None) -> Running | None:
+        """The run the output tail follows: run `choice` while it is in flight, else the newest started (else submitted)."""
+        if choice in self.in_flight:
+            return self.in_flight[choice]
+        return max(self.in_flight.values(), key=lambda running: (running.started is not None, running.since, running.number), default=None)
 
     @property
     def best(self) -> dict | None:
         return best_run(self.runs, self.goal)
 
     def origin_of(self, number: int | None) -> str:
-        """How run `number` came about (`improve ← 3`), by its record or the search's choice; empty when neither says."""
+        """How run `number` came about (`improve ← 3`), by its record, the search's choice or its flight; empty when none says."""
         for run in reversed(self.runs):
             if run["number"] == number and run.get("operator"):
                 return origin(run)
         if self.coming and self.coming["number"] == number:
             return origin(self.coming)
-        return ""
+        running = self.in_flight.get(number) if number is not None else None
+        return running.how if running is not None else ""
 
     def coming_detail(self) -> str:
         """What the stage's run sets out to do, in words: the change codegen named, else why the search chose it."""
@@ -173,6 +282,13 @@ class Progress:
         if parsed and parsed.metric in run["metrics"]:
             return f"{parsed.metric}={run['metrics'][parsed.metric]:.6g}"
         return format_metrics(run["metrics"]) if not parsed else "-"
+
+    def latest_metric(self, running: Running) -> str:
+        """A run in flight's latest word on how it does: the goal's metric once it printed it, else its newest line's metrics."""
+        parsed = parse_goal(self.goal)
+        if parsed and parsed.metric in running.metrics:
+            return format_metrics({parsed.metric: running.metrics[parsed.metric]})
+        return format_metrics(running.latest) if running.latest else ""
 
     def spent(self) -> str:
         tokens = sum(u["input_tokens"] + u["output_tokens"] for u in self.usage)
@@ -190,9 +306,18 @@ def stage_title(progress: Progress) -> str:
 
 # The live view: one renderable, redrawn a few times a second.
 
+KEYS_HINT = "Tab: next run · 1–9: the run on that line · 0: the newest"
+"""What the keys do, under the output tail while more than one run is in flight (LiveView.on_key)."""
 
-def render_live(progress: Progress) -> RenderableType:
-    """The whole live view for `progress` as it is now."""
+
+def render_live(progress: Progress, follow: int | None = None, keys: bool = False) -> RenderableType:
+    """The whole live view for `progress` as it is now; the output tail follows run `follow` while it is in flight, else
+    the newest; `keys`: the keys that pick the run are read (and named under the tail)."""
+    with progress.lock:  # a snapshot: the runs' threads change the progress while the frame is drawn
+        return _render_live(progress, follow, keys)
+
+
+def _render_live(progress: Progress, follow: int | None, keys: bool) -> RenderableType:
     now = time.monotonic()
     parts: list[RenderableType] = [_header(progress)]
 
@@ -207,7 +332,7 @@ def render_live(progress: Progress) -> RenderableType:
     parts.append(bar)
     halted_here = progress.halted is not None and progress.halted[0] == progress.stage
     if progress.stage and not halted_here:
-        detail = progress.coming_detail()
+        detail = progress.coming_detail() or one_line(progress.stage_reason)
         title = Text.assemble((stage_title(progress), "bold cyan"), f"  {elapsed(now - progress.stage_started)}", (f"  {detail}" if detail else "", "dim"))
         title.no_wrap, title.overflow = True, "ellipsis"
         line = Table.grid()  # the spinner wraps a plain Text anew, which would wrap a long reason over lines
@@ -217,12 +342,13 @@ def render_live(progress: Progress) -> RenderableType:
         stage, run, reason = progress.halted
         mark, words, style = halt_mark(reason)
         parts.append(Text(f"{mark} {f'run {run} · ' if run else ''}{stage} {words}", style=f"bold {style}"))
-    if progress.stage == "execute":
-        tail = Text("\n".join(progress.tail) or "(no output yet)", no_wrap=True, overflow="ellipsis", style="dim")
-        parts.append(Panel(tail, title=f"run {progress.stage_run} · output.log (last {TAIL_LINES} lines)", title_align="left", border_style="dim"))
-        if progress.run_progress and not halted_here:
-            parts.append(progress_bar(progress.run_progress, progress.time_left()))
-        parts.append(Text(f"latest metrics: {format_metrics(progress.live_metrics)}"))
+    if (shown := progress.followed(follow)) is not None:
+        parts.append(in_flight_table(progress, shown, now))
+        tail = Text("\n".join(shown.tail) or "(no output yet)", no_wrap=True, overflow="ellipsis", style="dim")
+        hint = Text(KEYS_HINT) if keys and len(progress.in_flight) > 1 else None
+        title = f"run {shown.number} · output.log (last {TAIL_LINES} lines)"
+        parts.append(Panel(tail, title=title, title_align="left", subtitle=hint, subtitle_align="right", border_style="dim"))
+        parts.append(Text(f"latest metrics: {format_metrics(shown.metrics)}"))
     if progress.runs:
         parts.append(runs_table(progress))
     if progress.usage:
@@ -230,16 +356,36 @@ def render_live(progress: Progress) -> RenderableType:
     return Group(*parts)
 
 
-def progress_bar(run_progress: RunProgress, left: float | None) -> Table:
-    """The running script's progress as its output says it: what is counted, a bar, the percentage and the time left."""
-    row = Table.grid(padding=(0, 1))
-    row.add_row(
-        Text(run_progress.counted, style="bold"),
-        ProgressBar(total=1.0, completed=run_progress.fraction, width=30),
-        Text(f"{run_progress.fraction:.0%}"),
-        Text(f"ETA {elapsed(left)}" if left is not None else "ETA unknown", style="dim"),
-    )
-    return row
+def in_flight_table(progress: Progress, shown: Running, now: float) -> Table:
+    """One line per run in flight: ▸ marks the one the tail follows; how it came about, its devices, its time so far, its
+    latest metric and its progress bar. After a halt the runs were stopped: their time stops and their bars go."""
+    table = Table.grid(padding=(0, 2))
+    for name in ("run", "from", "devices", "time", "metric", "counted", "bar", "percent", "left"):
+        # Only the metric and what is counted give way on a narrow terminal, cut with an ellipsis (their Text's no_wrap).
+        table.add_column(
+            name, no_wrap=name not in ("metric", "counted"), max_width=28 if name == "metric" else None, justify="right" if name == "time" else "left"
+        )
+    until = min(now, progress.halted_at) if progress.halted_at is not None else now
+    for running in progress.in_flight_runs():
+        here = running is shown
+        devices = devices_text(running.gpus) if running.started is not None else "waiting"
+        cells: list[RenderableType] = [
+            Text(f"{'▸' if here else ' '} run {running.number}", style="bold" if here else ""),
+            Text(running.how),
+            Text(devices, style="dim"),
+            Text(elapsed(max(until - running.since, 0.0))),
+            Text(progress.latest_metric(running), no_wrap=True, overflow="ellipsis"),
+        ]
+        if running.progress is not None and progress.halted is None:
+            left = running.time_left(now)
+            cells += [
+                Text(running.progress.counted, style="bold", no_wrap=True, overflow="ellipsis"),
+                ProgressBar(total=1.0, completed=running.progress.fraction, width=10),
+                Text(f"{running.progress.fraction:.0%}"),
+                Text(f"ETA {elapsed(left)}" if left is not None else "ETA unknown", style="dim"),
+            ]
+        table.add_row(*cells)
+    return table
 
 
 def _header(progress: Progress) -> Panel:
@@ -263,7 +409,7 @@ def runs_table(progress: Progress, limit: int = 12) -> Table:
             shown = [best, *shown[1:]]  # the best run stays in sight
     for run in shown:
         star = " ★" if best is not None and run["number"] == best["number"] else ""
-        style = {"ok": "green", "failed": "red", "timeout": "yellow"}.get(run["status"], "")
+        style = {"ok": "green", "failed": "red", "timeout": "yellow", "cancelled": "dim"}.get(run["status"], "")
         table.add_row(f"{run['number']}{star}", run_origin(run), Text(run["status"], style=style), f"{run['duration_s']:.1f} s", progress.goal_value(run))
     return table
 
@@ -300,9 +446,13 @@ def event_line(event: dict) -> Text | None:
         line = Text(f"▶ {run}{event['stage']}{how}", style="bold cyan")
         if event.get("model"):
             line.append(f" ({event['model']})", style="dim")
+        if event.get("in_flight", 0) > 1:
+            line.append(f" · {event['in_flight']} in flight", style="dim")
         return line.append(f" · {one_line(event['reason'])}", style="dim") if event.get("reason") else line
+    if kind == "run_started" and event.get("gpus"):  # on a CPU it starts as it is submitted: its execute line said so
+        return Text(f"▷ run {event['run']} started on {devices_text(event['gpus'])}{how}", style="cyan")
     if kind == "run_done":
-        colour = "green" if event["status"] == "ok" else "red"
+        colour = {"ok": "green", "cancelled": "yellow"}.get(event["status"], "red")
         line = Text(f"■ run {event['run']} {event['status']}", style=colour)
         return line.append(f" in {event['duration_s']:.1f} s{how} · metrics: {format_metrics(event['metrics'])}")
     if kind == "analysis":
@@ -315,14 +465,15 @@ def event_line(event: dict) -> Text | None:
 
 
 class PlainView:
-    """One line per event: stage started or finished, run result, analysis, warnings; the script's output dimmed."""
+    """One line per event: stage started or finished, run result, analysis, warnings; the scripts' output dimmed, each
+    line after its run's number (`  run 3 │ epoch 1/4`), however many runs are in flight."""
 
     def __init__(self, console: Console, progress: Progress, echo_output: bool = True):
         self.console = console
         self.progress = progress
         self.echo_output = echo_output
-        self.progress_shown: tuple[RunProgress | None, float] = (None, 0.0)
-        """The progress line printed last, and when."""
+        self.progress_shown: dict[int, tuple[RunProgress, float]] = {}
+        """Each run's progress line printed last, and when."""
 
     def start(self) -> None:
         p = self.progress
@@ -331,39 +482,50 @@ class PlainView:
         self.console.print(Text(f"experiment {p.experiment}{goal} · sandbox: {p.sandbox} · models: {models}"), soft_wrap=True)
 
     def event(self, event: dict) -> None:
-        self.progress.event(event)
-        if event.get("event") == "output":
-            if self.echo_output:
-                self.echo(event["lines"])
-            self.show_progress()
-        elif event.get("event") == "output_redraw":
-            self.show_progress()
-        elif line := event_line(event):
-            self.console.print(line, soft_wrap=True)
+        with self.progress.lock:  # a run's output and the graph's lines never mix within a line
+            self.progress.event(event)
+            kind = event.get("event")
+            if kind == "output":
+                if self.echo_output:
+                    self.echo(event.get("run"), event["lines"])
+                self.show_progress(event.get("run"))
+            elif kind == "output_redraw":
+                self.show_progress(event.get("run"))
+            elif line := event_line(event):
+                self.console.print(line, soft_wrap=True)
 
-    def echo(self, lines: list[str]) -> None:
-        """The script's output lines, dimmed, written straight to the console's file in one write.
+    def echo(self, run: int | None, lines: list[str]) -> None:
+        """Run `run`'s output lines, dimmed, after its number, written straight to the console's file in one write.
 
         Through rich, 200 long lines cost the main thread some 50 ms, and a flood brings such a batch every
         poll: time the thread copying the output into output.log waits for (the GIL). This costs 2 ms.
         """
         dim, undim = ("\x1b[2m", "\x1b[0m") if self.console.color_system else ("", "")
-        self.console.file.write("".join(f"{dim}  │ {as_shown(line)}{undim}\n" for line in lines))
+        gutter = f"  run {run} │ " if run is not None else "  │ "
+        self.console.file.write("".join(f"{dim}{gutter}{as_shown(line)}{undim}\n" for line in lines))
         self.console.file.flush()
 
-    def show_progress(self) -> None:
-        """A line with the run's percentage and time left, when its progress moved, at most every PROGRESS_EVERY_S."""
-        p, now = self.progress, time.monotonic()
-        shown, shown_at = self.progress_shown
-        if p.run_progress is None or p.run_progress == shown or now - max(shown_at, p.stage_started) < PROGRESS_EVERY_S:
+    def show_progress(self, run: int | None) -> None:
+        """A line with the run's percentage and time left, when its progress moved, at most every PROGRESS_EVERY_S per run."""
+        running = self.progress.in_flight.get(run) if run is not None else None
+        if running is None or running.progress is None:
             return
-        self.progress_shown = (p.run_progress, now)
-        left = p.time_left()
-        line = f"  ⋯ run {p.stage_run} · {p.run_progress.counted} ({p.run_progress.fraction:.0%})" + (f" · ETA {elapsed(left)}" if left is not None else "")
-        self.console.print(Text(line, style="cyan"), soft_wrap=True)
+        now = time.monotonic()
+        shown, shown_at = self.progress_shown.get(running.number, (None, 0.0))
+        if running.progress == shown or now - max(shown_at, running.since) < PROGRESS_EVERY_S:
+            return
+        self.progress_shown[running.number] = (running.progress, now)
+        left = running.time_left(now)
+        eta = f" · ETA {elapsed(left)}" if left is not None else ""
+        self.console.print(Text(f"  ⋯ run {running.number} · {running.progress.counted} ({running.progress.fraction:.0%}){eta}", style="cyan"), soft_wrap=True)
 
     def update(self, node: str, update: dict | None) -> None:
-        self.progress.update(node, update)
+        with self.progress.lock:
+            self.progress.update(node, update)
+            self.print_update(node, update)
+
+    def print_update(self, node: str, update: dict | None) -> None:
+        """`✓ node (time) · spent`, with what the update says worth a word (the goal, the change named); or how it was cut short."""
         seconds = time.monotonic() - self.progress.stage_started
         halted = update.get("halted") if isinstance(update, dict) else None
         if halted and halted.get("stage") == node:
@@ -406,40 +568,65 @@ class QuietView(PlainView):
 
 
 class LiveView:
-    """The live view on a terminal: header, runs progress, the stage with its spinner, the output tail, runs and tokens."""
+    """The live view on a terminal: header, runs progress, the stage with its spinner, the runs in flight, the output
+    tail of one of them (picked with keys: see on_key), runs and tokens."""
 
-    def __init__(self, console: Console, progress: Progress):
+    def __init__(self, console: Console, progress: Progress, keys: KeyReader | None = None):
         self.console = console
         self.progress = progress
+        self.keys = keys if keys is not None else KeyReader()
+        self.reading_keys = False
+        self.follow: int | None = None
+        """The run the output tail follows, picked with a key; None: the newest started."""
         self.live = self._new_live()
 
     def _new_live(self) -> Live:
-        return Live(console=self.console, get_renderable=lambda: render_live(self.progress), refresh_per_second=4, transient=False)
+        def frame() -> RenderableType:
+            return render_live(self.progress, self.follow, keys=self.reading_keys)
+
+        return Live(console=self.console, get_renderable=frame, refresh_per_second=4, transient=False)
 
     def start(self) -> None:
+        self.reading_keys = self.keys.start(self.on_key)
         self.live.start()
 
     def event(self, event: dict) -> None:
-        self.progress.event(event)
+        self.progress.event(event)  # not holding the lock while printing: a redraw holds Live's lock and then takes it
         if event.get("event") in ("warning", "analysis", "syntax_retry"):  # kept above the view, as a log
             self.live.console.print(event_line(event), soft_wrap=True)
 
     def update(self, node: str, update: dict | None) -> None:
         self.progress.update(node, update)
 
+    def on_key(self, key: str) -> None:
+        """Tab: the output tail follows the next run in flight; 1–9: the run on that line; 0: the newest again."""
+        with self.progress.lock:
+            lines = self.progress.in_flight_runs()
+            if key == "\t" and (shown := self.progress.followed(self.follow)) is not None:
+                self.follow = lines[(lines.index(shown) + 1) % len(lines)].number
+            elif "1" <= key <= "9" and int(key) <= len(lines):
+                self.follow = lines[int(key) - 1].number
+            elif key == "0":
+                self.follow = None
+
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Stop redrawing while the terminal is needed for something else (the review prompt)."""
+        """Stop redrawing, and reading keys, while the terminal is needed for something else (the review prompt)."""
+        self.keys.stop()
         self.live.stop()
         try:
             yield
         finally:
             self.live = self._new_live()  # a restarted Live would redraw over what was printed meanwhile
+            self.reading_keys = self.keys.start(self.on_key)
             self.live.start()
 
     def stop(self) -> None:
-        """Draw the last frame without the spinner and give the terminal back (cursor included)."""
+        """Give the terminal back as it was (its settings, the cursor), after a last frame without the spinner."""
+        self.keys.stop()
+        self.reading_keys = False
         if self.live.is_started:
-            self.progress.stage = ""
+            with self.progress.lock:
+                self.progress.stage = ""
             self.live.refresh()
             self.live.stop()

@@ -49,12 +49,11 @@ def after_summarize(state: ExperimentState) -> Literal["codegen", "wait", "repor
     return "codegen"
 
 
-def after_execute(state: ExperimentState, runtime: Runtime[Settings]) -> Literal["summarize", "wait", "report"]:
+def after_execute(state: ExperimentState) -> Literal["summarize", "wait", "report"]:
     """Another run while a worker is free (its code is written while the others train); else wait for the first to end."""
     if state.get("halted"):
         return "report"
-    workers = runtime.context.workers if runtime.context is not None else settings_for(state, runtime).workers
-    return "summarize" if len(state.get("in_flight") or []) < workers else "wait"
+    return "summarize" if len(state.get("in_flight") or []) < state.get("workers", 1) else "wait"
 
 
 def after_review(state: ExperimentState) -> Literal["codegen", "execute", "report"]:

@@ -70,7 +70,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
     pool.submit(run_job(files, settings, flight, mode))
     pool.relay(runtime.stream_writer)
-    return {"in_flight": [*in_flight, flight]}
+    return {"in_flight": [*in_flight, flight], "workers": settings.workers}
 
 
 def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
@@ -78,6 +78,8 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
     in_flight = list(state.get("in_flight") or [])
+    if not in_flight:
+        raise ValueError("wait was entered with no run in flight")
     mode = _sandbox_mode(settings, runtime)
     pool = executor_for(files.root, _devices(settings))
     recorded = _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
@@ -265,8 +267,8 @@ def _resubmit_unknown(
     for flight in in_flight:
         if pool.knows(flight["number"]):
             continue
-        if recorded is None and (record := files.read_result(flight["number"])) is not None:
-            recorded = (flight, record)
+        if (record := files.read_result(flight["number"])) is not None:  # ended: never run again; the next wait takes the others
+            recorded = recorded or (flight, record)
             continue
         runtime.stream_writer({"event": "warning", "message": f"run {flight['number']} was in flight when the runner stopped: it starts again"})
         pool.submit(run_job(files, settings, flight, mode))

@@ -57,7 +57,7 @@ def digest(files: ExperimentFiles, runs: list[RunRecord], choice: Choice, goal: 
         return "The other drafts (write a different approach):\n" + "\n".join(
             f"{run_line(run)}; approach: {change(run['number']) or '(not analysed)'}" for run in drafts
         )
-    parent = runs[choice.parent - 1]
+    parent = next(run for run in runs if run["number"] == choice.parent)  # runs in flight leave gaps in the numbers
     parts = [
         run_summary(files.run_dir(parent["number"]), parent["number"], parent["status"], parent["exit_code"], parent["duration_s"], parent["error"], python),
         f"Lineage: {lineage_text(runs, parent['number'])}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -84,7 +85,7 @@ def test_sigkill_during_run_two_then_resume_does_not_rerun_run_one(experiment: P
 def test_sigkill_leaves_no_child_behind(experiment: Path, llm_server, hold: Path):
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN.replace("run two", "run one")]))
     runner = start_until_run(experiment, runner_env(server.base_url, HOLD_FILE=str(hold)), max_runs=1, run=1)
-    child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
+    child = json.loads((experiment / ".runner" / "child-1.json").read_text())["pid"]
     runner.kill()
     runner.communicate()
     wait_until(lambda: not _alive(child), timeout=5)
@@ -249,7 +250,7 @@ def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_
     server = llm_server(ScriptedBrain(codes=[HOLDING_TRAIN]))
     env = runner_env(server.base_url, HOLD_FILE=str(hold))
     runner = start_until_run(experiment, env, max_runs=1, run=1)
-    child = json.loads((experiment / ".runner" / "child.json").read_text())["pid"]
+    child = json.loads((experiment / ".runner" / "child-1.json").read_text())["pid"]
     runner.send_signal(signal.SIGINT)
     out, err = runner.communicate(timeout=30)
 
@@ -257,7 +258,7 @@ def test_ctrl_c_during_a_run_kills_it_and_resume_finishes(experiment: Path, llm_
     assert "--resume" in err and "Traceback" not in err
     assert not _alive(child)
     report = (experiment / "REPORT.md").read_text()
-    assert "**interrupted** during execute" in report and "resume with" in report
+    assert "**interrupted** during wait" in report and "resume with" in report
     hold.unlink()
     resumed = run_main(["-d", str(experiment), "--resume"], env)
     assert resumed.returncode == 0, resumed.stderr
@@ -391,3 +392,77 @@ def test_a_training_python_whose_installation_holds_the_home_is_refused_at_start
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"holds the home folder {home}" in result.stderr and "TRAIN_PYTHON" in result.stderr
     assert server.requests == []  # refused before anything is spent
+
+
+# --- status, with runs in flight ---
+
+
+def test_status_lists_each_run_in_flight_with_its_gpu_time_and_progress_and_plain_output_names_the_run(experiment: Path, llm_server, hold: Path):
+    env = runner_env(llm_server(ScriptedBrain(codes=[HOLDING_TRAIN])).base_url, HOLD_FILE=str(hold))
+    runner = start_main(["-d", str(experiment), "-r", "2", "--workers", "2", "--gpus", "0,1"], env)
+    logs = [experiment / f"run_{number}" / "output.log" for number in (1, 2)]
+    wait_until(lambda: all(log.exists() and "epoch 1/4" in log.read_text() for log in logs))
+
+    busy = run_main(["status", "-d", str(experiment)], env)
+
+    assert busy.returncode == 0, busy.stderr
+    lines = busy.stdout.splitlines()
+    assert "goal: accuracy >= 0.9 · runs: 0 of 2 · 2 in flight" in lines
+    flying = lines[lines.index("in flight:") + 1 :][:2]
+    assert [line.split(" · ")[0] for line in flying] == ["  run 1", "  run 2"], busy.stdout
+    assert all(re.fullmatch(r"  run [12] · draft · GPU [01] · 0:\d\d · epoch 1/4 \(25%\)", line) for line in flying), busy.stdout
+    assert {line.split(" · ")[2] for line in flying} == {"GPU 0", "GPU 1"}, "each run on its own GPU"
+    assert "next: run" not in busy.stdout, "no run is coming: both workers are busy and the limit is reached"
+
+    runner.kill()  # the runs stay in the state as in flight: a resume starts them again
+    runner.communicate()
+    wait_until(lambda: "running" not in run_main(["status", "-d", str(experiment)], env).stdout)
+    killed = run_main(["status", "-d", str(experiment)], env).stdout.splitlines()
+    hold.unlink()  # the runs the kill left behind end
+
+    assert "in flight when the runner stopped (a resume starts them again):" in killed
+    stopped = [line for line in killed if line.startswith("  run ")]
+    assert len(stopped) == 2 and all(re.fullmatch(r"  run [12] · draft · GPU [01] · epoch 1/4 \(25%\)", line) for line in stopped), killed
+
+
+def test_plain_output_puts_the_run_number_before_each_line(experiment: Path, llm_server):
+    result = run_main(["-d", str(experiment), "-r", "2", "--workers", "2"], runner_env(llm_server(ScriptedBrain()).base_url))
+
+    assert result.returncode == 0, result.stderr
+    echoed = [line for line in result.stdout.splitlines() if "│ epoch=" in line]
+    assert {line.split(" │ ")[0] for line in echoed} == {"  run 1", "  run 2"}
+    assert len(echoed) == 6 and all(re.fullmatch(r"  run [12] │ epoch=\d loss=[\d.]+ accuracy=[\d.]+", line) for line in echoed)
+
+
+class FakeClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_a_run_in_flight_is_told_from_its_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import main
+    from adapters.files import ExperimentFiles
+
+    files = ExperimentFiles(tmp_path)
+    files.private.mkdir()
+    monkeypatch.setattr(main, "time", FakeClock(1_000_065.0))
+    improve = {"number": 3, "operator": "improve", "parent": 1, "reason": "", "submitted_at": 1.0}
+
+    assert main._in_flight_line(files, improve, running=True) == "run 3 · improve ← 1 · waiting to start"
+    assert main._in_flight_line(files, improve, running=False) == "run 3 · improve ← 1"
+
+    files.run_dir(3).mkdir()
+    (files.run_dir(3) / "output.log").write_text("loading\nepoch 2/4 loss=0.3\n")
+    (files.private / "child-3.json").write_text(json.dumps({"run": 3, "gpus": ["2", "3"], "started": 1_000_000.0, "pid": 1, "cwd": "/", "tree": []}))
+    assert main._in_flight_line(files, improve, running=True) == "run 3 · improve ← 1 · GPUs 2,3 · 1:05 · epoch 2/4 (50%)"
+    assert main._in_flight_line(files, improve, running=False) == "run 3 · improve ← 1 · GPUs 2,3 · epoch 2/4 (50%)", "no time: nothing runs it now"
+
+    (files.private / "child-3.json").write_text("{half a note")  # caught mid-write: its output says it started all the same
+    assert main._in_flight_line(files, improve, running=True) == "run 3 · improve ← 1 · epoch 2/4 (50%)"
+
+    record = {"number": 3, "status": "failed", "exit_code": 1, "duration_s": 2.0, "metrics": {}, "error": "boom", "operator": "improve", "parent": 1}
+    (files.run_dir(3) / "result.json").write_text(json.dumps(record))
+    assert main._in_flight_line(files, improve, running=True) == "run 3 · improve ← 1 · ended: failed", "ended, not yet taken by the runner"

@@ -119,7 +119,7 @@ def test_ctrl_c_stops_the_running_script_and_returns_an_interrupted_experiment(e
 
     assert time.monotonic() - started < 30 and hold.exists()  # the script was killed, not waited for
     assert stopped["stop_reason"] == "interrupted" and stopped["halted"]["stage"] == "wait"
-    assert "**interrupted** during execute" in (experiment / "REPORT.md").read_text()
+    assert "**interrupted** during wait" in (experiment / "REPORT.md").read_text()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the caller's handler is back
 
     hold.unlink()

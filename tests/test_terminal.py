@@ -101,10 +101,9 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
     wait_until(lambda: "epoch 1/4" in (experiment / "run_1" / "output.log").read_text())
     busy = status(experiment, env)
     assert busy.returncode == 0, busy.stderr
-    assert "run 1 in progress: epoch 1/4 (25%)" in busy.stdout
+    assert re.search(r"^  run 1 · draft · CPU · \d+:\d\d · epoch 1/4 \(25%\)$", busy.stdout, re.M), busy.stdout  # the run in flight
     assert f"{experiment}: running (process {runner.pid}, since " in busy.stdout
-    assert "goal: accuracy >= 0.9 · runs: 0 of 2" in busy.stdout and "To go on" not in busy.stdout
-    assert "run 1 · draft: the first run" in busy.stdout, busy.stdout
+    assert "goal: accuracy >= 0.9 · runs: 0 of 2 · 1 in flight" in busy.stdout and "To go on" not in busy.stdout
 
     second = run_main(["-d", str(experiment), "--resume"], env)
     assert second.returncode == 2
@@ -114,7 +113,7 @@ def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_serve
     )
     wide = {**os.environ, "COLUMNS": "160"}  # the runs table's status cell on one line
     viewer = subprocess.run([sys.executable, str(REPO / "view_tasks.py"), "-d", str(experiment)], env=wide, capture_output=True, text=True, timeout=60)
-    assert viewer.returncode == 0 and "running / not finished" in viewer.stdout
+    assert viewer.returncode == 0 and "1 running" in viewer.stdout and re.search(r"│ running\b", viewer.stdout), viewer.stdout
 
     hold.unlink()
     out, err = runner.communicate(timeout=120)
@@ -136,7 +135,7 @@ def test_status_after_a_kill_names_the_next_step_and_the_resume_command(experime
     wait_until(lambda: "running" not in status(experiment, env).stdout)  # the kernel let go of the lock with the process
 
     killed = status(experiment, env)
-    assert f"{experiment}: stopped between steps (next: execute)" in killed.stdout
+    assert f"{experiment}: stopped between steps (next: wait)" in killed.stdout
     assert f"To go on: `python main.py -d {experiment} --resume`" in killed.stdout
 
 

@@ -496,3 +496,32 @@ def test_a_bar_redrawn_in_place_reaches_on_redraw_before_its_line_ends(tmp_path:
     assert redrawn and all(line.startswith("Epoch 1:") and "\r" not in line for line in redrawn)
     assert any("2/4" in line for line in redrawn)  # seen while the bar was at 2 of 4, long before the line ended
     assert lines[-1] == "done"
+
+
+def test_runs_started_at_the_same_moment_keep_their_own_processes(tmp_path: Path):
+    """As a resume restarts the runs in flight: several run_script calls at once, over and over. None may adopt, kill or
+    reap another's child (a child reaped by another run's tree comes back as exit 0 with an empty log)."""
+    ended: list[tuple[int, int, int, str]] = []
+
+    def runs(worker: int) -> None:
+        for attempt in range(10):
+            folder = tmp_path / f"{worker}-{attempt}"
+            folder.mkdir()
+            outcome = run_script(
+                [sys.executable, "-c", "import time; print('hello', flush=True); time.sleep(0.05)"],
+                cwd=folder,
+                log_path=folder / "output.log",
+                limits=Limits(timeout_s=30, max_processes=8192),
+                env={"PATH": os.environ["PATH"]},
+                pid_file=folder / "child.json",
+            )
+            ended.append((worker, attempt, outcome.exit_code, (folder / "output.log").read_text()))
+
+    workers = [threading.Thread(target=runs, args=(worker,)) for worker in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert len(ended) == 40
+    assert [run for run in ended if run[2:] != (0, "hello\n")] == []

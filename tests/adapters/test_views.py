@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import termios
+import threading
+import time
 
 import pytest
 from fakes import make_run
 from rich.console import Console
 
 from adapters import views
+from adapters.terminal import KeyReader
 from adapters.views import LiveView, PlainView, Progress, QuietView, elapsed, render_live
 from state import RunRecord, Usage
 
@@ -72,9 +77,9 @@ def run(
 
 
 def finish(progress: Progress | PlainView | LiveView, *records: RunRecord) -> None:
-    """Execute's update for each record, as the stream brings it: the run that finished last, and how many have."""
+    """Wait's update for each record, as the stream brings it: the run that finished last, and how many have."""
     for record in records:
-        progress.update("execute", {"latest_run": record, "run_count": record["number"]})
+        progress.update("wait", {"latest_run": record, "run_count": record["number"]})
 
 
 def usage(stage: str, model: str, input_tokens: int, output_tokens: int, cost_usd: float | None = None) -> Usage:
@@ -97,6 +102,11 @@ def output(*lines: str, run: int = 1) -> dict:
 
 def run_done(number: int, metrics: dict[str, float], status: str = "ok", duration_s: float = 2.0, operator: str = "draft", parent: int | None = None) -> dict:
     return {"event": "run_done", "run": number, "status": status, "duration_s": duration_s, "metrics": metrics, "operator": operator, "parent": parent}
+
+
+def started(number: int, gpus: list[str], operator: str = "draft", parent: int | None = None) -> dict:
+    """run_started, as a run's thread emits it when its train.py starts on `gpus`."""
+    return {"event": "run_started", "run": number, "operator": operator, "parent": parent, "gpus": gpus, "started": 1.7e9}
 
 
 # --- elapsed ---
@@ -163,13 +173,14 @@ def test_the_tail_shows_a_progress_bar_redrawn_with_carriage_returns_as_a_termin
     progress.event(stage("execute", run=1))
     progress.event(output(" 10%|#         | 1/10\r 50%|#####     | 5/10\r", "\x1b[1mdone\x1b[0m"))
 
-    assert list(progress.tail) == [" 50%|#####     | 5/10", "[1mdone[0m"]
+    assert list(progress.in_flight[1].tail) == [" 50%|#####     | 5/10", "[1mdone[0m"]
 
 
-def test_a_new_execute_stage_starts_with_an_empty_tail():
+def test_a_runs_tail_goes_when_it_ends_and_the_next_run_starts_with_an_empty_one():
     progress = make_progress()
     progress.event(stage("execute", run=1))
     progress.event(output("epoch=1 loss=0.5"))
+    progress.event(run_done(1, {"loss": 0.5}))
     progress.event(stage("analyze", run=1, model="small-model"))
     assert "output.log" not in render(progress), "the tail is shown only while a script runs"
 
@@ -382,8 +393,10 @@ def feed_a_run(view: PlainView, clock: Clock) -> None:
     view.event({"event": "syntax_retry", "run": 1, "error": "line 3: invalid syntax"})
     clock.now += 12
     view.update("codegen", {"usage": [usage("codegen", "coder", 2000, 800), usage("codegen", "coder", 2500, 900)]})
-    view.event(stage("execute", run=1))
+    view.event(chosen("execute", 1, "draft", None) | {"in_flight": 1})
     view.event({"event": "warning", "message": "no GPU found: train.py runs on the CPU"})
+    view.update("execute", {"in_flight": [{"number": 1, "operator": "draft", "parent": None, "reason": "the first run", "submitted_at": 1.0}]})
+    view.event(started(1, gpus=[]))
     view.event(output("epoch=1 loss=0.5", "[done] accuracy=0.9"))
     clock.now += 2
     view.event(run_done(1, {"accuracy": 0.9}))
@@ -403,12 +416,13 @@ PLAIN_TRANSCRIPT = [
     "▶ run 1 · codegen · draft (coder)",
     "! run 1: generated code does not compile (line 3: invalid syntax); asking once more",
     "  ✓ codegen (12.0 s) · 7,400 tokens",
-    "▶ run 1 · execute",
+    "▶ run 1 · execute · draft",
     "! no GPU found: train.py runs on the CPU",
-    "  │ epoch=1 loss=0.5",
-    "  │ [done] accuracy=0.9",
+    "  ✓ execute (0.0 s) · 7,400 tokens",
+    "  run 1 │ epoch=1 loss=0.5",
+    "  run 1 │ [done] accuracy=0.9",
     "■ run 1 ok in 2.0 s · draft · metrics: accuracy=0.9",
-    "  ✓ execute (2.0 s) · 7,400 tokens",
+    "  ✓ wait (2.0 s) · 7,400 tokens",
     "▶ run 1 · analyze (small-model)",
     "✎ run 1: A small MLP reached the goal.",
     "  ✓ analyze (1.0 s) · 7,400 tokens",
@@ -471,7 +485,7 @@ def test_the_plain_view_can_leave_the_scripts_output_out():
     view.event(output("epoch=1 loss=0.5"))
 
     assert console.file.getvalue().splitlines() == ["▶ run 1 · execute"]
-    assert list(view.progress.tail) == ["epoch=1 loss=0.5"], "the progress is kept up to date all the same"
+    assert list(view.progress.in_flight[1].tail) == ["epoch=1 loss=0.5"], "the progress is kept up to date all the same"
 
 
 def test_the_plain_view_shows_the_scripts_output_as_a_terminal_would_leave_it_without_control_characters():
@@ -480,14 +494,14 @@ def test_the_plain_view_shows_the_scripts_output_as_a_terminal_would_leave_it_wi
 
     view.event(output("\x1b[31mred\x1b[0m text\x07", " 10%|#   |\r 50%|#####|\r100%|##########|", "a\tb\x00c\x9bd"))
 
-    assert console.file.getvalue().splitlines() == ["  │ [31mred[0m text", "  │ 100%|##########|", "  │ a\tbcd"]
+    assert console.file.getvalue().splitlines() == ["  run 1 │ [31mred[0m text", "  run 1 │ 100%|##########|", "  run 1 │ a\tbcd"]
 
 
 def test_the_plain_view_dims_the_scripts_output_on_a_terminal():
     console = plain_console(force_terminal=True)
     PlainView(console, make_progress()).event(output("epoch=1"))
 
-    assert console.file.getvalue() == "\x1b[2m  │ epoch=1\x1b[0m\n"
+    assert console.file.getvalue() == "\x1b[2m  run 1 │ epoch=1\x1b[0m\n"
 
 
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
@@ -749,7 +763,7 @@ def test_the_live_view_marks_a_stage_cut_short_instead_of_spinning_and_keeps_the
 def test_the_live_view_marks_an_interrupted_run_and_keeps_its_output_in_sight(clock: Clock):
     progress = make_progress()
     progress.event(stage("execute", run=3))
-    progress.event(output("epoch 2/10 loss=0.4"))
+    progress.event(output("epoch 2/10 loss=0.4", run=3))
     progress.update("execute", halt("execute", "interrupted"))
 
     text = render(progress)
@@ -762,17 +776,20 @@ def test_the_live_view_marks_an_interrupted_run_and_keeps_its_output_in_sight(cl
 def test_the_live_view_shows_the_runs_progress_with_the_time_left_from_the_run_time(clock: Clock):
     progress = make_progress()
     progress.event(stage("execute", run=1))
+    clock.now = T0 + 5  # it waited 5 s for a device: its run time starts when train.py does
+    progress.event(started(1, gpus=["0"]))
     assert "ETA" not in render(progress), "no bar before the script says how far it is"
 
-    clock.now = T0 + 30
+    clock.now = T0 + 35
     progress.event(output("loading data", "Epoch [3/10] loss: 0.52"))
-    clock.now = T0 + 40
+    clock.now = T0 + 45
     text = render(progress)
 
     # 30 s for 30%: 70 s to go when it was printed, 10 s of which have passed.
-    assert re.search(r"^epoch 3/10 [━╸]+\s+30% ETA 1:00$", text, re.MULTILINE), text
+    assert re.search(r"^▸ run 1 +draft +GPU 0 +0:40 +loss=0.52 +epoch 3/10 +[━╸ ]+ +30% +ETA 1:00$", text, re.MULTILINE), text
     assert "latest metrics: loss=0.52" in text
 
+    progress.event(run_done(1, {"loss": 0.52}))
     progress.event(stage("execute", run=2))
     assert "ETA" not in render(progress), "a new run starts without a bar"
 
@@ -787,7 +804,7 @@ def test_the_live_view_takes_a_bars_own_estimate_of_the_time_left(clock: Clock):
 
     text = render(progress)
 
-    assert re.search(r"^Epoch 3: 450/1000 it [━╸]+\s+45% ETA 0:10$", text, re.MULTILINE), text
+    assert re.search(r"^▸ run 1 +waiting +0:17 +Epoch 3: 450/1000 it +[━╸ ]+ +45% +ETA 0:10$", text, re.MULTILINE), text
 
 
 def test_the_plain_view_prints_the_runs_percentage_now_and_then_not_at_every_redraw(clock: Clock):
@@ -817,6 +834,281 @@ def test_a_bar_redrawn_in_place_moves_the_progress_before_its_line_ends():
     progress = make_progress()
     progress.event({"event": "stage", "stage": "execute", "run": 1})
     progress.event({"event": "output_redraw", "run": 1, "line": "Epoch 1:  45%|####5     | 450/1000 [00:12<00:15, 36.2it/s]"})
-    assert progress.run_progress is not None and progress.run_progress.fraction == pytest.approx(0.45)
+    running = progress.in_flight[1]
+    assert running.progress is not None and running.progress.fraction == pytest.approx(0.45)
     progress.event({"event": "output_redraw", "run": 1, "line": "loading data"})  # no progress in it: the last one stays
-    assert progress.run_progress.fraction == pytest.approx(0.45)
+    assert running.progress.fraction == pytest.approx(0.45)
+
+
+# --- several runs in flight (WORKERS > 1) ---
+
+
+def submit(progress: Progress | PlainView, number: int, operator: str = "draft", parent: int | None = None, in_flight: int = 1) -> None:
+    """Execute's stage event for run `number`, as the stream brings it once the run is handed to the executor."""
+    progress.event(chosen("execute", number, operator, parent) | {"in_flight": in_flight})
+
+
+def in_flight_rows(text: str) -> list[str]:
+    """The live view's lines for the runs in flight, as shown: `▸ run 2  improve ← 1  GPU 1 ...`."""
+    return [line for line in text.splitlines() if re.match(r"^[▸ ] run \d+ ", line)]
+
+
+def row_numbers(text: str) -> list[int]:
+    """The numbers of the runs in flight, line by line."""
+    return [int(line.split()[-1]) for line in re.findall(r"^[▸ ] run \d+", text, re.MULTILINE)]
+
+
+def test_each_run_in_flight_has_its_own_line_and_the_tail_follows_the_newest_started(clock: Clock):
+    progress = make_progress(goal="val_accuracy >= 0.95")
+    submit(progress, 1)
+    progress.event(started(1, gpus=["0"]))
+    progress.event(output("epoch 1/4 val_accuracy=0.8", "loss=0.6", run=1))
+    clock.now = T0 + 10
+    submit(progress, 2, "improve", 1, in_flight=2)
+    progress.event(started(2, gpus=["1", "2"], operator="improve", parent=1))
+    progress.event(output("loss=0.7", run=2))
+    clock.now = T0 + 20
+    submit(progress, 3, "debug", 2, in_flight=3)  # no device free: it waits
+    clock.now = T0 + 30
+
+    text = render(progress)
+
+    rows = in_flight_rows(text)
+    assert len(rows) == 3
+    # The goal's metric once a run printed it (run 1's newest line named only loss); else its newest line's metrics.
+    assert cells(text, "run 1")[:6] == ["run 1", "draft", "GPU 0", "0:30", "val_accuracy=0.8", "epoch 1/4"]
+    assert cells(text, "▸ run 2") == ["▸ run 2", "improve ← 1", "GPUs 1,2", "0:20", "loss=0.7"]
+    assert cells(text, "run 3") == ["run 3", "debug ← 2", "waiting", "0:10"]
+    assert "run 2 · output.log (last 15 lines)" in text and "latest metrics: loss=0.7" in text
+    assert "epoch 1/4" not in text.split("output.log")[1], "the tail is run 2's alone"
+
+    progress.event(started(3, gpus=["0"], operator="debug", parent=2))
+    assert "run 3 · output.log" in render(progress), "the newest started"
+    progress.event(run_done(3, {}, status="failed", operator="debug", parent=2))
+    text = render(progress)
+    assert "run 2 · output.log" in text and row_numbers(text) == [1, 2]
+    assert cells(text, "3") == ["3", "debug ← 2", "failed", "2.0 s", "-"], "an ended run is in the table at once"
+
+
+def test_with_one_run_the_live_view_is_as_before_with_one_line_for_the_run(clock: Clock):
+    progress = make_progress()
+    submit(progress, 1)
+    progress.event(started(1, gpus=[]))
+    clock.now = T0 + 65
+
+    text = render(progress)
+
+    assert re.search(r"^\S run 1 · execute · draft  1:05$", text, re.MULTILINE), text
+    assert in_flight_rows(text) == ["▸ run 1  draft  CPU  1:05"]
+    assert "run 1 · output.log (last 15 lines)" in text and "Tab" not in text
+
+
+def test_events_that_come_late_do_not_bring_back_a_run_that_ended():
+    # A run's thread speaks at once, the graph's stream after its step: a run that crashes at once has ended
+    # before its execute stage event and execute's update reach the view.
+    progress = make_progress()
+    progress.event(started(1, gpus=["0"]))
+    progress.event(output("Traceback (most recent call last):", run=1))
+    progress.event(run_done(1, {}, status="failed"))
+    submit(progress, 1)
+    progress.update("execute", {"in_flight": [{"number": 1, "operator": "draft", "parent": None, "reason": "", "submitted_at": 1.0}]})
+    progress.event(output("late line", run=1))
+
+    text = render(progress)
+
+    assert progress.in_flight == {} and in_flight_rows(text) == []
+    assert "output.log" not in text
+    assert cells(text, "1") == ["1", "draft", "failed", "2.0 s", "none found"]
+
+
+def test_a_resumed_experiment_shows_the_runs_it_had_in_flight_until_each_starts_again_or_is_taken():
+    progress = make_progress()
+    values = {
+        "goal": "accuracy >= 0.9",
+        "max_runs": 8,
+        "run_count": 1,
+        "in_flight": [
+            {"number": 2, "operator": "improve", "parent": 1, "reason": "", "submitted_at": 1.0},
+            {"number": 3, "operator": "draft", "parent": None, "reason": "", "submitted_at": 1.0},
+        ],
+    }
+    progress.seed(values, [run(1, metrics={"accuracy": 0.7})])
+    text = render(progress)
+    assert row_numbers(text) == [2, 3] and cells(text, "run 2") == ["run 2", "improve ← 1", "waiting", "0:00"]
+
+    # Run 2 ended just before the runner was killed: wait takes its record, with no run_done of this process.
+    progress.update("wait", {"latest_run": run(2, metrics={"accuracy": 0.8}, operator="improve", parent=1), "in_flight": values["in_flight"][1:]})
+    progress.event(started(3, gpus=["1"]))  # started again
+
+    text = render(progress)
+    assert in_flight_rows(text) == ["▸ run 3  draft  GPU 1  0:00"]
+    assert "runs 2/8" in text and cells(text, "2 ★")[:3] == ["2 ★", "improve ← 1", "ok"]
+
+
+def test_runs_cancelled_at_the_final_stop_join_the_table_and_none_stays_in_flight():
+    progress = make_progress(goal="accuracy >= 0.9")
+    for number in (1, 2, 3):
+        submit(progress, number, in_flight=number)
+        progress.event(started(number, gpus=[str(number - 1)]))
+    progress.event(run_done(1, {"accuracy": 0.95}))
+    finish(progress, run(1, metrics={"accuracy": 0.95}))
+    progress.event(run_done(2, {"accuracy": 0.5}, status="cancelled"))
+    progress.update("report", {"in_flight": [], "run_count": 3, "report_path": "/x/REPORT.md"})  # run 3's run_done never came
+
+    text = render(progress)
+
+    assert in_flight_rows(text) == [] and "output.log" not in text
+    assert cells(text, "2") == ["2", "draft", "cancelled", "2.0 s", "accuracy=0.5"]
+    assert "runs 2/5" in text
+
+
+def test_after_a_halt_the_runs_in_flight_keep_their_time_and_lose_their_bars(clock: Clock):
+    progress = make_progress()
+    submit(progress, 1)
+    progress.event(started(1, gpus=["0"]))
+    progress.event(output("epoch 2/10", run=1))
+    submit(progress, 2, in_flight=2)
+    progress.event(started(2, gpus=["1"]))
+    clock.now = T0 + 20
+    progress.update("wait", halt("wait", "interrupted"))
+    clock.now = T0 + 100
+
+    text = render(progress)
+
+    assert "⊘ wait interrupted" in text
+    assert [row.split()[-1] for row in in_flight_rows(text)] == ["0:20", "0:20"], "they were stopped at the halt"
+    assert "ETA" not in text and "━" not in "".join(in_flight_rows(text))
+
+
+def test_keys_pick_the_run_the_tail_follows(clock: Clock):
+    view = LiveView(live_console(), make_progress())
+    for number in (1, 2, 3):
+        submit(view.progress, number, in_flight=number)
+        clock.now += 1
+        view.progress.event(started(number, gpus=[str(number - 1)]))
+
+    def followed() -> str:
+        text = "\n".join(line.rstrip() for line in render_text(render_live(view.progress, view.follow)).splitlines())
+        marked = [row.split()[2] for row in in_flight_rows(text) if row.startswith("▸")]  # ▸ run N
+        title = re.search(r"run (\d+) · output\.log", text)
+        assert title is not None and marked == [title.group(1)], text
+        return title.group(1)
+
+    assert followed() == "3", "the newest started"
+    view.on_key("\t")
+    assert followed() == "1", "Tab goes round"
+    view.on_key("\t")
+    assert followed() == "2"
+    view.on_key("3")
+    assert followed() == "3"
+    view.on_key("1")
+    view.on_key("7")  # no line 7: nothing changes
+    view.on_key("x")
+    assert followed() == "1"
+    view.on_key("0")
+    assert followed() == "3", "0: the newest again"
+
+    view.on_key("2")
+    view.progress.event(run_done(2, {}))
+    assert followed() == "3", "a followed run that ends gives the tail back to the newest"
+
+
+def test_the_live_view_reads_keys_from_its_terminal_and_gives_the_terminal_back_for_a_pause_and_at_the_end():
+    typed, read = os.openpty()
+    before = termios.tcgetattr(read)
+    view = LiveView(live_console(), make_progress(), keys=KeyReader(read))
+    view.live.auto_refresh = False  # every frame below is drawn by an explicit refresh
+    submit(view.progress, 1)
+    submit(view.progress, 2, in_flight=2)
+    try:
+        view.start()
+        os.write(typed, b"1")
+        deadline = time.monotonic() + 5
+        while view.follow != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        view.live.refresh()
+        frame = "\n".join(screen(view.console.file.getvalue()))
+        assert "run 1 · output.log" in frame and "Tab: next run" in frame
+
+        with view.paused():
+            assert termios.tcgetattr(read) == before, "the review prompt reads lines, as the terminal had it"
+        assert not termios.tcgetattr(read)[3] & termios.ICANON, "keys again after the pause"
+        view.stop()
+        assert termios.tcgetattr(read) == before
+    finally:
+        view.stop()
+        os.close(typed)
+        os.close(read)
+
+
+def render_text(renderable) -> str:
+    console = Console(file=io.StringIO(), record=True, width=100, force_terminal=True, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_the_keys_are_named_under_the_tail_while_they_are_read_and_there_is_a_choice():
+    progress = make_progress()
+    submit(progress, 1)
+    hint = "Tab: next run · 1–9: the run on that line · 0: the newest"
+
+    assert hint not in render_text(render_live(progress, keys=True)), "one run: nothing to choose"
+    submit(progress, 2, in_flight=2)
+    assert hint in render_text(render_live(progress, keys=True))
+    assert hint not in render_text(render_live(progress, keys=False)), "stdin is no terminal: no keys are read"
+
+
+def test_the_plain_view_puts_each_runs_number_before_its_output_and_says_where_each_started(clock: Clock):
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(), echo_output=True)
+
+    submit(view, 1)
+    view.event(started(1, gpus=["0"]))
+    submit(view, 2, "improve", 1, in_flight=2)
+    view.event(started(2, gpus=["1", "2"], operator="improve", parent=1))
+    view.event(output("epoch 1/4", run=1))
+    view.event(output("epoch 1/2", run=2))
+    clock.now = T0 + 11
+    view.event(output("epoch 2/4", run=1))  # each run's progress line comes on its own clock
+    view.event(output("epoch 2/2", run=2))
+    view.event(run_done(2, {"accuracy": 0.9}, operator="improve", parent=1))
+    view.event(output("epoch 3/4", run=1))
+
+    assert console.file.getvalue().splitlines() == [
+        "▶ run 1 · execute · draft",
+        "▷ run 1 started on GPU 0 · draft",
+        "▶ run 2 · execute · improve ← 1 · 2 in flight",
+        "▷ run 2 started on GPUs 1,2 · improve ← 1",
+        "  run 1 │ epoch 1/4",
+        "  run 2 │ epoch 1/2",
+        "  run 1 │ epoch 2/4",
+        "  ⋯ run 1 · epoch 2/4 (50%) · ETA 0:11",
+        "  run 2 │ epoch 2/2",
+        "  ⋯ run 2 · epoch 2/2 (100%) · ETA 0:00",
+        "■ run 2 ok in 2.0 s · improve ← 1 · metrics: accuracy=0.9",
+        "  run 1 │ epoch 3/4",
+    ]
+
+
+@pytest.mark.parametrize(
+    "touch",
+    [
+        pytest.param(lambda progress: render_live(progress), id="a frame"),
+        pytest.param(lambda progress: progress.event(output("epoch 1/4", run=1)), id="an event"),
+        pytest.param(lambda progress: progress.update("wait", {"in_flight": []}), id="an update"),
+        pytest.param(lambda progress: PlainView(plain_console(force_terminal=False), progress).update("wait", {}), id="a plain line"),
+    ],
+)
+def test_the_runs_threads_the_graphs_stream_and_the_frames_take_turns(touch):
+    # The runner serialises on_event but not on_update, and Live draws from a thread of its own: a frame drawn while
+    # a run's event changes the runs in flight would iterate a dict that changes size under it.
+    progress = make_progress()
+    submit(progress, 1)
+    done = threading.Event()
+    progress.lock.acquire()  # as an event of another run's thread holds it
+    try:
+        threading.Thread(target=lambda: (touch(progress), done.set()), daemon=True).start()
+        assert not done.wait(0.2), "it waits for its turn"
+    finally:
+        progress.lock.release()
+    assert done.wait(5)
