@@ -1,6 +1,6 @@
-"""Benchmarks of the runner's own cost: loop overhead, prompt size, state size, output handling and start-up, each against its bound.
+"""Benchmarks of the runner's own cost: loop overhead, prompt size, state size, output handling, start-up and parallel runs, each against its bound.
 
-Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,state,output,startup]`.
+Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,state,output,startup,parallel]`.
 Everything runs against a local zero-latency OpenAI-compatible server (tests/fake_llm.py) and generated
 scripts. It prints a table and writes the same figures to bench/results.json; the exit code is 1 when a
 bound is broken. Bounds are on ratios and sizes, never on absolute times, except `--help` (< 0.5 s).
@@ -8,6 +8,9 @@ bound is broken. Bounds are on ratios and sizes, never on absolute times, except
 Both print 1 GiB for the output benchmark: a smaller flood times the page cache, not the runner.
 The checkpoint database's bound is for 1,000 runs: measured with `--only state --runs 1000` (a few minutes), projected
 from fewer. CI also runs `--only state --runs 300`.
+Parallel runs (bench/parallel.py) run only when named: `--only parallel` (24 runs that sleep 1-4 s, at 1 and 4 workers,
+and at 4 with a slow LLM: about 2.5 minutes; --quick, the bounded two at half the time scale: under a minute). CI runs
+`--only parallel --quick` on a line of its own. --runs does not change it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench modules, a
 import growth  # noqa: E402
 import loop_overhead  # noqa: E402
 import output_handling  # noqa: E402
+import parallel  # noqa: E402
 import prompt_size  # noqa: E402
 import startup  # noqa: E402
 import state_size  # noqa: E402
@@ -36,9 +40,12 @@ from figures import Figure  # noqa: E402
 from workload import REPO, FakeLLMServer, RealisticBrain  # noqa: E402
 
 BENCHMARKS = ("loop", "prompt", "state", "output", "startup")
+"""What runs by default."""
+NAMED_ONLY = ("parallel",)
+"""What runs only when --only names it: its time goes to runs that sleep, not to the runner."""
 MODES = {
-    "full": {"runs": 100, "flood_mb": 1024, "help_repeats": 10, "resume_repeats": 3},
-    "quick": {"runs": 30, "flood_mb": 1024, "help_repeats": 5, "resume_repeats": 2},
+    "full": {"runs": 100, "flood_mb": 1024, "help_repeats": 10, "resume_repeats": 3, "parallel_scale": 1.0, "parallel_slow_llm": True},
+    "quick": {"runs": 30, "flood_mb": 1024, "help_repeats": 5, "resume_repeats": 2, "parallel_scale": 0.5, "parallel_slow_llm": False},
 }
 Measured = tuple[list[Figure], dict]
 """A benchmark's figures and the details behind them."""
@@ -49,7 +56,8 @@ SPLIT_AT = 10
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="30 runs instead of 100 (CI)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated benchmarks to run (default: all of {', '.join(BENCHMARKS)})")
+    named_only = ", ".join(NAMED_ONLY)
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help=f"comma-separated benchmarks (default: all of {', '.join(BENCHMARKS)}; also {named_only})")
     parser.add_argument("--runs", type=int, help="runs of the growing experiment (default: 100, --quick 30)")
     parser.add_argument("--flood-mb", type=int, help="MiB the flooding train.py prints (default: 1024)")
     parser.add_argument("--sandbox", choices=("none", "auto", "bwrap"), default="none", help="SANDBOX for every run (default none: the runner's cost alone)")
@@ -59,8 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="keep the experiments here for inspection (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
-    if unknown := set(args.only) - set(BENCHMARKS):
-        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS)}")
+    if unknown := set(args.only) - set(BENCHMARKS) - set(NAMED_ONLY):
+        parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}; choose from {', '.join(BENCHMARKS + NAMED_ONLY)}")
     args.mode = "quick" if args.quick else "full"
     mode = MODES[args.mode]
     args.runs = args.runs or mode["runs"]
@@ -124,6 +132,23 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
             resume_s = [startup.resume_seconds(grown.folder, server, args.runs + 1, args.sandbox) for _ in range(mode["resume_repeats"])]
             figures += startup.figures(help_s, imports, resume_s, args.runs)
             details["startup"] = {"help_s": [round(s, 3) for s in help_s], "help_imports_ms": imports, "resume_s": [round(s, 3) for s in resume_s]}
+
+    if "parallel" in args.only:  # each experiment on a server of its own, whose LLM writes the sleeping runs
+        scale = mode["parallel_scale"]
+        durations = parallel.sleep_durations(scale)
+        _say(f"parallel runs: {len(durations)} runs sleeping {min(durations):g}-{max(durations):g} s, at 1 and {parallel.WORKERS} workers")
+
+        def gated(folder: str) -> Measured:
+            one, many = (parallel.run_parallel(workdir / f"{folder}-k{k}", durations, k, sandbox=args.sandbox) for k in (1, parallel.WORKERS))
+            return parallel.figures(one, many)
+
+        found, details["parallel"] = measured_twice(lambda: gated("parallel"), lambda: gated("parallel-again"), "parallel runs")
+        figures += found
+        if mode["parallel_slow_llm"]:  # reported, never bounded: --quick leaves it out
+            _say(f"parallel runs: the same at {parallel.WORKERS} workers, each LLM call taking {parallel.LLM_LATENCY_S:g} s")
+            slow = parallel.run_parallel(workdir / "parallel-slow-llm", durations, parallel.WORKERS, parallel.LLM_LATENCY_S, args.sandbox)
+            found, details["parallel"]["slow_llm"] = parallel.overlap_figures(slow, parallel.LLM_LATENCY_S)
+            figures += found
     return figures, details
 
 
