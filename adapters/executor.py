@@ -6,7 +6,8 @@ that ends while the graph writes another run's code is recorded at once (its job
 device waits for the slowest run of a batch: there are no batches.
 
 Devices (GPUS, GPUS_PER_RUN) are handed out when a run starts, each to one run at a time; a job that finds too
-few free waits in line for them instead of sharing. Events (output lines, a run starting or ending) go to the
+few free, or WORKERS runs going already (a runner resumed with fewer workers than runs in flight), waits in line
+instead of sharing. Events (output lines, a run starting or ending) go to the
 listener the runner set, at once, or wait in a queue for the next node to relay through its stream writer
 (LangGraph's writer works only inside a step).
 """
@@ -60,9 +61,11 @@ class Flight:
 class Executor:
     """Runs jobs in threads, each on its own devices, and tells which ended first."""
 
-    def __init__(self, devices: Iterable[str] = ()):
+    def __init__(self, devices: Iterable[str] = (), slots: int = 0):
         self.devices = list(devices)
         self.free = list(self.devices)
+        self.slots = slots
+        """The most jobs running at once (WORKERS); 0: no limit. Past it a job waits in line, as for devices."""
         self.flights: dict[int, Flight] = {}
         self.queue: deque[int] = deque()
         """Jobs waiting for devices, first come first served."""
@@ -177,7 +180,8 @@ class Executor:
         """Start the queued jobs whose devices are free, in order (called holding self.changed)."""
         while self.queue:
             flight = self.flights[self.queue[0]]
-            if flight.job.devices > len(self.free):
+            running = sum(1 for other in self.flights.values() if other.started is not None and not other.done)
+            if flight.job.devices > len(self.free) or (self.slots and running >= self.slots):
                 return
             self.queue.popleft()
             flight.devices, self.free = self.free[: flight.job.devices], self.free[flight.job.devices :]
@@ -202,14 +206,19 @@ _LISTENERS: dict[Path, Callable[[dict], None]] = {}
 _EXECUTORS_LOCK = threading.Lock()
 
 
-def executor_for(root: Path, devices: Iterable[str] = ()) -> Executor:
-    """The executor of the experiment in `root`, made on first use; with other devices than it has, a new one once it is idle."""
+def executor_for(root: Path, devices: Iterable[str] = (), slots: int = 0) -> Executor:
+    """The executor of the experiment in `root`, made on first use; with other devices than it has, a new one once it is
+    idle. `slots` (WORKERS) is taken as given: a runner resumed with fewer workers than runs in flight starts them in turn."""
     devices = list(devices)
     with _EXECUTORS_LOCK:
         current = _EXECUTORS.get(root)
         if current is None or (current.devices != devices and not current.in_flight()):
-            current = _EXECUTORS[root] = Executor(devices)
+            current = _EXECUTORS[root] = Executor(devices, slots)
             current.listen(_LISTENERS.get(root))
+        with current.changed:
+            if current.slots != slots:
+                current.slots = slots
+                current._start_queued()
         return current
 
 

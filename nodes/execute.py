@@ -47,7 +47,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     files = ExperimentFiles(state["experiment_dir"])
     coming = coming_run(state)
     mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)  # SandboxError when what was asked for cannot work here
-    pool = executor_for(files.root, _devices(settings))
+    pool = executor_for(files.root, _devices(settings), settings.workers)
     in_flight = [flight for flight in state.get("in_flight") or [] if flight["number"] != coming["number"]]
     _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
     flight = InFlight(**coming, submitted_at=round(time.time(), 3))
@@ -81,7 +81,7 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if not in_flight:
         raise ValueError("wait was entered with no run in flight")
     mode = _sandbox_mode(settings, runtime)
-    pool = executor_for(files.root, _devices(settings))
+    pool = executor_for(files.root, _devices(settings), settings.workers)
     recorded = _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
     if recorded is not None:  # ended and recorded by a runner that was killed before it could take the run
         flight, record = recorded
@@ -117,7 +117,7 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
     if not in_flight:
         return {}
     files = ExperimentFiles(state["experiment_dir"])
-    pool = executor_for(files.root, _devices(settings))
+    pool = executor_for(files.root, _devices(settings), settings.workers)
     stopped = {flight.job.number: flight for flight in pool.cancel([flight["number"] for flight in in_flight])}
     if state.get("halted"):
         return {}

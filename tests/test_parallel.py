@@ -297,6 +297,26 @@ def test_sigkill_with_three_in_flight_then_resume_keeps_the_finished_and_reruns_
     assert [status for *_, status in tree(experiment)] == ["ok"] * 5
 
 
+def test_resumed_with_fewer_workers_the_runs_in_flight_start_again_in_turn(experiment: Path, llm_server, hold: Path):
+    codes = [train("run 1", accuracy=0.8), *(train(f"run {n}", seconds=0.5, hold=True, accuracy=0.7 + n / 100) for n in (2, 3, 4))]
+    server = llm_server(ScriptedBrain(codes=codes))
+    env = runner_env(server.base_url, HOLD_FILE=str(hold))
+    runner = start_main(["-d", str(experiment), "-r", "4", "--workers", "3", "--sandbox", "none"], env)
+    wait_for(runner, lambda: all((experiment / f"run_{n}" / "output.log").exists() for n in (2, 3, 4)))
+    wait_for(runner, lambda: all("starting" in (experiment / f"run_{n}" / "output.log").read_text() for n in (2, 3, 4)))
+    runner.kill()
+    runner.communicate()
+
+    hold.unlink()
+    resumed = run_main(["-d", str(experiment), "--resume", "--workers", "1"], env)
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [attempts(experiment, n) for n in (2, 3, 4)] == [2, 2, 2]
+    spans = [span(experiment, n) for n in (2, 3, 4)]
+    assert not any(overlap(a, b) for i, a in enumerate(spans) for b in spans[i + 1 :])  # one worker: one run at a time
+    assert [status for *_, status in tree(experiment)] == ["ok"] * 4
+
+
 def test_runs_that_ended_while_the_runner_was_killed_are_kept(experiment: Path, llm_server, hold: Path):
     """Runs 2 and 3 end (and write result.json) while the runner waits on run 1's analysis; it is killed before it takes them."""
     brain = ScriptedBrain(codes=[train("run 1", accuracy=0.8), train("run 2", hold=True, accuracy=0.72), train("run 3", hold=True, accuracy=0.73)])
