@@ -134,28 +134,7 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
         run_dir = files.run_dir(number)
         log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
         duration = outcome.result.duration_s if outcome is not None else (ran.ended - ran.started if ran and ran.started and ran.ended else 0.0)
-        record = RunRecord(
-            number=number,
-            status="cancelled",
-            exit_code=None,
-            duration_s=round(duration, 3),
-            metrics=log.metrics,
-            error=why,
-            operator=flight["operator"],
-            parent=flight["parent"],
-        )
-        files.write_result(record)
-        emit(
-            {
-                "event": "run_done",
-                "run": number,
-                "status": "cancelled",
-                "duration_s": record["duration_s"],
-                "metrics": log.metrics,
-                "operator": flight["operator"],
-                "parent": flight["parent"],
-            }
-        )
+        record(files, flight, "cancelled", None, duration, log.metrics, why, emit)
     return {"in_flight": [], "run_count": state.get("run_count", 0) + len(in_flight)}
 
 
@@ -230,32 +209,33 @@ def run_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: 
         # A limit the runner enforced wins over whatever the log says.
         log = summarize_log(log_path, run_dir / "metrics.json")
         status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-        record = RunRecord(
-            number=number,
-            status=status,
-            exit_code=result.exit_code,
-            duration_s=round(result.duration_s, 3),
-            metrics=log.metrics,
-            error=_stop_reason(result, settings) or log.error,
-            operator=flight["operator"],
-            parent=flight["parent"],
-        )
-        files.write_result(record)
-        emit(
-            {
-                "event": "run_done",
-                "run": number,
-                "status": status,
-                "duration_s": record["duration_s"],
-                "metrics": log.metrics,
-                "operator": flight["operator"],
-                "parent": flight["parent"],
-                "gpus": devices,
-            }
-        )
-        return Ended(result, record, log)
+        error = _stop_reason(result, settings) or log.error
+        recorded = record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=devices)
+        return Ended(result, recorded, log)
 
     return Job(number=number, start=start, devices=settings.gpus_per_run if _devices(settings) else 0)
+
+
+def record(
+    files: ExperimentFiles,
+    flight: InFlight,
+    status: str,
+    exit_code: int | None,
+    duration_s: float,
+    metrics: dict[str, float],
+    error: str,
+    emit: Callable[[dict], None],
+    gpus: list[str] | None = None,
+) -> RunRecord:
+    """Run `flight`'s record, written to its result.json and told as a run_done event."""
+    number, operator, parent = flight["number"], flight["operator"], flight["parent"]
+    done = RunRecord(
+        number=number, status=status, exit_code=exit_code, duration_s=round(duration_s, 3), metrics=metrics, error=error, operator=operator, parent=parent
+    )
+    files.write_result(done)
+    event = {"event": "run_done", "run": number, "status": status, "duration_s": done["duration_s"], "metrics": metrics, "operator": operator, "parent": parent}
+    emit(event if gpus is None else {**event, "gpus": gpus})
+    return done
 
 
 def _resubmit_unknown(
