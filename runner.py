@@ -63,8 +63,10 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
     if settings.train_python:
         settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
     check_limit_tools()
-    if (devices := gpu_devices(settings.gpus)) and settings.gpus_per_run > len(devices):
-        raise UsageError(f"GPUS_PER_RUN={settings.gpus_per_run} but only {len(devices)} GPUs are given ({','.join(devices)}): no run could start")
+    devices = gpu_devices(settings.gpus)
+    if settings.gpus_per_run > len(devices) and (devices or settings.gpus == "none"):
+        given = f"only {len(devices)} GPUs are given ({','.join(devices)})" if devices else "GPUS=none gives none"
+        raise UsageError(f"GPUS_PER_RUN={settings.gpus_per_run} but {given}: no run could start")
     if resolve_mode(settings.sandbox, no_network=settings.no_network)[0] == "bwrap":
         python_installation(settings.python)
     return settings

@@ -24,7 +24,7 @@ from pathlib import Path
 from adapters.process import RunCancelled, cancel_requested
 
 EVENTS_KEPT = 10_000
-"""Events held for the next node to relay when nobody listens; older ones are dropped (the log keeps every line)."""
+"""Output events held for the listener or the next node; past it new output is dropped (output.log keeps every line)."""
 WAIT_SLICE_S = 0.1
 """How often a waiting node wakes to relay events and to notice Ctrl-C."""
 
@@ -46,12 +46,17 @@ class Flight:
 
     job: Job
     cancel: threading.Event = field(default_factory=threading.Event)
+    """Set to stop this job alone (the experiment ended while it ran)."""
     devices: list[str] = field(default_factory=list)
+    """The devices it holds while it runs."""
     started: float | None = None
     """time.time() when it started; None while it waits for devices."""
     ended: float | None = None
+    """time.time() when it ended; None while it waits or runs."""
     outcome: object = None
+    """What its `start` returned."""
     error: BaseException | None = None
+    """What its `start` raised instead (RunCancelled on Ctrl-C), for the node that takes it."""
 
     @property
     def done(self) -> bool:
@@ -70,9 +75,12 @@ class Executor:
         self.queue: deque[int] = deque()
         """Jobs waiting for devices, first come first served."""
         self.changed = threading.Condition()
-        self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)
+        self.events: deque[dict] = deque()
+        """What the runs said and nobody has heard yet: output beyond EVENTS_KEPT is dropped, a run starting or ending never."""
         self.listener: Callable[[dict], None] | None = None
-        self.listener_lock = threading.Lock()
+        self.pending = threading.Event()
+        """Set when an event waits for the listener."""
+        self.delivering: threading.Thread | None = None
 
     # What the nodes call.
 
@@ -129,15 +137,13 @@ class Executor:
 
     def cancel(self, numbers: Iterable[int]) -> list[Flight]:
         """Stop runs `numbers` (a queued one never starts) and wait until each has ended; their Flights, taken."""
-        numbers = [n for n in numbers if n in self.flights]
         with self.changed:
+            numbers = [n for n in numbers if n in self.flights]
             for number in numbers:
                 flight = self.flights[number]
                 flight.cancel.set()
                 if flight.started is None and not flight.done:  # still waiting for devices
-                    self.queue.remove(number)
-                    flight.ended = time.time()
-                    flight.error = RunCancelled("cancelled before it started")
+                    self._drop_queued(flight, "cancelled before it started")
             self.changed.notify_all()
             while not all(self.flights[n].done for n in numbers):
                 self.changed.wait(WAIT_SLICE_S)
@@ -151,35 +157,56 @@ class Executor:
     # Events.
 
     def emit(self, event: dict) -> None:
-        """An event of a run in flight: to the listener at once, else queued for the next node to relay."""
-        with self.listener_lock:
-            if self.listener is not None:
-                self.listener(event)
-                return
+        """An event of a run in flight, queued: the listener's thread hands it on, else the next node relays it. Never blocks,
+        so a terminal that stops reading never stops a run's watchdog (its timeout, its limits)."""
+        if event.get("event") in ("output", "output_redraw") and len(self.events) >= EVENTS_KEPT:
+            return  # a flood nobody reads: output.log has every line
         self.events.append(event)
+        self.pending.set()
 
     def relay(self, writer: Callable[[dict], None]) -> None:
-        """Pass the queued events on through `writer` (a node's stream writer)."""
+        """Pass the queued events on through `writer` (a node's stream writer), unless a listener hears them."""
+        if self.listener is not None:
+            return
+        self._hand_on(writer)
+
+    def listen(self, listener: Callable[[dict], None] | None) -> None:
+        """Deliver events to `listener` as they happen, from a thread of the executor's own (None: queue them again)."""
+        with self.changed:
+            previous, self.listener = self.listener, listener
+            if listener is not None and (self.delivering is None or not self.delivering.is_alive()):
+                self.delivering = threading.Thread(target=self._deliver, name="run-events", daemon=True)
+                self.delivering.start()
+        self.pending.set()
+        if listener is None and previous is not None:  # what is still queued reaches the one that listened until now
+            self._hand_on(previous)
+
+    def _deliver(self) -> None:
+        while (listener := self.listener) is not None:
+            self.pending.wait(WAIT_SLICE_S)
+            self.pending.clear()
+            self._hand_on(listener)
+
+    def _hand_on(self, writer: Callable[[dict], None]) -> None:
         while True:
             try:
                 event = self.events.popleft()
             except IndexError:
                 return
-            writer(event)
-
-    def listen(self, listener: Callable[[dict], None] | None) -> None:
-        """Deliver events to `listener` as they happen (None: queue them again); it is called from the runs' threads, one at a time."""
-        with self.listener_lock:
-            self.listener = listener
-        if listener is not None:
-            self.relay(self.emit)
+            try:
+                writer(event)
+            except Exception:  # a view's failure must not end the delivery of the other runs' events
+                pass
 
     # Inside.
 
     def _start_queued(self) -> None:
-        """Start the queued jobs whose devices are free, in order (called holding self.changed)."""
+        """Start the queued jobs whose devices are free, in order (called holding self.changed); none once the runner is stopping."""
         while self.queue:
             flight = self.flights[self.queue[0]]
+            if cancel_requested():
+                self._drop_queued(flight, "interrupted before it started")
+                continue
             running = sum(1 for other in self.flights.values() if other.started is not None and not other.done)
             if flight.job.devices > len(self.free) or (self.slots and running >= self.slots):
                 return
@@ -187,6 +214,12 @@ class Executor:
             flight.devices, self.free = self.free[: flight.job.devices], self.free[flight.job.devices :]
             flight.started = time.time()
             threading.Thread(target=self._run, args=(flight,), name=f"run-{flight.job.number}", daemon=True).start()
+
+    def _drop_queued(self, flight: Flight, why: str) -> None:
+        """A queued job that will never start: ended, as cancelled (called holding self.changed)."""
+        self.queue.remove(flight.job.number)
+        flight.ended = time.time()
+        flight.error = RunCancelled(why)
 
     def _run(self, flight: Flight) -> None:
         try:

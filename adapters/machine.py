@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -216,34 +217,45 @@ def _probe(python: str) -> list[dict]:
     return [line for line in lines if isinstance(line, dict)]
 
 
-_DETECTED: list[str] | None = None
-
-
 def gpu_devices(setting: str, environ: Mapping[str, str] = os.environ) -> list[str]:
     """The GPUs the runs share out, as CUDA_VISIBLE_DEVICES names them: GPUS's list; for "none", none; when it is empty,
     the runner's own CUDA_VISIBLE_DEVICES if set, else every GPU nvidia-smi lists (asked once per process)."""
-    global _DETECTED
     if setting == "none":
         return []
     if setting:
         return setting.split(",")
     if (visible := environ.get("CUDA_VISIBLE_DEVICES")) is not None:
         return [device.strip() for device in visible.split(",") if device.strip()]
-    if _DETECTED is None:
-        _DETECTED = [str(index) for index in range(len(gpus()))]
-    return list(_DETECTED)
+    return list(_detected_gpus())
+
+
+@functools.cache
+def _detected_gpus() -> tuple[str, ...]:
+    return tuple(str(index) for index in range(len(gpus())))
+
+
+def gpus_per_run(setting: int, devices: list[str], workers: int) -> int:
+    """GPUs one run gets: GPUS_PER_RUN, or when it is 0 the GPUs divided among the workers (all of them for one worker); 0 without GPUs."""
+    if not devices:
+        return 0
+    return setting or max(1, len(devices) // workers)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity, which a container or taskset narrows), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def share_text(workers: int, devices: list[str], per_run: int, cpus: int | None = None) -> str:
-    """What one run gets when runs share the machine, as the code model should know it; empty for one run at a time on it all."""
-    cpus = cpus or os.cpu_count() or 1
+    """What one run gets when runs share the machine, as the code model should know it; empty for one run on the whole machine."""
+    cpus = cpus or cpu_count()
+    gpu_part = f"{per_run} GPU{'s' if per_run > 1 else ''} of its own (CUDA_VISIBLE_DEVICES; numbered from 0 inside the run)"
     if workers <= 1:
-        return (
-            f"Each run gets {per_run} of the GPUs ({len(devices)} given: {','.join(devices)}), as CUDA_VISIBLE_DEVICES shows."
-            if devices and per_run < len(devices)
-            else ""
-        )
+        return f"Each run gets {gpu_part}, of the {len(devices)} given." if devices and per_run < len(devices) else ""
     parts = [f"Up to {workers} runs train at once; each gets {max(1, cpus // workers)} CPU threads (OMP_NUM_THREADS)"]
     if devices:
-        parts.append(f"and {per_run} GPU{'s' if per_run > 1 else ''} of its own (CUDA_VISIBLE_DEVICES; device 0 inside the run)")
+        parts.append(f"and {gpu_part}")
     return " ".join(parts) + "."

@@ -97,6 +97,9 @@ class Limits:
     max_processes: int = 0
     """Tasks in the tree, every thread counted, as the kernel counts them for RLIMIT_NPROC: the kernel enforces it for a
     non-root uid (also after the sandbox drops to one), and the watchdog stops the run when the tree has more (root too)."""
+    shared_processes: int = 0
+    """The kernel's count for the whole uid (RLIMIT_NPROC) when runs in flight share one, as the sandbox's user: their
+    max_processes together; 0: max_processes. The watchdog still holds each tree to max_processes."""
     log_max_bytes: int = 0
     """Size cap of output.log: past it the head and a rolling tail are kept (CappedLog)."""
 
@@ -128,15 +131,14 @@ def run_script(
     on_redraw: Callable[[str], None] | None = None,
     pid_file: Path | None = None,
     cancel: threading.Event | None = None,
-    on_start: Callable[[int], None] | None = None,
     pid_note: Mapping[str, object] | None = None,
 ) -> ProcessResult:
     """Run `argv` in `cwd` within `limits`; stdout and stderr go, line by line, to `log_path` and `on_output`;
     a line redrawn in place before it ends (a tqdm bar) goes to `on_redraw` as it stands at each poll.
 
     Several may run at once, each in its own thread. Setting `cancel` stops this one run (its result then says
-    stopped="cancelled"); cancel_running_scripts() stops them all and each raises RunCancelled. `on_start` gets
-    the child's pid once it runs. `pid_note` is written into `pid_file` beside the processes, for readers such as `status`.
+    stopped="cancelled"); cancel_running_scripts() stops them all and each raises RunCancelled. `pid_note` is written
+    into `pid_file` beside the processes, for readers such as `status`.
 
     The child leads a new session. Every process it starts is tracked through /proc, those that left its
     group with setsid() included (the runner is their subreaper, so orphans come back to it). On timeout,
@@ -165,8 +167,6 @@ def run_script(
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, READ_BYTES)
         tree = _ProcessTree.of_child(proc.pid)
         record = _PidRecord(pid_file, tree, Path(cwd).resolve(), pid_note)
-        if on_start:
-            on_start(proc.pid)
         pump = _LogPump(proc.stdout, log)
         pump.start()
 
@@ -224,7 +224,8 @@ class _Watch:
         interval = WATCHDOG_POLL_S if self.limits.memory_mb or self.limits.max_processes else POLL_S
         while not _cancelled.is_set():
             if self.cancel is not None and self.cancel.is_set():
-                self.stopped = "cancelled"
+                if not self.exited(0):  # one that ended already ended by itself: its result stands
+                    self.stopped = "cancelled"
                 return
             members = self.tree.scan()
             self.tree.reap(members)
@@ -276,6 +277,7 @@ class _Proc(NamedTuple):
 
     ppid: int
     pgrp: int
+    session: int
     state: bytes
     threads: int
     start: int
@@ -314,7 +316,15 @@ def _read_stat(pid: int) -> _Proc | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold anything
-        return _Proc(ppid=int(fields[1]), pgrp=int(fields[2]), state=fields[0], threads=int(fields[17]), start=int(fields[19]), rss_pages=int(fields[21]))
+        return _Proc(
+            ppid=int(fields[1]),
+            pgrp=int(fields[2]),
+            session=int(fields[3]),
+            state=fields[0],
+            threads=int(fields[17]),
+            start=int(fields[19]),
+            rss_pages=int(fields[21]),
+        )
     except (OSError, IndexError, ValueError):
         return None
 
@@ -360,13 +370,17 @@ class _ProcessTree:
             with _running_lock:  # what the runs going on beside this one have found is theirs
                 others = [tree for tree in _trees if tree is not self]
                 claimed = (_running - self.seen.keys()).union(*(tree.seen.keys() for tree in others))
+                sessions = {tree.child for tree in others}
                 younger = [tree.adopt_since for tree in others if tree.adopt_since is not None and tree.adopt_since > self.adopt_since]
-            # An orphan that started after another run's child may be that run's: it is this tree's only once that run is over.
+            # Each run's child leads a session of its own, which its orphans keep unless they called setsid(): by that they
+            # are told apart. One that did is this tree's if it started before any run beside it began.
             until = min(younger, default=None)
             queue += [
                 pid
                 for pid in children[os.getpid()]
-                if table[pid].start >= self.adopt_since and pid not in claimed and (until is None or table[pid].start < until)
+                if table[pid].start >= self.adopt_since
+                and pid not in claimed
+                and (table[pid].session == self.child or (table[pid].session not in sessions and (until is None or table[pid].start < until)))
             ]
         members: dict[int, _Proc] = {}
         while queue:
@@ -449,7 +463,7 @@ def child_command(argv: list[str], limits: Limits) -> list[str]:
     if limits.max_processes:
         # The kernel counts every task of the uid; a non-root runner's own session counts too, so it gets that much more.
         others = _tasks_of_uid(os.getuid()) if os.getuid() != 0 else 0
-        rlimits.append(f"--nproc={_within_hard_limit(resource.RLIMIT_NPROC, limits.max_processes + others)}")
+        rlimits.append(f"--nproc={_within_hard_limit(resource.RLIMIT_NPROC, (limits.shared_processes or limits.max_processes) + others)}")
     # SIGKILL when the runner dies, even by SIGKILL; prlimit sets soft and hard limits alike, so the script cannot raise them.
     command = [_util_linux("setpriv", needs="--pdeathsig"), "--pdeathsig", "KILL", "--", "/bin/sh", "-c", DIE_WITH_RUNNER, str(runner)]
     if rlimits:

@@ -221,7 +221,7 @@ def workspace(mode: str, run_dir: Path, data_dir: Path) -> Iterator[str]:
         with _DATA_LOCK:  # runs in flight share data/: it is the sandbox's until the last of them ends
             _DATA_HOLDERS[data_key] = _DATA_HOLDERS.get(data_key, 0) + 1
             try:
-                for folder in (run_dir, data_dir):
+                for folder in (run_dir, data_dir) if _DATA_HOLDERS[data_key] == 1 else (run_dir,):  # data/ is the sandbox's already
                     try:
                         chown_tree(folder, SANDBOX_UID, SANDBOX_GID)
                     except OSError as exc:  # e.g. NFS with root_squash

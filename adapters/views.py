@@ -437,6 +437,10 @@ def usage_table(progress: Progress) -> Table:
 # The three views.
 
 
+HELD_LINES = 200
+"""Lines held back while the plain view is paused; more are dropped (output.log and the runs table keep everything)."""
+
+
 def event_line(event: dict) -> Text | None:
     """The one line an event is shown as, or None for events shown otherwise (output) or not at all."""
     kind = event.get("event")
@@ -474,6 +478,10 @@ class PlainView:
         self.echo_output = echo_output
         self.progress_shown: dict[int, tuple[RunProgress, float]] = {}
         """Each run's progress line printed last, and when."""
+        self.held: list[Text] | None = None
+        """While paused (the review prompt has the terminal): the lines to print after it; None when not paused."""
+        self.held_output = 0
+        """Output lines of runs in flight left unprinted while paused (output.log has them)."""
 
     def start(self) -> None:
         p = self.progress
@@ -485,6 +493,12 @@ class PlainView:
         with self.progress.lock:  # a run's output and the graph's lines never mix within a line
             self.progress.event(event)
             kind = event.get("event")
+            if self.held is not None:  # the runs in flight go on while the review prompt waits: their news waits instead
+                if kind == "output":
+                    self.held_output += len(event["lines"])
+                elif (line := event_line(event)) is not None and len(self.held) < HELD_LINES:
+                    self.held.append(line)
+                return
             if kind == "output":
                 if self.echo_output:
                     self.echo(event.get("run"), event["lines"])
@@ -542,7 +556,18 @@ class PlainView:
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        yield
+        """Hold what the runs in flight say while the terminal is needed for something else (the review prompt); print it after."""
+        with self.progress.lock:
+            self.held, self.held_output = [], 0
+        try:
+            yield
+        finally:
+            with self.progress.lock:
+                held, self.held = self.held, None
+                for line in held:
+                    self.console.print(line, soft_wrap=True)
+                if self.held_output:
+                    self.console.print(Text(f"  … {self.held_output} lines of output while paused (each run's output.log has them)", style="dim"))
 
     def stop(self) -> None:
         pass

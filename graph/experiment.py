@@ -26,7 +26,7 @@ from adapters.llm import LLMError, is_retryable
 from adapters.process import RunCancelled, cancel_requested
 from nodes.analyze import analyze
 from nodes.codegen import codegen
-from nodes.execute import execute, wait
+from nodes.execute import execute, restart_flights, wait
 from nodes.initialize import initialize
 from nodes.report import report
 from nodes.review import review
@@ -154,6 +154,8 @@ def stops_cleanly(node: Callable, stage: str, attempts: int = 1) -> Callable:
             runtime = runtime.override(context=settings_for(state, runtime))
         if (pool := existing_executor(Path(state["experiment_dir"]).resolve())) is not None:  # what the runs in flight said meanwhile
             pool.relay(runtime.stream_writer)
+        if state.get("in_flight") and stage != "report" and not cancel_requested():  # resumed: the runs in flight start again at once
+            restart_flights(state, runtime)
         halted = state.get("halted")
         if halted and halted["stage"] != stage:  # report, writing the record of a halt: nothing may cut it short again
             return node(state, runtime)

@@ -11,6 +11,7 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.llm import LLMError, TextReply, ask_reply
 from adapters.logs import clip, one_line
+from adapters.machine import gpu_devices, gpus_per_run, share_text
 from nodes.prompts import (
     BUDGET,
     CODEGEN_CUT_OFF_RETRY,
@@ -53,14 +54,15 @@ def compile_error(code: str) -> str | None:
     return None
 
 
-def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "") -> str:
+def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "", share: str = "") -> str:
     """The user message for codegen, as the coming run's operator asks (a draft sees no parent code): every part clipped
-    to its budget, so it never grows with the runs."""
+    to its budget, so it never grows with the runs. `share` says what one run gets of the machine when runs share it."""
     run, parent = coming["number"], coming["parent"]
     others = run > 1  # run 1 is always a draft: a later draft has others to differ from
+    machine = (state.get("machine") or "(not known)") + (f"\n{share}" if share else "")
     return CODEGEN_USER.format(
         **experiment_context(state),
-        machine=clip(state.get("machine") or "(not known)", BUDGET["machine"]),
+        machine=clip(machine, BUDGET["machine"]),
         parent_code=PARENT_CODE.format(parent=parent, code=clip(parent_code, BUDGET["previous_code"])) if parent is not None else "",
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
@@ -109,7 +111,9 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     # 1. Ask for the whole file: a fresh one (draft), or the parent's with one change (improve) or its failure fixed (debug).
     files = ExperimentFiles(state["experiment_dir"])
     audit = AuditLog(files.llm_calls, settings.audit_content)
-    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""))
+    devices = gpu_devices(settings.gpus)
+    share = share_text(settings.workers, devices, gpus_per_run(settings.gpus_per_run, devices, settings.workers))
+    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""), share)
     messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(prompt)]
     reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
     usages = [reply.usage]

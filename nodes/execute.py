@@ -16,7 +16,7 @@ from langgraph.runtime import Runtime
 from adapters.executor import Executor, Job, executor_for
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.logs import LogSummary, missing_package_hint, run_summary, summarize_log
-from adapters.machine import gpu_devices
+from adapters.machine import cpu_count, gpu_devices, gpus_per_run
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
 from adapters.sandbox import child_environment, resolve_mode, sandbox_command, share_environment, workspace
 from adapters.tracking import TrackingError, log_run
@@ -49,7 +49,6 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)  # SandboxError when what was asked for cannot work here
     pool = executor_for(files.root, _devices(settings), settings.workers)
     in_flight = [flight for flight in state.get("in_flight") or [] if flight["number"] != coming["number"]]
-    _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
     flight = InFlight(**coming, submitted_at=round(time.time(), 3))
     runtime.stream_writer(
         {
@@ -63,9 +62,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             "in_flight": len(in_flight) + 1,
         }
     )
-    if warning and warning not in _warned:  # auto's fallback to no sandbox: said once
-        _warned.add(warning)
-        runtime.stream_writer({"event": "warning", "message": warning})
+    _warn_once(warning, runtime)
     if not (files.run_dir(coming["number"]) / "train.py").exists():
         write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
     pool.submit(run_job(files, settings, flight, mode))
@@ -80,6 +77,9 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     in_flight = list(state.get("in_flight") or [])
     if not in_flight:
         raise ValueError("wait was entered with no run in flight")
+    numbers = [flight["number"] for flight in in_flight]
+    waiting = {"reason": f"for the first of runs {', '.join(map(str, numbers))} to end"} if len(numbers) > 1 else {}
+    runtime.stream_writer({"event": "stage", "stage": "wait", "run": numbers[0] if len(numbers) == 1 else None, **waiting})
     mode = _sandbox_mode(settings, runtime)
     pool = executor_for(files.root, _devices(settings), settings.workers)
     recorded = _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
@@ -119,23 +119,26 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
     files = ExperimentFiles(state["experiment_dir"])
     pool = executor_for(files.root, _devices(settings), settings.workers)
     stopped = {flight.job.number: flight for flight in pool.cancel([flight["number"] for flight in in_flight])}
-    if state.get("halted"):
-        return {}
     why = f"cancelled: the experiment stopped ({state.get('stop_reason') or 'max_runs'}) while it ran"
+    ended = []
     for flight in in_flight:
         number = flight["number"]
-        if files.read_result(number) is not None:  # recorded already (it ended as it was stopped, or a report cut short)
-            continue
         ran = stopped.get(number)
         outcome = ran.outcome if ran is not None and isinstance(ran.outcome, Ended) else None
-        if outcome is not None and outcome.record is not None:  # it ended by itself just before
+        if files.read_result(number) is not None:  # it ended by itself just before, or a report cut short recorded it
+            ended.append(number)
+            continue
+        if state.get("halted"):  # cut short: it stays in flight, and a resume starts it again
             continue
         kill_leftover(files.child_file(number))  # a runner killed while stopping it left it running
         run_dir = files.run_dir(number)
         log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
         duration = outcome.result.duration_s if outcome is not None else (ran.ended - ran.started if ran and ran.started and ran.ended else 0.0)
-        record(files, flight, "cancelled", None, duration, log.metrics, why, emit)
-    return {"in_flight": [], "run_count": state.get("run_count", 0) + len(in_flight)}
+        write_record(files, flight, "cancelled", None, duration, log.metrics, why, emit)
+        ended.append(number)
+    if not ended:
+        return {}
+    return {"in_flight": [flight for flight in in_flight if flight["number"] not in ended], "run_count": state.get("run_count", 0) + len(ended)}
 
 
 def run_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: str) -> Job:
@@ -162,11 +165,12 @@ def run_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: 
         memory_mb=settings.memory_limit_mb,
         file_size_mb=settings.file_size_limit_mb,
         max_processes=MAX_TASKS,
+        shared_processes=MAX_TASKS * settings.workers,
         log_max_bytes=settings.log_max_mb * 2**20,
     )
     python = shutil.which(settings.python) or settings.python  # a name on PATH (python3) as the path the sandbox must show
     gpus_given = settings.gpus == "none" or bool(_devices(settings))
-    threads = max(1, (os.cpu_count() or 1) // settings.workers) if settings.workers > 1 else None
+    threads = max(1, cpu_count() // settings.workers) if settings.workers > 1 else None
 
     def start(devices: list[str], cancel: threading.Event, emit: Callable[[dict], None]) -> Ended:
         emit(
@@ -210,13 +214,13 @@ def run_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: 
         log = summarize_log(log_path, run_dir / "metrics.json")
         status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
         error = _stop_reason(result, settings) or log.error
-        recorded = record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=devices)
+        recorded = write_record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=devices)
         return Ended(result, recorded, log)
 
-    return Job(number=number, start=start, devices=settings.gpus_per_run if _devices(settings) else 0)
+    return Job(number=number, start=start, devices=gpus_per_run(settings.gpus_per_run, _devices(settings), settings.workers))
 
 
-def record(
+def write_record(
     files: ExperimentFiles,
     flight: InFlight,
     status: str,
@@ -259,13 +263,29 @@ def _devices(settings: Settings) -> list[str]:
     return gpu_devices(settings.gpus)
 
 
+def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
+    """After a resume, start again at once the runs the state has in flight and this process's executor does not know,
+    whichever step the experiment goes on with (they need not wait for the next execute or wait)."""
+    in_flight = state.get("in_flight") or []
+    files = ExperimentFiles(state["experiment_dir"])
+    pool = executor_for(files.root, _devices(runtime.context), runtime.context.workers)
+    if all(pool.knows(flight["number"]) for flight in in_flight):
+        return
+    _resubmit_unknown(state, list(in_flight), pool, files, runtime.context, _sandbox_mode(runtime.context, runtime), runtime)
+
+
 def _sandbox_mode(settings: Settings, runtime: Runtime[Settings]) -> str:
     """bwrap or none (SandboxError when what was asked for cannot work here); auto's fallback is said once."""
     mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)
+    _warn_once(warning, runtime)
+    return mode
+
+
+def _warn_once(warning: str | None, runtime: Runtime[Settings]) -> None:
+    """Auto's fallback to no sandbox: said once per runner process, not every run."""
     if warning and warning not in _warned:
         _warned.add(warning)
         runtime.stream_writer({"event": "warning", "message": warning})
-    return mode
 
 
 def _track(files: ExperimentFiles, settings: Settings, record: RunRecord, mode: str, summary: str, emit: Callable[[dict], None]) -> None:

@@ -9,7 +9,7 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
 from adapters.llm import ask_structured
 from adapters.logs import clip, one_line
-from adapters.machine import describe_machine, gpu_devices, machine_text, share_text
+from adapters.machine import describe_machine, machine_text
 from goal import goal_from_idea, plan_goal_line
 from nodes.prompts import BUDGET, PLAN_SYSTEM, PLAN_USER
 from settings import Settings
@@ -35,8 +35,6 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     tasks = [Task(id=i, title=t.title.strip(), status="todo", notes=t.notes.strip(), runs=[]) for i, t in enumerate(reply.tasks, start=1)]
     # What train.py will run on, asked once: the code model writes for these packages and this hardware.
     machine = machine_text(describe_machine(settings.python))
-    if share := share_text(settings.workers, gpu_devices(settings.gpus), settings.gpus_per_run):
-        machine += f"\n{share}"
     files.write_plan(plan)
     files.write_tasks(tasks)
     files.write_findings([])

@@ -21,18 +21,22 @@ class Stop:
 
 
 def budget_stop(runs: list[RunRecord], usage: list[Usage], settings: Settings, in_flight: int = 0) -> Stop | None:
-    """Stop when one more run like the average so far would pass a budget, the runs in flight counted as average runs too."""
-    count = max(len(runs), 1)
-    coming = 1 + in_flight
-    tokens = sum(u["input_tokens"] + u["output_tokens"] for u in usage)
+    """Stop when one more run like the average so far would pass a budget.
+
+    Tokens and cost so far were spent on every run given out, those in flight too (their code is written), so their
+    average is over all of them: one more run adds that much. Hours count finished runs only, so each run in flight
+    will add an average run's hours besides the new one.
+    """
+    given = max(len(runs) + in_flight, 1)
     another = "another run" if not in_flight else f"another run beside the {in_flight} in flight"
-    if settings.max_tokens and tokens + coming * tokens / count > settings.max_tokens:
+    tokens = sum(u["input_tokens"] + u["output_tokens"] for u in usage)
+    if settings.max_tokens and tokens + tokens / given > settings.max_tokens:
         return Stop("budget", f"{tokens} tokens spent; {another} would pass MAX_TOKENS={settings.max_tokens}")
     cost, source = spend(usage, settings.model_prices)
-    if settings.max_cost_usd and cost is not None and cost + coming * cost / count > settings.max_cost_usd:
+    if settings.max_cost_usd and cost is not None and cost + cost / given > settings.max_cost_usd:
         return Stop("budget", f"${cost:.4f} spent ({source}); {another} would pass MAX_COST_USD={settings.max_cost_usd:g}")
     hours = sum(r["duration_s"] for r in runs) / 3600
-    if settings.max_hours and hours + coming * hours / count > settings.max_hours:
+    if settings.max_hours and hours + (1 + in_flight) * hours / max(len(runs), 1) > settings.max_hours:
         return Stop("budget", f"{hours:.2f} h of runs; {another} would pass MAX_HOURS={settings.max_hours:g}")
     return None
 
@@ -53,7 +57,7 @@ def decide_stop(
     only once no run is in flight: they start no new run, and those in flight finish.
     """
     latest = latest or runs[-1]
-    reached = goal_reached(goal, latest["metrics"])
+    reached = goal_reached(goal, latest["metrics"]) if latest["status"] != "cancelled" else False  # a cancelled run's metrics are from its middle
     if reached or (reached is None and analyst_says_met):
         judged = "metrics" if reached else "the analyst's judgement (the goal names no metric)"
         return Stop("goal_met", f"run {latest['number']} met the goal {goal!r} by {judged}")

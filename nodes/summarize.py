@@ -26,7 +26,7 @@ def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     in_flight = state.get("in_flight") or []
     if stop := before_run(runs, len(in_flight), state.get("usage", []), state.get("max_runs") or settings.max_runs, settings):
         if in_flight:  # no new run, but those in flight finish first (and may still meet the goal)
-            runtime.stream_writer({"event": "stage", "stage": "wait", "run": None, "reason": f"{stop.detail}: no new run; {len(in_flight)} in flight"})
+            runtime.stream_writer({"event": "stage", "stage": "summarize", "run": None, "reason": f"no new run ({stop.detail}); {len(in_flight)} in flight"})
             return {"next_run": None}
         return {"stop_reason": stop.reason, "stop_detail": stop.detail}
     if len(in_flight) >= settings.workers:  # resumed with fewer workers than runs in flight

@@ -91,7 +91,7 @@ def test_two_runs_end_to_end(tmp_path: Path):
     stages = [(e["stage"], e.get("run")) for e in custom if e["event"] == "stage"]
     assert stages == [
         ("initialize", None),
-        *[(stage, run) for run in (1, 2) for stage in ("summarize", "codegen", "execute", "analyze")],
+        *[(stage, run) for run in (1, 2) for stage in ("summarize", "codegen", "execute", "wait", "analyze")],
         ("report", None),
     ]
     assert [e["run"] for e in custom if e["event"] == "run_done"] == [1, 2]

@@ -72,7 +72,7 @@ def test_the_live_view_in_a_terminal(experiment: Path, llm_server, tmp_path: Pat
     assert len(shown) > 5  # redrawn in place, not printed line after line
     during = next(frame for frame in shown if "step=3" in frame)
     assert "╭─ experiment" in during and "goal     accuracy >= 0.9" in during and "sandbox" in during
-    assert "run 1 · execute · draft" in during and "run 1 · output.log (last 15 lines)" in during
+    assert "run 1 · wait" in during and "run 1 · output.log (last 15 lines)" in during, during
     latest_step = max(int(step) for step in re.findall(r"step=(\d)", during))  # lines may arrive several at a time
     assert re.search(rf"latest metrics: .*val_accuracy={0.5 + latest_step / 20:.2g}\b", during), during
     assert "runs 0/2" in during and "initialize      1" in during  # tokens per stage so far

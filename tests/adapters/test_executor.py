@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -9,7 +11,7 @@ import pytest
 
 from adapters import process
 from adapters.executor import Executor, Job, close_executor, executor_for, listen
-from adapters.process import RunCancelled
+from adapters.process import Limits, RunCancelled, run_script
 
 
 class Holder:
@@ -143,7 +145,33 @@ def test_events_go_to_the_listener_at_once_else_wait_for_a_node_to_relay_them():
     pool.listen(heard.append)
     pool.submit(jobs.job(2, seconds=0.01))
     pool.take(pool.wait_first([2]).job.number)
+    wait_until(lambda: heard)
     assert heard == [{"event": "run_started", "run": 2}] and not pool.events
+    pool.listen(None)
+
+
+def test_a_listener_that_blocks_never_holds_up_a_runs_time_limit(tmp_path):
+    """A terminal that stops reading (Ctrl-S, a full pipe) blocks the listener; the run's watchdog must go on regardless."""
+    pool = Executor()
+    pool.listen(lambda event: time.sleep(5))
+
+    def start(devices, cancel, emit):
+        script = "import time\nfor i in range(100):\n    print(i, flush=True)\n    time.sleep(0.05)\n"
+        return run_script(
+            [sys.executable, "-c", script],
+            cwd=tmp_path,
+            log_path=tmp_path / "output.log",
+            limits=Limits(timeout_s=1),
+            env={"PATH": os.environ["PATH"]},
+            on_output=lambda lines: emit({"event": "output", "run": 1, "lines": lines}),
+            cancel=cancel,
+        )
+
+    began = time.monotonic()
+    pool.submit(Job(number=1, start=start))
+    result = pool.wait_first([1]).outcome
+    assert result.stopped == "timeout" and time.monotonic() - began < 4
+    pool.listener = None
 
 
 def test_wait_first_relays_events_while_it_waits():

@@ -525,3 +525,29 @@ def test_runs_started_at_the_same_moment_keep_their_own_processes(tmp_path: Path
 
     assert len(ended) == 40
     assert [run for run in ended if run[2:] != (0, "hello\n")] == []
+
+
+def test_a_runs_orphan_is_its_own_not_the_run_beside_it(tmp_path: Path):
+    """Run A leaves an orphan (a backgrounded sleep) after run B began; B ends first: the orphan lives on with A, and ends with A."""
+    orphan_pid = tmp_path / "orphan.pid"
+    a_script = f"import subprocess, time\ntime.sleep(1.0)\nsubprocess.run(['sh', '-c', 'sleep 30 & echo $! > {orphan_pid}'])\ntime.sleep(3.0)\n"
+    outcomes = {}
+
+    def run(name: str, script: str, delay: float) -> None:
+        time.sleep(delay)
+        folder = tmp_path / name
+        folder.mkdir()
+        outcomes[name] = run_script(
+            [sys.executable, "-c", script], cwd=folder, log_path=folder / "output.log", limits=Limits(timeout_s=30), env={"PATH": os.environ["PATH"]}
+        )
+
+    a = threading.Thread(target=run, args=("a", a_script, 0.0))
+    b = threading.Thread(target=run, args=("b", "import time; time.sleep(2.0)", 0.5))
+    a.start()
+    b.start()
+    b.join()
+    orphan = int(orphan_pid.read_text())
+    assert Path(f"/proc/{orphan}").exists() and b"sleep" in Path(f"/proc/{orphan}/cmdline").read_bytes()  # B's end left A's orphan alone
+    a.join()
+    assert not Path(f"/proc/{orphan}").exists() or Path(f"/proc/{orphan}/stat").read_text().split(")")[1].split()[0] == "Z"  # gone with A
+    assert outcomes["a"].exit_code == 0 and outcomes["b"].exit_code == 0

@@ -488,6 +488,23 @@ def test_the_plain_view_can_leave_the_scripts_output_out():
     assert list(view.progress.in_flight[1].tail) == ["epoch=1 loss=0.5"], "the progress is kept up to date all the same"
 
 
+def test_while_the_review_prompt_waits_the_plain_view_holds_what_the_runs_in_flight_say_and_prints_it_after():
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress())
+    view.event(stage("execute", run=1))
+
+    with view.paused():
+        console.print("Approve run 2?")
+        view.event(output("epoch 1", "epoch 2", run=1))
+        view.event(run_done(1, {"accuracy": 0.9}))
+        assert console.file.getvalue().splitlines() == ["▶ run 1 · execute", "Approve run 2?"]  # nothing in the prompt's way
+
+    after = console.file.getvalue().splitlines()[2:]
+    assert after[0].startswith("■ run 1 ok in 2.0 s") and "2 lines of output while paused" in after[1]
+    view.event(output("epoch 3", run=1))
+    assert console.file.getvalue().splitlines()[-1] == "  run 1 │ epoch 3"
+
+
 def test_the_plain_view_shows_the_scripts_output_as_a_terminal_would_leave_it_without_control_characters():
     console = plain_console(force_terminal=False)
     view = PlainView(console, make_progress())
