@@ -1,44 +1,28 @@
 """Runs of train.py: execute submits the coming run to the executor, wait takes the first run in flight that ends and
 records it, stop_runs stops the rest when the experiment ends. The processes and threads live in the executor
-(adapters.executor); these nodes only hand it jobs and read what they left in the run folders."""
+(adapters.executor) and its jobs (adapters.training); these nodes only hand it jobs and read what they left in the run folders."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from langgraph.runtime import Runtime
 
-from adapters.executor import Executor, Job, executor_for
+from adapters.executor import Executor, executor_for
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.logs import LogSummary, missing_package_hint, run_summary, summarize_log
-from adapters.machine import cpu_count, gpu_devices, gpus_per_run
-from adapters.process import Limits, ProcessResult, kill_leftover, run_script
-from adapters.sandbox import child_environment, resolve_mode, sandbox_command, share_environment, workspace
+from adapters.logs import missing_package_hint, run_summary, summarize_log
+from adapters.machine import gpu_devices
+from adapters.process import kill_leftover
+from adapters.sandbox import resolve_mode
 from adapters.tracking import TrackingError, log_run
+from adapters.training import Ended, training_job, write_record
 from nodes.summarize import coming_run
 from settings import Settings
 from state import ExperimentState, InFlight, RunRecord
 
-MAX_TASKS = 8192
-"""Processes and threads a run may have at once. A fork bomb stops here; a training job with many data-loader
-workers on a many-core machine stays far below (each worker counts its threads too)."""
-
 _warned: set[str] = set()
 """Warnings already shown by this runner process: auto's fallback to no sandbox is said once, not every run."""
-
-
-@dataclass
-class Ended:
-    """What a job leaves when its train.py has ended: the process's result and, unless it was cancelled, the run's record."""
-
-    result: ProcessResult
-    record: RunRecord | None
-    log: LogSummary | None
 
 
 def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
@@ -65,7 +49,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     _warn_once(warning, runtime)
     if not (files.run_dir(coming["number"]) / "train.py").exists():
         write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
-    pool.submit(run_job(files, settings, flight, mode))
+    pool.submit(training_job(files, settings, flight, mode))
     pool.relay(runtime.stream_writer)
     return {"in_flight": [*in_flight, flight], "workers": settings.workers}
 
@@ -141,107 +125,6 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
     return {"in_flight": [flight for flight in in_flight if flight["number"] not in ended], "run_count": state.get("run_count", 0) + len(ended)}
 
 
-def run_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: str) -> Job:
-    """The job that runs `flight`'s train.py in the sandbox, within the limits, on the devices the executor hands it, and
-    records mechanically what happened (run_N/result.json) as soon as it ends. Whatever an earlier runner left of
-    the run (a process, a partial log) is dealt with first: killed, and kept aside as output.interrupted-K.log."""
-    number = flight["number"]
-    run_dir = files.run_dir(number)
-    data_dir = files.root / "data"
-    script = run_dir / "train.py"
-    log_path = run_dir / "output.log"
-    pid_file = files.child_file(number)
-    kill_leftover(pid_file)
-    kill_leftover(files.private / "child.json")  # a runner from before parallel runs kept one pid file
-    if log_path.exists():
-        attempt = 1
-        while (kept := run_dir / f"output.interrupted-{attempt}.log").exists():
-            attempt += 1
-        log_path.rename(kept)
-    (run_dir / "metrics.json").unlink(missing_ok=True)
-    (run_dir / "result.json").unlink(missing_ok=True)
-    limits = Limits(
-        timeout_s=settings.timeout_seconds,
-        memory_mb=settings.memory_limit_mb,
-        file_size_mb=settings.file_size_limit_mb,
-        max_processes=MAX_TASKS,
-        shared_processes=MAX_TASKS * settings.workers,
-        log_max_bytes=settings.log_max_mb * 2**20,
-    )
-    python = shutil.which(settings.python) or settings.python  # a name on PATH (python3) as the path the sandbox must show
-    gpus_given = settings.gpus == "none" or bool(_devices(settings))
-    threads = max(1, cpu_count() // settings.workers) if settings.workers > 1 else None
-
-    def start(devices: list[str], cancel: threading.Event, emit: Callable[[dict], None]) -> Ended:
-        emit(
-            {
-                "event": "run_started",
-                "run": number,
-                "operator": flight["operator"],
-                "parent": flight["parent"],
-                "gpus": devices,
-                "started": round(time.time(), 3),
-            }
-        )
-        with workspace(mode, run_dir, data_dir) as home:
-            env = child_environment(os.environ, home=home, data_dir=str(data_dir), extra_names=settings.sandbox_env, tmpdir="/tmp" if mode == "bwrap" else None)
-            env.update(share_environment(devices if gpus_given else None, threads, keep=settings.sandbox_env))
-            argv = sandbox_command(
-                [python, script.name],
-                mode=mode,
-                run_dir=run_dir,
-                experiment_dir=files.root,
-                data_dir=data_dir,
-                home=home,
-                network=not settings.no_network,
-                python=python,
-            )
-            result = run_script(
-                argv,
-                cwd=run_dir,
-                log_path=log_path,
-                limits=limits,
-                env=env,
-                on_output=lambda lines: emit({"event": "output", "run": number, "lines": lines}),
-                on_redraw=lambda line: emit({"event": "output_redraw", "run": number, "line": line}),
-                pid_file=pid_file,
-                cancel=cancel,
-                pid_note={"run": number, "operator": flight["operator"], "parent": flight["parent"], "gpus": devices, "started": round(time.time(), 3)},
-            )
-        if result.stopped == "cancelled":  # stop_runs records it, or a resume runs it again
-            return Ended(result, None, None)
-        # A limit the runner enforced wins over whatever the log says.
-        log = summarize_log(log_path, run_dir / "metrics.json")
-        status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-        error = _stop_reason(result, settings) or log.error
-        recorded = write_record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=devices)
-        return Ended(result, recorded, log)
-
-    return Job(number=number, start=start, devices=gpus_per_run(settings.gpus_per_run, _devices(settings), settings.workers))
-
-
-def write_record(
-    files: ExperimentFiles,
-    flight: InFlight,
-    status: str,
-    exit_code: int | None,
-    duration_s: float,
-    metrics: dict[str, float],
-    error: str,
-    emit: Callable[[dict], None],
-    gpus: list[str] | None = None,
-) -> RunRecord:
-    """Run `flight`'s record, written to its result.json and told as a run_done event."""
-    number, operator, parent = flight["number"], flight["operator"], flight["parent"]
-    done = RunRecord(
-        number=number, status=status, exit_code=exit_code, duration_s=round(duration_s, 3), metrics=metrics, error=error, operator=operator, parent=parent
-    )
-    files.write_result(done)
-    event = {"event": "run_done", "run": number, "status": status, "duration_s": done["duration_s"], "metrics": metrics, "operator": operator, "parent": parent}
-    emit(event if gpus is None else {**event, "gpus": gpus})
-    return done
-
-
 def _resubmit_unknown(
     state: ExperimentState, in_flight: list[InFlight], pool: Executor, files: ExperimentFiles, settings: Settings, mode: str, runtime: Runtime[Settings]
 ) -> tuple[InFlight, RunRecord] | None:
@@ -255,7 +138,7 @@ def _resubmit_unknown(
             recorded = recorded or (flight, record)
             continue
         runtime.stream_writer({"event": "warning", "message": f"run {flight['number']} was in flight when the runner stopped: it starts again"})
-        pool.submit(run_job(files, settings, flight, mode))
+        pool.submit(training_job(files, settings, flight, mode))
     return recorded
 
 
@@ -313,14 +196,3 @@ def _track(files: ExperimentFiles, settings: Settings, record: RunRecord, mode: 
         )
     except TrackingError as exc:
         emit({"event": "warning", "message": str(exc)})
-
-
-def _stop_reason(result: ProcessResult, settings: Settings) -> str:
-    """Why the runner stopped the script, as the run's error; empty when it ended by itself."""
-    if result.stopped == "timeout":
-        return f"timed out after {settings.timeout_seconds} s"
-    if result.stopped == "memory":
-        return f"stopped: memory limit (MEMORY_LIMIT_MB={settings.memory_limit_mb}) exceeded"
-    if result.stopped == "processes":
-        return f"stopped: too many processes (more than {MAX_TASKS} processes and threads)"
-    return ""

@@ -11,7 +11,7 @@ import pytest
 from fakes import events_of, execute, make_experiment, make_next_run, make_run, make_runtime, seed_runs
 from venvs import make_venv
 
-from adapters import sandbox
+from adapters import sandbox, training
 from adapters.files import ExperimentFiles
 from adapters.sandbox import SandboxError
 from nodes import execute as execute_module
@@ -265,7 +265,7 @@ def test_memory_limit_stops_the_run_cleanly(mode, tmp_path: Path):
 
 @pytest.mark.parametrize("mode", sorted({MODE, "none"}))
 def test_a_fork_bomb_is_stopped_cleanly(mode, tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(execute_module, "MAX_TASKS", 64)
+    monkeypatch.setattr(training, "MAX_TASKS", 64)
     runtime, _ = make_runtime(timeout_seconds=20, sandbox=mode)
     record = execute({"experiment_dir": scratch_run(tmp_path, FORK_BOMB), "run_count": 0}, runtime)["latest_run"]
     assert record["status"] in ("failed", "timeout")
