@@ -15,9 +15,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from scripted import ScriptedBrain, run_main, runner_env, start_main, wait_until
 
+from adapters import sandbox
 from runner import run_experiment
 
 
@@ -155,8 +157,23 @@ def test_each_run_in_flight_gets_its_own_gpu_and_a_share_of_the_cpus(experiment:
     spans = [span(experiment, n) for n in (1, 2, 3)]
     assert max(s["start"] for s in spans) < min(s["end"] for s in spans)
     assert sorted(s["CUDA_VISIBLE_DEVICES"] for s in spans) == ["0", "1", "2"]
-    share = str(max(1, (os.cpu_count() or 1) // 3))
+    share = str(max(1, len(os.sched_getaffinity(0)) // 3))
     assert all(s[name] == share for s in spans for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+
+
+@pytest.mark.skipif(sandbox.resolve_mode("auto")[0] != "bwrap", reason="needs bubblewrap")
+def test_in_the_sandbox_the_data_folder_stays_writable_while_any_run_in_flight_holds_it(experiment: Path, llm_server):
+    """Run 1 ends first; run 2, still training as the sandbox's user, then writes to the shared data cache."""
+    writes = 'open(os.path.join(os.environ["DATA_DIR"], "cache-{n}.txt"), "w").write("cached")\n'
+    codes = [train("short", seconds=0.5, accuracy=0.6) + writes.format(n=1), train("long", seconds=3, accuracy=0.7) + writes.format(n=2)]
+    server = llm_server(ScriptedBrain(codes=codes))
+
+    run_experiment(experiment, max_runs=2, **llm(server, workers=2, sandbox="bwrap"))
+
+    assert span(experiment, 1)["end"] < span(experiment, 2)["end"]
+    assert [status for *_, status in tree(experiment)] == ["ok", "ok"], (experiment / "run_2" / "output.log").read_text()
+    assert (experiment / "data" / "cache-2.txt").read_text() == "cached"
+    assert (experiment / "data").stat().st_uid == os.getuid()  # given back once the last run ended
 
 
 def test_with_fewer_gpus_than_workers_a_run_waits_for_a_device_rather_than_share_one(experiment: Path, llm_server):

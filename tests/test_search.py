@@ -111,3 +111,40 @@ def test_the_choice_depends_only_on_the_runs():
 def test_with_one_failure_allowed_the_tree_stops_at_the_first_failure_as_the_loop_did():
     runs = [draft(1, status="failed", error="E")]
     assert stuck(runs, Policy(search="tree", same_failures=1)) is not None
+
+
+def flying(number: int, operator: str, parent: int | None) -> dict:
+    """A run in flight, as the state holds it."""
+    return {"number": number, "operator": operator, "parent": parent, "reason": "", "submitted_at": 0.0}
+
+
+def test_runs_in_flight_count_as_drafts_and_as_their_parents_children():
+    policy = Policy(search="tree", drafts=3, debug_depth=3, same_failures=3)
+    assert next_choice([], GOAL, policy, [flying(1, "draft", None), flying(2, "draft", None)]).operator == "draft"
+    runs = [draft(1, status="failed", error="KeyError: 'x'")]
+    in_flight = [flying(2, "draft", None), flying(3, "draft", None)]
+    assert (next_choice(runs, GOAL, policy, in_flight).operator, next_choice(runs, GOAL, policy, in_flight).parent) == ("debug", 1)
+    in_flight.append(flying(4, "debug", 1))  # run 1 is being fixed already: not a second time
+    choice = next_choice(runs, GOAL, policy, in_flight)
+    assert choice.operator == "draft" and "3 in flight" in choice.reason
+
+
+def test_improves_in_flight_spread_over_branches_then_over_parents_and_repeat_only_when_nothing_else_is_left():
+    policy = Policy(search="tree", drafts=2, debug_depth=3, same_failures=3)
+    runs = [draft(1, 0.90), draft(2, 0.80), child(3, "improve", 1, 0.95)]
+    assert next_choice(runs, GOAL, policy).parent == 3  # alone: the best
+    choice = next_choice(runs, GOAL, policy, [flying(4, "improve", 3)])
+    assert (choice.operator, choice.parent) == ("improve", 2) and "branch" in choice.reason  # draft 1's branch is busy
+    choice = next_choice(runs, GOAL, policy, [flying(4, "improve", 3), flying(5, "improve", 2)])
+    assert choice.parent == 1 and "no run in flight improves" in choice.reason  # both branches busy: the best nothing improves
+    choice = next_choice(runs, GOAL, policy, [flying(4, "improve", 3), flying(5, "improve", 2), flying(6, "improve", 1)])
+    assert choice.parent == 3 and "every good run" in choice.reason
+
+
+def test_a_cancelled_run_is_neither_debugged_nor_improved_nor_stuck():
+    policy = Policy(search="tree", drafts=1, debug_depth=3, same_failures=2)
+    runs = [draft(1, 0.9), {**child(2, "improve", 1, 0.99), "status": "cancelled"}]
+    choice = next_choice(runs, GOAL, policy)
+    assert (choice.operator, choice.parent) == ("improve", 1)
+    crashed = [child(n, "improve", 1, status="failed", error="ValueError: x") for n in (3, 4)]
+    assert stuck([*runs, crashed[0], {**child(5, "improve", 1), "status": "cancelled"}, crashed[1]], policy) is not None

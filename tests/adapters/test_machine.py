@@ -177,3 +177,17 @@ def test_the_text_stays_small():
     text = machine_text(description)
     assert len(text) <= machine.TEXT_MAX_CHARS
     assert text.startswith(f"Python {platform.python_version()} at /very/long/")
+
+
+def test_the_gpus_are_shared_out_among_the_workers_and_one_worker_has_them_all(monkeypatch):
+    assert machine.gpu_devices("1,3") == ["1", "3"] and machine.gpu_devices("none") == []
+    assert machine.gpu_devices("", {"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]  # the runner's own, when set
+    four = ["0", "1", "2", "3"]
+    assert machine.gpus_per_run(0, four, 1) == 4  # one worker: every GPU, as before parallel runs
+    assert machine.gpus_per_run(0, four, 2) == 2 and machine.gpus_per_run(0, four, 8) == 1
+    assert machine.gpus_per_run(3, four, 2) == 3 and machine.gpus_per_run(0, [], 4) == 0
+    assert machine.share_text(1, four, 4) == ""  # one run on the whole machine: nothing to say
+    assert machine.share_text(4, four, 1, cpus=16) == (
+        "Up to 4 runs train at once; each gets 4 CPU threads (OMP_NUM_THREADS) and 1 GPU of its own (CUDA_VISIBLE_DEVICES; numbered from 0 inside the run)."
+    )
+    assert machine.cpu_count() >= 1

@@ -11,7 +11,18 @@ import pytest
 from venvs import make_venv
 
 from adapters import sandbox
-from adapters.sandbox import SANDBOX_UID, SandboxError, child_environment, chown_tree, nvidia_devices, reclaim, resolve_mode, sandbox_command, workspace
+from adapters.sandbox import (
+    SANDBOX_UID,
+    SandboxError,
+    child_environment,
+    chown_tree,
+    nvidia_devices,
+    reclaim,
+    resolve_mode,
+    sandbox_command,
+    share_environment,
+    workspace,
+)
 
 BWRAP_PROBLEM = sandbox.bwrap_problem()
 needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap cannot run here: {BWRAP_PROBLEM}")
@@ -438,3 +449,17 @@ def test_reclaim_does_not_follow_planted_symlinks(tmp_path: Path):
     assert (run_dir / "sub" / "out.txt").stat().st_uid == os.geteuid()
     assert (run_dir / "link").lstat().st_uid == os.geteuid()
     assert outside.stat().st_uid == 12345 and tmp_path.stat().st_uid == os.geteuid()
+
+
+def test_a_run_gets_its_share_of_the_machine_unless_the_user_passes_their_own_values():
+    assert share_environment(["1"], 4) == {
+        "CUDA_VISIBLE_DEVICES": "1",
+        "OMP_NUM_THREADS": "4",
+        "MKL_NUM_THREADS": "4",
+        "OPENBLAS_NUM_THREADS": "4",
+        "NUMEXPR_NUM_THREADS": "4",
+        "VECLIB_MAXIMUM_THREADS": "4",
+    }
+    assert share_environment([], None) == {"CUDA_VISIBLE_DEVICES": ""}  # GPUS=none hides them all
+    assert share_environment(None, None) == {}  # no GPU given: the runner's own variable passes as it is
+    assert "OMP_NUM_THREADS" not in share_environment(None, 2, keep=("OMP_NUM_THREADS",))  # named in SANDBOX_ENV: the user's

@@ -75,3 +75,27 @@ def test_stuck_on_a_missing_package_says_where_to_install_it():
     runs = [make_run(n, "failed", error="ModuleNotFoundError: No module named 'xgboost'") for n in (1, 2)]
     stop = decide_stop(runs, [], "acc >= 0.9", False, 5, settings)
     assert stop.reason == "stuck" and "`/env/bin/python -m pip install xgboost`" in stop.detail
+
+
+def test_with_runs_in_flight_a_budget_averages_tokens_over_every_run_given_out_and_hours_over_the_finished():
+    runs = [make_run(1, metrics={}), make_run(2, metrics={})]
+    calls = [usage(tokens_in=400, tokens_out=100) for _ in range(8)]  # 4000 tokens: 2 finished runs and 2 in flight (their code written)
+    # 1000 tokens a run given out: one more makes 5000.
+    assert budget_stop(runs, calls, make_settings(max_tokens=5000), in_flight=2) is None
+    stop = budget_stop(runs, calls, make_settings(max_tokens=4999), in_flight=2)
+    assert stop.reason == "budget" and "beside the 2 in flight" in stop.detail
+    long_runs = [{**make_run(n), "duration_s": 1800.0} for n in (1, 2)]  # 1 h done; 2 in flight will add 1 h; a new one 0.5 h
+    assert budget_stop(long_runs, [], make_settings(max_hours=2.5), in_flight=2) is None
+    assert budget_stop(long_runs, [], make_settings(max_hours=2.4), in_flight=2).reason == "budget"
+
+
+def test_while_runs_are_in_flight_only_the_goal_stuck_and_plateau_stop_at_once():
+    runs = [make_run(1, metrics={"accuracy": 0.5}), make_run(2, metrics={"accuracy": 0.5})]
+    settings = make_settings(max_tokens=1, patience=0)
+    calls = [usage(tokens_in=400, tokens_out=100)]
+    assert decide_stop(runs, calls, "accuracy >= 0.9", False, 2, settings, in_flight=1) is None  # run limit and budget wait for them
+    assert decide_stop(runs, calls, "accuracy >= 0.9", False, 2, settings).reason == "max_runs"
+    met = [*runs, make_run(3, metrics={"accuracy": 0.95})]
+    assert decide_stop(met, calls, "accuracy >= 0.9", False, 9, settings, in_flight=2).reason == "goal_met"
+    cancelled = {**make_run(3, metrics={"accuracy": 0.95}), "status": "cancelled"}
+    assert decide_stop([*runs, cancelled], [], "accuracy >= 0.9", True, 9, make_settings(), latest=cancelled) is None  # metrics from its middle
