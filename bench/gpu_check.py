@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -96,7 +97,7 @@ def main() -> int:
     spans, problems = {}, []
     for run in final["runs"]:
         log = (folder / f"run_{run['number']}" / "output.log").read_text()
-        fields = dict(part.split("=", 1) for line in log.splitlines() for part in line.split() if "=" in part and part.split("=", 1)[0].isidentifier())
+        fields = dict(re.findall(r"(\w+)=('[^']*'|\S+)", log))
         started = next((e for e in events if e["event"] == "run_started" and e["run"] == run["number"]), {})
         spans[run["number"]] = (float(fields.get("start", 0)), float(fields.get("end", 0)), started.get("gpus", []))
         print(

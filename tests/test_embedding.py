@@ -76,7 +76,7 @@ def test_a_parent_streaming_with_subgraphs_sees_the_experiments_events(experimen
     namespaces = {namespace[0].split(":")[0] for namespace, _ in seen if namespace}
     events = [event for namespace, event in seen if namespace]
     assert namespaces == {"experiment"}
-    assert [e["stage"] for e in events if e["event"] == "stage"] == ["initialize", "summarize", "codegen", "execute", "analyze", "report"]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["initialize", "summarize", "codegen", "execute", "wait", "analyze", "report"]
     assert any(e["event"] == "output" and any("epoch=1" in line for line in e["lines"]) for e in events)
     assert [e["status"] for e in events if e["event"] == "run_done"] == ["ok"]
 

@@ -66,7 +66,7 @@ def test_studio_serves_and_runs_the_experiment_graph(dev_server, experiment: Pat
     )
 
     events = [part.data for part in parts if part.event == "custom"]
-    assert [e["stage"] for e in events if e["event"] == "stage"] == ["initialize", "summarize", "codegen", "execute", "analyze", "report"]
+    assert [e["stage"] for e in events if e["event"] == "stage"] == ["initialize", "summarize", "codegen", "execute", "wait", "analyze", "report"]
     assert [e["status"] for e in events if e["event"] == "run_done"] == ["ok"]
     assert any(e["event"] == "output" for e in events)
     state = dev_server.threads.get_state(thread["thread_id"])
