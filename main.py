@@ -102,6 +102,12 @@ def parse_args(argv: list[str] | None, prog: str = "main.py") -> argparse.Namesp
         help="runs in flight at once; each ended run is analysed while the others train (default: WORKERS, 1)",
     )
     parser.add_argument(
+        "--ahead",
+        type=_like("AHEAD", "--ahead"),
+        metavar="N",
+        help="runs written ahead while every worker is busy, started the moment one frees (default: AHEAD, 0)",
+    )
+    parser.add_argument(
         "--gpus", type=_like("GPUS", "--gpus"), metavar="LIST", help="GPUs to share out, e.g. 0,1,2,3, or none (default: GPUS, else every GPU nvidia-smi lists)"
     )
     parser.add_argument("--gpus-per-run", type=_like("GPUS_PER_RUN", "--gpus-per-run"), metavar="G", help="GPUs each run gets (default: GPUS_PER_RUN, 1)")
@@ -142,6 +148,7 @@ def flag_settings(args: argparse.Namespace) -> dict:
         "search": args.search,
         "drafts": args.drafts,
         "workers": args.workers,
+        "ahead": args.ahead,
         "gpus": args.gpus,
         "gpus_per_run": args.gpus_per_run,
         "debug_depth": args.debug_depth,

@@ -174,6 +174,12 @@ class Settings:
     workers: int = _setting(
         "WORKERS", 1, "Runs in flight at once (`--workers`): when one ends it is analysed and the next starts while the others train.", _whole_number(1)
     )
+    ahead: int = _setting(
+        "AHEAD",
+        0,
+        "Runs written ahead while every worker is busy (`--ahead`), started the moment a worker frees (chosen before the runs in flight end); 0: off.",
+        _whole_number(0),
+    )
     gpus: str = _setting(
         "GPUS",
         "",
@@ -257,6 +263,8 @@ class Settings:
         """Raise SettingsError for a combination no LLM call can succeed with, or no run can."""
         if self.chat_model is None and self.uses_openrouter and not self.api_key:
             raise SettingsError("OPENROUTER_API_KEY is not set: put it in .env or the environment (or set LLM_BASE_URL for a local server)")
+        if self.ahead and self.search == "linear":
+            raise SettingsError("SEARCH=linear builds each run on the one before it, so no run can be written ahead: use AHEAD=0, or SEARCH=tree")
         if self.workers > 1 and self.search == "linear":
             raise SettingsError(
                 f"SEARCH=linear builds each run on the one before it, so runs cannot overlap: use WORKERS=1, or SEARCH=tree with WORKERS={self.workers}"

@@ -193,8 +193,9 @@ class ExperimentState(InputState):
     in_flight: NotRequired[list[InFlight]]
     """The runs submitted and not recorded yet (at most WORKERS), in the order they were submitted. The runs given out are
     numbered 1 to run_count + len(in_flight): every one either finished (run_N/result.json) or is in here."""
-    workers: NotRequired[int]
-    """WORKERS as execute last read it: whether another run may start before one in flight ends (the edge after execute)."""
+    slots: NotRequired[int]
+    """How many runs may be in flight at once (WORKERS, plus AHEAD written ahead), as execute last read it: whether another
+    run is written before one in flight ends (the edge after execute)."""
     latest_change: NotRequired[str]
     """The change the latest finished run named in advance (improve), as analyze tells the analyst."""
     usage: Annotated[list[Usage], add_usage]

@@ -53,7 +53,7 @@ def after_execute(state: ExperimentState) -> Literal["summarize", "wait", "repor
     """Another run while a worker is free (its code is written while the others train); else wait for the first to end."""
     if state.get("halted"):
         return "report"
-    return "summarize" if len(state.get("in_flight") or []) < state.get("workers", 1) else "wait"
+    return "summarize" if len(state.get("in_flight") or []) < state.get("slots", 1) else "wait"
 
 
 def after_review(state: ExperimentState) -> Literal["codegen", "execute", "report"]:

@@ -51,7 +51,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
     pool.submit(training_job(files, settings, flight, mode))
     pool.relay(runtime.stream_writer)
-    return {"in_flight": [*in_flight, flight], "workers": settings.workers}
+    return {"in_flight": [*in_flight, flight], "slots": settings.workers + settings.ahead}
 
 
 def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:

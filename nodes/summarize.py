@@ -29,7 +29,7 @@ def summarize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             runtime.stream_writer({"event": "stage", "stage": "summarize", "run": None, "reason": f"no new run ({stop.detail}); {len(in_flight)} in flight"})
             return {"next_run": None}
         return {"stop_reason": stop.reason, "stop_detail": stop.detail}
-    if len(in_flight) >= settings.workers:  # resumed with fewer workers than runs in flight
+    if len(in_flight) >= settings.workers + settings.ahead:  # resumed with fewer workers than runs in flight
         return {"next_run": None}
     choice = next_choice(runs, state.get("goal", ""), Policy.of(settings), in_flight)
     number = len(runs) + len(in_flight) + 1

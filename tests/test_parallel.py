@@ -176,6 +176,29 @@ def test_in_the_sandbox_the_data_folder_stays_writable_while_any_run_in_flight_h
     assert (experiment / "data").stat().st_uid == os.getuid()  # given back once the last run ended
 
 
+def test_a_run_written_ahead_starts_the_moment_a_worker_frees_not_after_the_analysis(experiment: Path, llm_server):
+    """Two workers, one run written ahead: run 3 waits, ready, and starts as run 1 ends, while run 1's analysis (slow) goes on."""
+    brain = ScriptedBrain(codes=[train("first", seconds=1, accuracy=0.6), train("second", seconds=5, accuracy=0.7), train("ahead", accuracy=0.8)])
+
+    def responder(body: dict) -> dict:
+        reply = brain(body)
+        return {**reply, "delay": 2} if brain.stages[-1] == "analyze" else reply
+
+    server = llm_server(responder)
+    submitted: dict[int, float] = {}
+
+    def note(event: dict) -> None:
+        if event.get("event") == "stage" and event.get("stage") == "execute":
+            submitted.setdefault(event["run"], time.time())
+
+    run_experiment(experiment, max_runs=3, on_event=note, **llm(server, workers=2, ahead=1))
+
+    first, ahead = span(experiment, 1), span(experiment, 3)
+    assert submitted[3] < first["end"]  # written while both workers were busy
+    assert first["end"] <= ahead["start"] < first["end"] + 1.0  # started as the first ended, not after its 2 s analysis
+    assert [status for *_, status in tree(experiment)] == ["ok", "ok", "ok"]
+
+
 def test_with_fewer_gpus_than_workers_a_run_waits_for_a_device_rather_than_share_one(experiment: Path, llm_server):
     server = llm_server(ScriptedBrain(codes=[train(f"run {n}", seconds=3, accuracy=0.5 + n / 100) for n in (1, 2, 3, 4)]))
     submitted: dict[int, float] = {}
