@@ -92,8 +92,9 @@ class Timeline:
         return len(self.durations) * 60 / self.runs_s
 
 
-def run_parallel(folder: Path, durations: list[float], workers: int, latency_s: float = 0.0, sandbox: str = "none") -> Timeline:
-    """Run the sleeping experiment in `folder` with `workers` workers, each LLM call answered after `latency_s`; its Timeline."""
+def run_parallel(folder: Path, durations: list[float], workers: int, latency_s: float = 0.0, sandbox: str = "none", ahead: int = 0) -> Timeline:
+    """Run the sleeping experiment in `folder` with `workers` workers (and `ahead` runs written ahead), each LLM call
+    answered after `latency_s`; its Timeline."""
     from runner import run_experiment  # the project is importable once workload has put it on sys.path
 
     brain = RealisticBrain([SLEEP_TRAIN.format(run=run, seconds=seconds) for run, seconds in enumerate(durations, 1)])
@@ -107,7 +108,7 @@ def run_parallel(folder: Path, durations: list[float], workers: int, latency_s: 
     with FakeLLMServer(lambda body: {**brain(body), "delay": latency_s}) as server:
         devices = ",".join(str(device) for device in range(workers))
         started = time.perf_counter()
-        final = run_experiment(folder, max_runs=len(durations), on_event=on_event, workers=workers, gpus=devices, **llm_settings(server, sandbox))
+        final = run_experiment(folder, max_runs=len(durations), on_event=on_event, workers=workers, ahead=ahead, gpus=devices, **llm_settings(server, sandbox))
         timeline = Timeline(workers, time.perf_counter() - started)
     runs = final.get("runs", [])
     if final.get("stop_reason") != "max_runs" or len(runs) != len(durations) or any(run["status"] != "ok" for run in runs):
@@ -169,6 +170,19 @@ def overlap_figures(timeline: Timeline, latency_s: float) -> tuple[list[Figure],
     name = f"K={timeline.workers}, LLM {latency_s:g} s a call: the most two calls a run, one at a time, allow (estimate)"
     found.append(Figure(BENCH, name, round(ceiling, 3), "x", shown=f"{ceiling:.3f} (training and calls in turn: {in_turn:.3f})"))
     return found, {**timeline_details(timeline), "llm_latency_s": latency_s}
+
+
+AHEAD_WORKERS = 2
+AHEAD_LATENCY_S = 0.3
+"""Written ahead: 2 workers and LLM calls of 0.3 s, where the LLM keeps up on average (two calls a run, 0.6 s, against a run
+ending every 1.25 s) but a freed worker would wait for them; reported, never gated."""
+
+
+def ahead_figures(without: Timeline, with_ahead: Timeline) -> tuple[list[Figure], dict]:
+    """The busy fraction with slow-ish LLM calls, without and with one run written ahead; reported, never gated."""
+    found = timeline_figures(without, bound=None, label=f", LLM {AHEAD_LATENCY_S:g} s a call")
+    found += timeline_figures(with_ahead, bound=None, label=f", LLM {AHEAD_LATENCY_S:g} s a call, 1 written ahead")
+    return found, {"without": timeline_details(without), "ahead_1": timeline_details(with_ahead), "llm_latency_s": AHEAD_LATENCY_S}
 
 
 def timeline_figures(timeline: Timeline, bound: float | None, label: str = "") -> list[Figure]:

@@ -9,8 +9,8 @@ Both print 1 GiB for the output benchmark: a smaller flood times the page cache,
 The checkpoint database's bound is for 1,000 runs: measured with `--only state --runs 1000` (a few minutes), projected
 from fewer. CI also runs `--only state --runs 300`.
 Parallel runs (bench/parallel.py) run only when named: `--only parallel` (24 runs that sleep 1-4 s, at 1 and 4 workers,
-and at 4 with a slow LLM: about 2.5 minutes; --quick, the bounded two at half the time scale: under a minute). CI runs
-`--only parallel --quick` on a line of its own. --runs does not change it.
+at 4 with a slow LLM, and at 2 without and with a run written ahead: about 3.5 minutes; --quick, the bounded two at half
+the time scale: under a minute). CI runs `--only parallel --quick` on a line of its own. --runs does not change it.
 """
 
 from __future__ import annotations
@@ -148,6 +148,11 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
             _say(f"parallel runs: the same at {parallel.WORKERS} workers, each LLM call taking {parallel.LLM_LATENCY_S:g} s")
             slow = parallel.run_parallel(workdir / "parallel-slow-llm", durations, parallel.WORKERS, parallel.LLM_LATENCY_S, args.sandbox)
             found, details["parallel"]["slow_llm"] = parallel.overlap_figures(slow, parallel.LLM_LATENCY_S)
+            figures += found
+            k, latency = parallel.AHEAD_WORKERS, parallel.AHEAD_LATENCY_S
+            _say(f"parallel runs: at {k} workers, each LLM call taking {latency:g} s, without and with one run written ahead")
+            without, ahead = (parallel.run_parallel(workdir / f"parallel-ahead-{n}", durations, k, latency, args.sandbox, ahead=n) for n in (0, 1))
+            found, details["parallel"]["ahead"] = parallel.ahead_figures(without, ahead)
             figures += found
     return figures, details
 
