@@ -94,6 +94,23 @@ def status(experiment: Path, env: dict[str, str]) -> subprocess.CompletedProcess
     return run_main(["status", "-d", str(experiment)], env)
 
 
+@pytest.mark.skipif(shutil.which("script") is None, reason="needs util-linux `script` for a pseudo-terminal")
+def test_the_live_view_shows_each_run_in_flight_on_a_line_of_its_own(experiment: Path, llm_server, tmp_path: Path):
+    server = llm_server(ScriptedBrain(codes=[SLOW_TRAIN]))
+    args = ["-d", str(experiment), "-r", "2", "--workers", "2", "--gpus", "0,1", "--sandbox", "none"]
+    code, drawn = in_a_terminal(args, colour_env(server.base_url), tmp_path)
+
+    assert code == 0, drawn[-2000:]
+    both = [frame for frame in frames(drawn) if re.search(r"^  run 1  draft  GPU \d", frame, re.M) and re.search(r"^▸ run 2  draft  GPU \d", frame, re.M)]
+    assert both, "no frame showed both runs in flight"
+    during = both[-1]
+    gpus = re.findall(r"^[ ▸] run [12]  draft  GPU (\d)", during, re.M)
+    assert sorted(gpus) == ["0", "1"]  # each on its own GPU
+    assert "run 2 · output.log (last 15 lines)" in during  # the tail follows the newest run
+    assert "Tab: next run" in during  # the keys, named while two runs are in flight
+    assert "wait" in during and "for the first of runs 1, 2 to end" in during
+
+
 def test_status_lock_and_viewer_while_a_runner_works(experiment: Path, llm_server, hold: Path):
     env = runner_env(llm_server(ScriptedBrain(codes=[HOLDING_TRAIN, GOOD_TRAIN])).base_url, HOLD_FILE=str(hold))
     runner = start_until_run(experiment, env, max_runs=2, run=1)
