@@ -139,14 +139,16 @@ def best_ranked(runs: list[RunRecord], rank: Ranking | None) -> RunRecord | None
     """The run with the best value of the ranking metric (the earliest on a tie), among the runs that ended well when
     any did: a run that crashed or timed out after printing a metric is best only while none finished, since its
     script cannot be run again to that result, and the search never builds on it."""
+    ordered = in_rank_order(runs, rank)
+    return next((r for r in ordered if r["status"] == "ok"), ordered[0] if ordered else None)
+
+
+def in_rank_order(runs: list[RunRecord], rank: Ranking | None) -> list[RunRecord]:
+    """The runs that report the ranking metric, best first (the earliest first on a tie); a cancelled run's metric is from its middle: left out."""
     if rank is None:
-        return None
-    scored = [r for r in runs if rank.metric in r["metrics"] and r["status"] != "cancelled"]  # a cancelled run's metric is from its middle
-    scored = [r for r in scored if r["status"] == "ok"] or scored
-    if not scored:
-        return None
-    pick = max if rank.higher_is_better else min
-    return pick(scored, key=lambda r: r["metrics"][rank.metric])
+        return []
+    scored = [r for r in runs if rank.metric in r["metrics"] and r["status"] != "cancelled"]
+    return sorted(scored, key=lambda r: r["metrics"][rank.metric], reverse=rank.higher_is_better)  # sorted is stable, reversed too
 
 
 def best_run(runs: list[RunRecord], goal: str) -> RunRecord | None:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from goal import best_ranked, ranking
+from goal import best_ranked, in_rank_order, ranking
 from state import RunRecord
 
 OPERATORS = ("draft", "improve", "debug")
@@ -141,10 +141,8 @@ def spread(runs: list[RunRecord], goal: str, best: RunRecord, in_flight: Sequenc
         ("run", flight["number"]) for flight in in_flight if flight["parent"] is None
     }
     good = [run for run in runs if run["status"] == "ok"]
-    rank = ranking(good, goal)
-    scored = [run for run in good if rank is not None and rank.metric in run["metrics"]]
-    ranked = sorted(scored, key=lambda run: run["metrics"][rank.metric], reverse=rank.higher_is_better) if scored else []
-    ranked += [run for run in reversed(good) if run not in scored]  # no metric: the latest first
+    ranked = in_rank_order(good, ranking(good, goal))
+    ranked += [run for run in reversed(good) if run not in ranked]  # no metric: the latest first
     for run in ranked:
         if root_of(run, by_number) not in busy_roots and run["number"] not in improving:
             return Choice("improve", run["number"], f"run {run['number']} is the best on a branch with no run in flight")
