@@ -9,8 +9,8 @@ Both print 1 GiB for the output benchmark: a smaller flood times the page cache,
 The checkpoint database's bound is for 1,000 runs: measured with `--only state --runs 1000` (a few minutes), projected
 from fewer. CI also runs `--only state --runs 300`.
 Parallel runs (bench/parallel.py) run only when named: `--only parallel` (24 runs that sleep 1-4 s, at 1 and 4 workers,
-at 4 with a slow LLM, and at 2 without and with a run written ahead: about 3.5 minutes; --quick, the bounded two at half
-the time scale: under a minute). CI runs `--only parallel --quick` on a line of its own. --runs does not change it.
+at 4 with a slow LLM, and at 2 without and with a run written ahead: about 3.5 minutes; --quick, the two bounded ones
+only: about 1.5 minutes). CI runs `--only parallel --quick` on a line of its own. --runs does not change it.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ NAMED_ONLY = ("parallel",)
 """What runs only when --only names it: its time goes to runs that sleep, not to the runner."""
 MODES = {
     "full": {"runs": 100, "flood_mb": 1024, "help_repeats": 10, "resume_repeats": 3, "parallel_scale": 1.0, "parallel_slow_llm": True},
-    "quick": {"runs": 30, "flood_mb": 1024, "help_repeats": 5, "resume_repeats": 2, "parallel_scale": 0.5, "parallel_slow_llm": False},
+    "quick": {"runs": 30, "flood_mb": 1024, "help_repeats": 5, "resume_repeats": 2, "parallel_scale": 1.0, "parallel_slow_llm": False},
 }
 Measured = tuple[list[Figure], dict]
 """A benchmark's figures and the details behind them."""

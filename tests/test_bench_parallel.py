@@ -19,7 +19,7 @@ def test_the_sleeps_are_spread_evenly_over_the_range_in_the_same_shuffle_every_t
     assert durations == parallel.sleep_durations()
     assert sorted(durations) == [round(1 + 3 * index / 23, 3) for index in range(24)]
     assert durations != sorted(durations)
-    halves = parallel.sleep_durations(0.5)  # --quick: the same order, half as long
+    halves = parallel.sleep_durations(0.5)  # scaled: the same order, half as long
     assert all(abs(half - seconds / 2) <= 0.001 for half, seconds in zip(halves, durations, strict=True))
 
 
