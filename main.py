@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None, prog: str = "main.py") -> argparse.Namesp
         "--gpus", type=_like("GPUS", "--gpus"), metavar="LIST", help="GPUs to share out, e.g. 0,1,2,3, or none (default: GPUS, else every GPU nvidia-smi lists)"
     )
     parser.add_argument("--gpus-per-run", type=_like("GPUS_PER_RUN", "--gpus-per-run"), metavar="G", help="GPUs each run gets (default: GPUS_PER_RUN, 1)")
+    parser.add_argument("--executor", choices=("local", "ray"), help="where runs train: this machine, or Ray tasks on a cluster (default: EXECUTOR, local)")
+    parser.add_argument(
+        "--cpus-per-run", type=_like("CPUS_PER_RUN", "--cpus-per-run"), metavar="C", help="with --executor ray, CPUs Ray reserves for each run (default: 1)"
+    )
+    parser.add_argument("--shared-data", metavar="PATH", help="with --executor ray, a folder every node mounts, used as DATA_DIR (default: data/ is shipped)")
     parser.add_argument(
         "--debug-depth",
         type=_like("DEBUG_DEPTH", "--debug-depth"),
@@ -151,6 +156,9 @@ def flag_settings(args: argparse.Namespace) -> dict:
         "ahead": args.ahead,
         "gpus": args.gpus,
         "gpus_per_run": args.gpus_per_run,
+        "executor": args.executor,
+        "cpus_per_run": args.cpus_per_run,
+        "shared_data": args.shared_data,
         "debug_depth": args.debug_depth,
         "max_cost_usd": args.max_cost,
         "max_tokens": args.max_tokens,
@@ -197,7 +205,10 @@ def run(args: argparse.Namespace, console: Console, errors: Console, on_leave: l
             experiment=args.experiment_dir,
             max_runs=args.max_runs or settings.max_runs,
             models={"plan, report": settings.report_model, "codegen": settings.code_model, "analyze": settings.summarize_model},
-            sandbox=resolve_mode(settings.sandbox, no_network=settings.no_network)[0] + (", no network" if settings.no_network else ""),
+            sandbox=(
+                f"{settings.sandbox} on the Ray workers" if settings.executor == "ray" else resolve_mode(settings.sandbox, no_network=settings.no_network)[0]
+            )
+            + (", no network" if settings.no_network else ""),
             model_prices=settings.model_prices,
         )
         values = started.values()

@@ -62,6 +62,11 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
     # What no run could work without stops here, before any LLM call: the training interpreter, the limits' tools, the sandbox.
     if settings.train_python:
         settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
+    if settings.executor == "ray":  # the nodes answer for themselves: sandbox, limits' tools, TRAIN_PYTHON, GPUs, data
+        from adapters.cluster import check
+
+        check(settings, experiment)
+        return settings
     check_limit_tools()
     devices = gpu_devices(settings.gpus)
     if settings.gpus_per_run > len(devices) and (devices or settings.gpus == "none"):
@@ -176,6 +181,10 @@ class Session:
         finally:
             listen(self.files.root, None)
             close_executor(self.files.root)
+            if self.settings.executor == "ray":
+                from adapters.cluster import disconnect
+
+                disconnect()
 
 
 @contextmanager

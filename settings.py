@@ -17,11 +17,9 @@ from typing import Any
 
 from dotenv import dotenv_values
 
+from adapters.errors import SettingsError
+
 OPENROUTER_URL = "https://openrouter.ai/api/v1"
-
-
-class SettingsError(ValueError):
-    """A setting has a value the runner cannot use; the message names the setting."""
 
 
 class UsageError(Exception):
@@ -188,6 +186,29 @@ class Settings:
     )
     gpus_per_run: int = _setting(
         "GPUS_PER_RUN", 1, "GPUs each run gets (`--gpus-per-run`); a run waits for that many to be free rather than share one.", _whole_number(1)
+    )
+    executor: str = _setting(
+        "EXECUTOR",
+        "local",
+        "Where runs train (`--executor`): local (this machine's GPUs) or ray (Ray tasks on a cluster; needs the ray extra).",
+        _choice("local", "ray"),
+    )
+    ray_address: str = _setting(
+        "RAY_ADDRESS", "", "Ray's own variable: the cluster EXECUTOR=ray joins (e.g. 10.0.0.5:6379); empty: a Ray instance of the experiment's own."
+    )
+    cpus_per_run: int = _setting(
+        "CPUS_PER_RUN", 1, "With EXECUTOR=ray, the CPUs Ray reserves for each run (`--cpus-per-run`), also the size of its thread pools.", _whole_number(1)
+    )
+    shared_data: str = _setting(
+        "SHARED_DATA",
+        "",
+        "With EXECUTOR=ray, a folder every node mounts at this path (`--shared-data`), the runs' DATA_DIR; empty: data/ is shipped.",
+    )
+    ship_data_max_mb: int = _setting(
+        "SHIP_DATA_MAX_MB",
+        1024,
+        "With EXECUTOR=ray and no SHARED_DATA, the largest data/ shipped to the cluster (once per experiment); beyond it the runner refuses to start.",
+        _whole_number(0),
     )
     debug_depth: int = _setting(
         "DEBUG_DEPTH", 3, "Fixes in a row that may fail before the tree search abandons a failed run's line (`--debug-depth`).", _whole_number(0)

@@ -47,6 +47,10 @@ class RunRecord(TypedDict):
     """How the run's code came about: draft (a fresh solution), improve (one change to a good parent) or debug (a fix of a failed parent)."""
     parent: int | None
     """The run whose code this one builds on; None for a draft."""
+    node: NotRequired[str]
+    """The machine it ran on (a Ray node's host name with EXECUTOR=ray); absent in records from before it was kept."""
+    gpus: NotRequired[list[str]]
+    """The GPUs it had (its CUDA_VISIBLE_DEVICES); absent in records from before they were kept."""
 
 
 class NextRun(TypedDict):

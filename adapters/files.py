@@ -22,6 +22,8 @@ RESULT_FIELDS = tuple(RunRecord.__annotations__)
 """What run_N/result.json holds: every field of the run's record (number, status, exit_code, duration_s, metrics, error, operator, parent)."""
 TREE_FIELDS = ("operator", "parent")
 """Fields a result.json written before the tree search lacks: read_runs gives such a run the parent of the linear loop."""
+WHERE_FIELDS = ("node", "gpus")
+"""Where the run ran: absent from a result.json written before they were kept, and from a cancelled run's."""
 
 _RUNS: dict[Path, dict[int, RunRecord]] = {}
 """The run records read_runs has read, by experiment folder and run number, each read once."""
@@ -255,7 +257,7 @@ class ExperimentFiles:
 
     def write_result(self, record: RunRecord) -> None:
         """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
-        result = {name: record[name] for name in RESULT_FIELDS}
+        result = {name: record[name] for name in RESULT_FIELDS if name in record}
         write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
         with _RUNS_LOCK:
             _RUNS.setdefault(self.root, {}).pop(record["number"], None)  # run again (a resume, a fork): read afresh
@@ -287,14 +289,14 @@ class ExperimentFiles:
         path = self.run_dir(number) / "result.json"
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS):
+            if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS + WHERE_FIELDS):
                 raise ValueError("not a run record")
         except (OSError, ValueError) as exc:
             raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
         if "operator" not in record:  # written before the tree search: the linear loop's parent
             operator, parent = after(known.get(number - 1))
             record = {**record, "operator": operator, "parent": parent}
-        return RunRecord(**{name: record[name] for name in RESULT_FIELDS})
+        return RunRecord(**{name: record[name] for name in RESULT_FIELDS if name in record})
 
     def read_result(self, number: int) -> RunRecord | None:
         """Run `number`'s record if its result.json is there and whole, else None (it has not ended, or never recorded)."""
@@ -311,7 +313,7 @@ class ExperimentFiles:
                 result = json.loads((self.run_dir(number) / "result.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS if name not in TREE_FIELDS):
+            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS if name not in TREE_FIELDS + WHERE_FIELDS):
                 results.append(result)
         return results
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import TypedDict
 
-from settings import SettingsError
+from adapters.errors import SettingsError
 
 ML_PACKAGES = (
     "numpy",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from adapters.capped_log import CappedLog
-from settings import SettingsError
+from adapters.errors import SettingsError
 
 READ_BYTES = 1024 * 1024
 """The most of the script's output read (and written to output.log) at once; also the pipe's size, where the kernel allows."""

@@ -10,6 +10,7 @@ user when the runner is root. `none` adds nothing beyond the allow-listed enviro
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from settings import SettingsError
+from adapters.errors import SettingsError
 
 MODES = ("auto", "bwrap", "none")
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`)"
@@ -200,12 +201,13 @@ def sandbox_command(
 
 
 @contextmanager
-def workspace(mode: str, run_dir: Path, data_dir: Path) -> Iterator[str]:
+def workspace(mode: str, run_dir: Path, data_dir: Path, data_is_shared: bool = False) -> Iterator[str]:
     """Get the folders a run writes ready for it and yield its HOME; afterwards give every file back and remove the scratch.
 
     Under bwrap as root the script runs as SANDBOX_UID: the run folder and the data cache are its
     for the run, and the runner's again after it. Under none, HOME is a scratch folder outside the
-    experiment, removed afterwards.
+    experiment, removed afterwards. `data_is_shared`: runs in other processes use the data folder too (a Ray node's
+    runs, each in a worker process of its own), so it is handed to the sandbox's user where it can be, and left so.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     if mode == "none":
@@ -216,29 +218,39 @@ def workspace(mode: str, run_dir: Path, data_dir: Path) -> Iterator[str]:
             shutil.rmtree(home, ignore_errors=True)
         return
     dropping = os.geteuid() == 0
-    if dropping:
+    holding = dropping and not data_is_shared
+    if dropping and data_is_shared:
+        with contextlib.suppress(OSError):  # a mount that refuses (NFS with root_squash): the runs read it as it is
+            chown_tree(data_dir, SANDBOX_UID, SANDBOX_GID)
+    if holding:
         data_key = data_dir.resolve()
         with _DATA_LOCK:  # runs in flight share data/: it is the sandbox's until the last of them ends
             _DATA_HOLDERS[data_key] = _DATA_HOLDERS.get(data_key, 0) + 1
             try:
                 for folder in (run_dir, data_dir) if _DATA_HOLDERS[data_key] == 1 else (run_dir,):  # data/ is the sandbox's already
-                    try:
-                        chown_tree(folder, SANDBOX_UID, SANDBOX_GID)
-                    except OSError as exc:  # e.g. NFS with root_squash
-                        raise SandboxError(
-                            f"cannot hand {folder} to the sandbox's user ({exc}): move the experiment to a local disk, or set SANDBOX=none"
-                        ) from exc
+                    _hand_over(folder)
             except BaseException:
                 _release(data_key)
                 raise
+    elif dropping:
+        _hand_over(run_dir)
     try:
         yield SANDBOX_HOME
     finally:
         if dropping:
             reclaim(run_dir)
+        if holding:
             with _DATA_LOCK:
                 if _release(data_key) == 0:
                     reclaim(data_dir)
+
+
+def _hand_over(folder: Path) -> None:
+    """Make `folder` the sandbox user's for a run; SandboxError when the filesystem refuses."""
+    try:
+        chown_tree(folder, SANDBOX_UID, SANDBOX_GID)
+    except OSError as exc:  # e.g. NFS with root_squash
+        raise SandboxError(f"cannot hand {folder} to the sandbox's user ({exc}): move the experiment to a local disk, or set SANDBOX=none") from exc
 
 
 _DATA_HOLDERS: dict[Path, int] = {}

@@ -43,15 +43,7 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
     script = run_dir / "train.py"
     log_path = run_dir / "output.log"
     pid_file = files.child_file(number)
-    kill_leftover(pid_file)
-    kill_leftover(files.private / "child.json")  # a runner from before parallel runs kept one pid file
-    if log_path.exists():
-        attempt = 1
-        while (kept := run_dir / f"output.interrupted-{attempt}.log").exists():
-            attempt += 1
-        log_path.rename(kept)
-    (run_dir / "metrics.json").unlink(missing_ok=True)
-    (run_dir / "result.json").unlink(missing_ok=True)
+    prepare_run(files, number)
     limits = Limits(
         timeout_s=settings.timeout_seconds,
         memory_mb=settings.memory_limit_mb,
@@ -112,6 +104,22 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
     return Job(number=number, start=start, devices=gpus_per_run(settings.gpus_per_run, gpu_devices(settings.gpus), settings.workers))
 
 
+def prepare_run(files: ExperimentFiles, number: int) -> None:
+    """Deal with whatever an earlier runner left of run `number`: its process killed, its partial log kept aside as
+    output.interrupted-K.log, its metrics and result removed."""
+    run_dir = files.run_dir(number)
+    log_path = run_dir / "output.log"
+    kill_leftover(files.child_file(number))
+    kill_leftover(files.private / "child.json")  # a runner from before parallel runs kept one pid file
+    if log_path.exists():
+        attempt = 1
+        while (kept := run_dir / f"output.interrupted-{attempt}.log").exists():
+            attempt += 1
+        log_path.rename(kept)
+    for name in ("metrics.json", "result.json", "worker.json"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def write_record(
     files: ExperimentFiles,
     flight: InFlight,
@@ -122,15 +130,20 @@ def write_record(
     error: str,
     emit: Callable[[dict], None],
     gpus: list[str] | None = None,
+    node: str = "",
 ) -> RunRecord:
-    """Run `flight`'s record, written to its result.json and told as a run_done event."""
+    """Run `flight`'s record, written to its result.json and told as a run_done event; `gpus` and `node`: where it ran."""
     number, operator, parent = flight["number"], flight["operator"], flight["parent"]
     done = RunRecord(
         number=number, status=status, exit_code=exit_code, duration_s=round(duration_s, 3), metrics=metrics, error=error, operator=operator, parent=parent
     )
+    if gpus is not None:
+        done["gpus"] = list(gpus)
+    if node:
+        done["node"] = node
     files.write_result(done)
     event = {"event": "run_done", "run": number, "status": status, "duration_s": done["duration_s"], "metrics": metrics, "operator": operator, "parent": parent}
-    emit(event if gpus is None else {**event, "gpus": gpus})
+    emit({**event, **{name: done[name] for name in ("gpus", "node") if name in done}})
     return done
 
 

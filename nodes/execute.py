@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from langgraph.runtime import Runtime
 
-from adapters.executor import Executor, executor_for
+from adapters.executor import Executor, Job, executor_for
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.logs import missing_package_hint, run_summary, summarize_log
 from adapters.machine import gpu_devices
@@ -30,7 +30,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
     coming = coming_run(state)
-    mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)  # SandboxError when what was asked for cannot work here
+    mode, warning = _resolve(settings)  # SandboxError when what was asked for cannot work here
     pool = executor_for(files.root, _devices(settings), settings.workers)
     in_flight = [flight for flight in state.get("in_flight") or [] if flight["number"] != coming["number"]]
     flight = InFlight(**coming, submitted_at=round(time.time(), 3))
@@ -49,7 +49,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     _warn_once(warning, runtime)
     if not (files.run_dir(coming["number"]) / "train.py").exists():
         write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
-    pool.submit(training_job(files, settings, flight, mode))
+    pool.submit(_job(files, settings, flight, mode))
     pool.relay(runtime.stream_writer)
     return {"in_flight": [*in_flight, flight], "slots": settings.workers + settings.ahead}
 
@@ -138,12 +138,29 @@ def _resubmit_unknown(
             recorded = recorded or (flight, record)
             continue
         runtime.stream_writer({"event": "warning", "message": f"run {flight['number']} was in flight when the runner stopped: it starts again"})
-        pool.submit(training_job(files, settings, flight, mode))
+        pool.submit(_job(files, settings, flight, mode))
     return recorded
 
 
 def _devices(settings: Settings) -> list[str]:
-    return gpu_devices(settings.gpus)
+    """The devices the executor hands out: this machine's GPUs; none with EXECUTOR=ray, where Ray hands them out."""
+    return [] if settings.executor == "ray" else gpu_devices(settings.gpus)
+
+
+def _job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: str) -> Job:
+    """The job that trains `flight`: here, or as a Ray task (EXECUTOR=ray)."""
+    if settings.executor == "ray":
+        from adapters.cluster import ray_job
+
+        return ray_job(files, settings, flight, mode)
+    return training_job(files, settings, flight, mode)
+
+
+def _resolve(settings: Settings) -> tuple[str, str | None]:
+    """The sandbox mode and auto's warning; with EXECUTOR=ray the mode asked for, which each worker resolves for itself."""
+    if settings.executor == "ray":
+        return settings.sandbox, None
+    return resolve_mode(settings.sandbox, no_network=settings.no_network)
 
 
 def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
@@ -159,7 +176,7 @@ def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
 
 def _sandbox_mode(settings: Settings, runtime: Runtime[Settings]) -> str:
     """bwrap or none (SandboxError when what was asked for cannot work here); auto's fallback is said once."""
-    mode, warning = resolve_mode(settings.sandbox, no_network=settings.no_network)
+    mode, warning = _resolve(settings)
     _warn_once(warning, runtime)
     return mode
 

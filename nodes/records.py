@@ -156,6 +156,14 @@ def cell(text: str, limit: int | None = CELL_CHARS) -> str:
     return one_line(text, limit).replace("|", "\\|")
 
 
+def where_text(run: RunRecord) -> str:
+    """Where a run ran: `node-2 · GPU 0,1` (a Ray node), `GPU 3` (this machine), `node-2 · CPU`; — when not recorded (cancelled, older)."""
+    if "gpus" not in run and "node" not in run:
+        return "—"
+    devices = f"GPU{'s' if len(run.get('gpus') or []) > 1 else ''} {','.join(run['gpus'])}" if run.get("gpus") else "CPU"
+    return f"{run['node']} · {devices}" if run.get("node") else devices
+
+
 def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
     """Markdown table of every run: the run it builds on and how (— for a draft), exact metric values and what each changed; ★ marks the best run.
 
@@ -167,7 +175,8 @@ def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | 
     columns, others = names[:MAX_METRIC_COLUMNS], names[MAX_METRIC_COLUMNS:]
     with_error = any(run["error"] for run in runs)
     extra = [*(["Other metrics"] if others else []), *(["Error"] if with_error else [])]
-    head = ["Run", "Parent", "Operator", "Status", "Duration", *columns, *extra, "What changed"]
+    where = any(run.get("node") or run.get("gpus") for run in runs)
+    head = ["Run", "Parent", "Operator", "Status", "Duration", *(["Where"] if where else []), *columns, *extra, "What changed"]
     rows = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for run in runs:
         mark = " ★" if best is not None and run["number"] == best["number"] else ""
@@ -179,6 +188,8 @@ def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | 
         change = cell((changes or {}).get(run["number"], ""))
         parent = "—" if run["parent"] is None else run["parent"]
         start = f"| {run['number']}{mark} | {parent} | {run['operator']} | {run['status']} | {exact_number(run['duration_s'])} s | "
+        if where:
+            start += f"{cell(where_text(run))} | "
         rows.append(start + " | ".join([*values, change]) + " |")
     if cancelled := [str(run["number"]) for run in runs if run["status"] == "cancelled"]:
         one = len(cancelled) == 1
