@@ -338,7 +338,7 @@ def _in_flight_line(files: ExperimentFiles, flight: dict, running: bool) -> str:
         return " · ".join([*parts, f"ended: {ended['status']}"])
     log = files.run_dir(number) / "output.log"
     if (note := _child_note(files, number)) is not None:
-        parts.append(devices_text(note.get("gpus") or []))
+        parts.append(devices_text(note.get("gpus") or [], note.get("node") or ""))
         if running and isinstance(note.get("started"), int | float):
             parts.append(elapsed(max(time.time() - note["started"], 0)))
     elif running and not log.exists():  # queued for a device, or about to start

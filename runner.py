@@ -60,13 +60,13 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
         raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
     settings.check()
     # What no run could work without stops here, before any LLM call: the training interpreter, the limits' tools, the sandbox.
-    if settings.train_python:
-        settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
-    if settings.executor == "ray":  # the nodes answer for themselves: sandbox, limits' tools, TRAIN_PYTHON, GPUs, data
+    if settings.executor == "ray":  # the nodes answer for themselves: sandbox, limits' tools, TRAIN_PYTHON, room for a run, data
         from adapters.cluster import check
 
         check(settings, experiment)
         return settings
+    if settings.train_python:
+        settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
     check_limit_tools()
     devices = gpu_devices(settings.gpus)
     if settings.gpus_per_run > len(devices) and (devices or settings.gpus == "none"):

@@ -284,6 +284,8 @@ class Settings:
         """Raise SettingsError for a combination no LLM call can succeed with, or no run can."""
         if self.chat_model is None and self.uses_openrouter and not self.api_key:
             raise SettingsError("OPENROUTER_API_KEY is not set: put it in .env or the environment (or set LLM_BASE_URL for a local server)")
+        if self.shared_data and not os.path.isabs(self.shared_data):
+            raise SettingsError(f"SHARED_DATA must be an absolute path, the same on every node, not {self.shared_data!r}")
         if self.ahead and self.search == "linear":
             raise SettingsError("SEARCH=linear builds each run on the one before it, so no run can be written ahead: use AHEAD=0, or SEARCH=tree")
         if self.workers > 1 and self.search == "linear":

@@ -141,6 +141,8 @@ def unfinished_run(files: ExperimentFiles, number: int, working: bool, now: floa
     note = log or "no output.log yet"
     if gpus := [str(gpu) for gpu in child.get("gpus") or []]:
         note += f" · GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}"
+    if node := child.get("node"):
+        note += f" · on {node}"
     started = child.get("started")
     elapsed = max(0.0, now - started) if isinstance(started, int | float) else None
     operator, parent = child.get("operator"), child.get("parent")

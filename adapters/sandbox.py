@@ -10,7 +10,6 @@ user when the runner is root. `none` adds nothing beyond the allow-listed enviro
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -207,7 +206,7 @@ def workspace(mode: str, run_dir: Path, data_dir: Path, data_is_shared: bool = F
     Under bwrap as root the script runs as SANDBOX_UID: the run folder and the data cache are its
     for the run, and the runner's again after it. Under none, HOME is a scratch folder outside the
     experiment, removed afterwards. `data_is_shared`: runs in other processes use the data folder too (a Ray node's
-    runs, each in a worker process of its own), so it is handed to the sandbox's user where it can be, and left so.
+    runs, each in a worker process of its own, SHARED_DATA), so it is left as it is: whoever made it owns it.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     if mode == "none":
@@ -219,9 +218,6 @@ def workspace(mode: str, run_dir: Path, data_dir: Path, data_is_shared: bool = F
         return
     dropping = os.geteuid() == 0
     holding = dropping and not data_is_shared
-    if dropping and data_is_shared:
-        with contextlib.suppress(OSError):  # a mount that refuses (NFS with root_squash): the runs read it as it is
-            chown_tree(data_dir, SANDBOX_UID, SANDBOX_GID)
     if holding:
         data_key = data_dir.resolve()
         with _DATA_LOCK:  # runs in flight share data/: it is the sandbox's until the last of them ends

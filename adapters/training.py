@@ -1,5 +1,6 @@
-"""The local backend of the executor: the job that trains one run, train.py in the sandbox within the limits on the
-devices it is handed, and records mechanically what happened (run_N/result.json) the moment it ends."""
+"""The jobs that train runs: the local backend of the executor (train.py in the sandbox within the limits on the
+devices it is handed), or, with EXECUTOR=ray, the Ray backend's (adapters.cluster); what both record mechanically
+the moment a run ends (run_N/result.json)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from adapters.files import ExperimentFiles
 from adapters.logs import LogSummary, summarize_log
 from adapters.machine import cpu_count, gpu_devices, gpus_per_run
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
-from adapters.sandbox import child_environment, sandbox_command, share_environment, workspace
+from adapters.sandbox import child_environment, resolve_mode, sandbox_command, share_environment, workspace
 from settings import Settings
 from state import InFlight, RunRecord
 
@@ -44,29 +45,13 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
     log_path = run_dir / "output.log"
     pid_file = files.child_file(number)
     prepare_run(files, number)
-    limits = Limits(
-        timeout_s=settings.timeout_seconds,
-        memory_mb=settings.memory_limit_mb,
-        file_size_mb=settings.file_size_limit_mb,
-        max_processes=MAX_TASKS,
-        shared_processes=MAX_TASKS * settings.workers,
-        log_max_bytes=settings.log_max_mb * 2**20,
-    )
+    limits = run_limits(settings)
     python = shutil.which(settings.python) or settings.python  # a name on PATH (python3) as the path the sandbox must show
     gpus_given = settings.gpus == "none" or bool(gpu_devices(settings.gpus))
     threads = max(1, cpu_count() // settings.workers) if settings.workers > 1 else None
 
     def start(devices: list[str], cancel: threading.Event, emit: Callable[[dict], None]) -> Ended:
-        emit(
-            {
-                "event": "run_started",
-                "run": number,
-                "operator": flight["operator"],
-                "parent": flight["parent"],
-                "gpus": devices,
-                "started": round(time.time(), 3),
-            }
-        )
+        emit(started_event(flight, devices))
         with workspace(mode, run_dir, data_dir) as home:
             env = child_environment(os.environ, home=home, data_dir=str(data_dir), extra_names=settings.sandbox_env, tmpdir="/tmp" if mode == "bwrap" else None)
             env.update(share_environment(devices if gpus_given else None, threads, keep=settings.sandbox_env))
@@ -94,14 +79,62 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
             )
         if result.stopped == "cancelled":  # stop_runs records it, or a resume runs it again
             return Ended(result, None, None)
-        # A limit the runner enforced wins over whatever the log says.
-        log = summarize_log(log_path, run_dir / "metrics.json")
-        status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-        error = _stop_reason(result, settings) or log.error
-        recorded = write_record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=devices)
-        return Ended(result, recorded, log)
+        return record_ended(files, settings, flight, result, emit, gpus=devices)
 
     return Job(number=number, start=start, devices=gpus_per_run(settings.gpus_per_run, gpu_devices(settings.gpus), settings.workers))
+
+
+def job_for(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: str) -> Job:
+    """The job that trains `flight`: here, or as a Ray task (EXECUTOR=ray)."""
+    if settings.executor == "ray":
+        from adapters.cluster import ray_job
+
+        return ray_job(files, settings, flight, mode)
+    return training_job(files, settings, flight, mode)
+
+
+def devices_for(settings: Settings) -> list[str]:
+    """The devices the executor hands out: this machine's GPUs; none with EXECUTOR=ray, where Ray hands them out."""
+    return [] if settings.executor == "ray" else gpu_devices(settings.gpus)
+
+
+def sandbox_for(settings: Settings) -> tuple[str, str | None]:
+    """The sandbox mode and auto's warning (SandboxError when what was asked for cannot work here); with EXECUTOR=ray
+    the mode asked for, which each node resolves for itself (and the check at start has said where it falls back)."""
+    if settings.executor == "ray":
+        return settings.sandbox, None
+    return resolve_mode(settings.sandbox, no_network=settings.no_network)
+
+
+def run_limits(settings: Settings) -> Limits:
+    """What one run may use, wherever it runs."""
+    return Limits(
+        timeout_s=settings.timeout_seconds,
+        memory_mb=settings.memory_limit_mb,
+        file_size_mb=settings.file_size_limit_mb,
+        max_processes=MAX_TASKS,
+        shared_processes=MAX_TASKS * settings.workers,  # runs in flight on one machine share the sandbox's user
+        log_max_bytes=settings.log_max_mb * 2**20,
+    )
+
+
+def started_event(flight: InFlight, gpus: list[str], node: str = "") -> dict:
+    """The run_started event: the run, how it came about, where it runs, when it started."""
+    event = {"event": "run_started", "run": flight["number"], "operator": flight["operator"], "parent": flight["parent"], "gpus": gpus}
+    return {**event, **({"node": node} if node else {}), "started": round(time.time(), 3)}
+
+
+def record_ended(
+    files: ExperimentFiles, settings: Settings, flight: InFlight, result: ProcessResult, emit: Callable[[dict], None], gpus: list[str], node: str = ""
+) -> Ended:
+    """The record of a run that ended by itself or was stopped at a limit, from its process's result and its log."""
+    run_dir = files.run_dir(flight["number"])
+    log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
+    # A limit the runner enforced wins over whatever the log says.
+    status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
+    error = stop_reason(result, settings) or log.error
+    recorded = write_record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=gpus, node=node)
+    return Ended(result, recorded, log)
 
 
 def prepare_run(files: ExperimentFiles, number: int) -> None:
@@ -147,7 +180,7 @@ def write_record(
     return done
 
 
-def _stop_reason(result: ProcessResult, settings: Settings) -> str:
+def stop_reason(result: ProcessResult, settings: Settings) -> str:
     """Why the runner stopped the script, as the run's error; empty when it ended by itself."""
     if result.stopped == "timeout":
         return f"timed out after {settings.timeout_seconds} s"

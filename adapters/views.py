@@ -65,11 +65,11 @@ def elapsed(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def devices_text(gpus: list[str]) -> str:
-    """The devices a run was given, as CUDA_VISIBLE_DEVICES names them: `GPU 0`, `GPUs 0,1`, or `CPU` when none."""
-    if not gpus:
-        return "CPU"
-    return f"GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}"
+def devices_text(gpus: list[str], node: str = "") -> str:
+    """The devices a run was given, as CUDA_VISIBLE_DEVICES names them: `GPU 0`, `GPUs 0,1`, or `CPU` when none;
+    after the node's name when it ran on a Ray node (`node-2 · GPU 0`)."""
+    devices = f"GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}" if gpus else "CPU"
+    return f"{node} · {devices}" if node else devices
 
 
 @dataclass
@@ -84,6 +84,8 @@ class Running:
     started: float | None = None
     """time.monotonic() when its train.py started (run_started); None while it waits for a device."""
     gpus: list[str] = field(default_factory=list)
+    node: str = ""
+    """The Ray node it runs on (EXECUTOR=ray); empty here."""
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     metrics: dict[str, float] = field(default_factory=dict)
     """Every metric its output named so far, the newest value of each."""
@@ -184,7 +186,9 @@ class Progress:
                 known = self.in_flight.get(number)
                 self.ended.discard(number)
                 gpus = list(event.get("gpus") or [])
-                self.in_flight[number] = Running(number, known.submitted if known else now, event.get("operator"), event.get("parent"), started=now, gpus=gpus)
+                self.in_flight[number] = Running(
+                    number, known.submitted if known else now, event.get("operator"), event.get("parent"), started=now, gpus=gpus, node=event.get("node") or ""
+                )
             elif kind == "output" and (running := self._hear_of(event.get("run"))):
                 running.hear(event["lines"])
             elif kind == "output_redraw" and (running := self._hear_of(event.get("run"))) and (found := parse_progress(event["line"])):
@@ -368,7 +372,7 @@ def in_flight_table(progress: Progress, shown: Running, now: float) -> Table:
     until = min(now, progress.halted_at) if progress.halted_at is not None else now
     for running in progress.in_flight_runs():
         here = running is shown
-        devices = devices_text(running.gpus) if running.started is not None else "waiting"
+        devices = devices_text(running.gpus, running.node) if running.started is not None else "waiting"
         cells: list[RenderableType] = [
             Text(f"{'▸' if here else ' '} run {running.number}", style="bold" if here else ""),
             Text(running.how),
@@ -453,8 +457,8 @@ def event_line(event: dict) -> Text | None:
         if event.get("in_flight", 0) > 1:
             line.append(f" · {event['in_flight']} in flight", style="dim")
         return line.append(f" · {one_line(event['reason'])}", style="dim") if event.get("reason") else line
-    if kind == "run_started" and event.get("gpus"):  # on a CPU it starts as it is submitted: its execute line said so
-        return Text(f"▷ run {event['run']} started on {devices_text(event['gpus'])}{how}", style="cyan")
+    if kind == "run_started" and (event.get("gpus") or event.get("node")):  # on a CPU here it starts as submitted: its execute line said so
+        return Text(f"▷ run {event['run']} started on {devices_text(event.get('gpus') or [], event.get('node') or '')}{how}", style="cyan")
     if kind == "run_done":
         colour = {"ok": "green", "cancelled": "yellow"}.get(event["status"], "red")
         line = Text(f"■ run {event['run']} {event['status']}", style=colour)

@@ -9,14 +9,12 @@ from collections.abc import Callable
 
 from langgraph.runtime import Runtime
 
-from adapters.executor import Executor, Job, executor_for
+from adapters.executor import Executor, executor_for
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.logs import missing_package_hint, run_summary, summarize_log
-from adapters.machine import gpu_devices
 from adapters.process import kill_leftover
-from adapters.sandbox import resolve_mode
 from adapters.tracking import TrackingError, log_run
-from adapters.training import Ended, training_job, write_record
+from adapters.training import Ended, devices_for, job_for, sandbox_for, write_record
 from nodes.summarize import coming_run
 from settings import Settings
 from state import ExperimentState, InFlight, RunRecord
@@ -30,8 +28,8 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
     coming = coming_run(state)
-    mode, warning = _resolve(settings)  # SandboxError when what was asked for cannot work here
-    pool = executor_for(files.root, _devices(settings), settings.workers)
+    mode, warning = sandbox_for(settings)  # SandboxError when what was asked for cannot work here
+    pool = executor_for(files.root, devices_for(settings), settings.workers)
     in_flight = [flight for flight in state.get("in_flight") or [] if flight["number"] != coming["number"]]
     flight = InFlight(**coming, submitted_at=round(time.time(), 3))
     runtime.stream_writer(
@@ -49,7 +47,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     _warn_once(warning, runtime)
     if not (files.run_dir(coming["number"]) / "train.py").exists():
         write_atomic(files.run_dir(coming["number"]) / "train.py", state.get("code", ""))
-    pool.submit(_job(files, settings, flight, mode))
+    pool.submit(job_for(files, settings, flight, mode))
     pool.relay(runtime.stream_writer)
     return {"in_flight": [*in_flight, flight], "slots": settings.workers + settings.ahead}
 
@@ -65,7 +63,7 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     waiting = {"reason": f"for the first of runs {', '.join(map(str, numbers))} to end"} if len(numbers) > 1 else {}
     runtime.stream_writer({"event": "stage", "stage": "wait", "run": numbers[0] if len(numbers) == 1 else None, **waiting})
     mode = _sandbox_mode(settings, runtime)
-    pool = executor_for(files.root, _devices(settings), settings.workers)
+    pool = executor_for(files.root, devices_for(settings), settings.workers)
     recorded = _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
     if recorded is not None:  # ended and recorded by a runner that was killed before it could take the run
         flight, record = recorded
@@ -101,7 +99,7 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
     if not in_flight:
         return {}
     files = ExperimentFiles(state["experiment_dir"])
-    pool = executor_for(files.root, _devices(settings), settings.workers)
+    pool = executor_for(files.root, devices_for(settings), settings.workers)
     stopped = {flight.job.number: flight for flight in pool.cancel([flight["number"] for flight in in_flight])}
     why = f"cancelled: the experiment stopped ({state.get('stop_reason') or 'max_runs'}) while it ran"
     ended = []
@@ -138,29 +136,8 @@ def _resubmit_unknown(
             recorded = recorded or (flight, record)
             continue
         runtime.stream_writer({"event": "warning", "message": f"run {flight['number']} was in flight when the runner stopped: it starts again"})
-        pool.submit(_job(files, settings, flight, mode))
+        pool.submit(job_for(files, settings, flight, mode))
     return recorded
-
-
-def _devices(settings: Settings) -> list[str]:
-    """The devices the executor hands out: this machine's GPUs; none with EXECUTOR=ray, where Ray hands them out."""
-    return [] if settings.executor == "ray" else gpu_devices(settings.gpus)
-
-
-def _job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: str) -> Job:
-    """The job that trains `flight`: here, or as a Ray task (EXECUTOR=ray)."""
-    if settings.executor == "ray":
-        from adapters.cluster import ray_job
-
-        return ray_job(files, settings, flight, mode)
-    return training_job(files, settings, flight, mode)
-
-
-def _resolve(settings: Settings) -> tuple[str, str | None]:
-    """The sandbox mode and auto's warning; with EXECUTOR=ray the mode asked for, which each worker resolves for itself."""
-    if settings.executor == "ray":
-        return settings.sandbox, None
-    return resolve_mode(settings.sandbox, no_network=settings.no_network)
 
 
 def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
@@ -168,7 +145,7 @@ def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
     whichever step the experiment goes on with (they need not wait for the next execute or wait)."""
     in_flight = state.get("in_flight") or []
     files = ExperimentFiles(state["experiment_dir"])
-    pool = executor_for(files.root, _devices(runtime.context), runtime.context.workers)
+    pool = executor_for(files.root, devices_for(runtime.context), runtime.context.workers)
     if all(pool.knows(flight["number"]) for flight in in_flight):
         return
     _resubmit_unknown(state, list(in_flight), pool, files, runtime.context, _sandbox_mode(runtime.context, runtime), runtime)
@@ -176,7 +153,7 @@ def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
 
 def _sandbox_mode(settings: Settings, runtime: Runtime[Settings]) -> str:
     """bwrap or none (SandboxError when what was asked for cannot work here); auto's fallback is said once."""
-    mode, warning = _resolve(settings)
+    mode, warning = sandbox_for(settings)
     _warn_once(warning, runtime)
     return mode
 

@@ -20,7 +20,7 @@ import pytest
 from scripted import ScriptedBrain, run_main, runner_env, start_main, wait_until
 from test_parallel import overlap, span, tree
 
-from adapters import remote
+from adapters import remote, sandbox
 from runner import run_experiment
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
@@ -131,11 +131,13 @@ def test_four_runs_on_two_workers_are_ray_tasks_on_their_own_gpus_and_stream_the
 
     releaser = threading.Thread(target=let_go)
     releaser.start()
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         final = run_experiment(experiment, max_runs=4, on_event=events.append, **llm(server, ray_cluster, shared, workers=2))
     finally:
         releaser.join()
 
+    assert signal.getsignal(signal.SIGTERM) is handler  # Ray's own handler gave way to the runner's again
     assert seen["streamed"] and "run 1 starting" in seen["live"]
     assert final["run_count"] == 4 and final["stop_reason"] == "max_runs"
     assert [status for *_, status in tree(experiment)] == ["ok"] * 4
@@ -157,14 +159,14 @@ def test_four_runs_on_two_workers_are_ray_tasks_on_their_own_gpus_and_stream_the
     assert "| Where |" in report and f"{record['node']} · GPU {spans[4]['CUDA_VISIBLE_DEVICES']}" in report
 
 
-@pytest.mark.parametrize("sandbox", ["none", "bwrap"])
-def test_a_hanging_run_is_killed_on_timeout_with_nothing_left_on_the_node(experiment: Path, llm_server, ray_cluster: str, shared: Path, sandbox: str):
-    if sandbox == "bwrap" and remote.bwrap_problem():
+@pytest.mark.parametrize("mode", ["none", "bwrap"])
+def test_a_hanging_run_is_killed_on_timeout_with_nothing_left_on_the_node(experiment: Path, llm_server, ray_cluster: str, shared: Path, mode: str):
+    if mode == "bwrap" and sandbox.bwrap_problem():
         pytest.skip("needs bubblewrap")
     marker = f"hang-{uuid.uuid4().hex}"
     server = llm_server(ScriptedBrain(codes=[train("hangs", 0.5, children=marker, forever=True)]))
 
-    run_experiment(experiment, max_runs=1, **llm(server, ray_cluster, shared, timeout_seconds=3, sandbox=sandbox))
+    run_experiment(experiment, max_runs=1, **llm(server, ray_cluster, shared, timeout_seconds=3, sandbox=mode))
 
     record = json.loads((experiment / "run_1" / "result.json").read_text())
     assert record["status"] == "timeout" and record["error"] == "timed out after 3 s"
@@ -271,8 +273,7 @@ def test_without_ray_address_a_local_instance_runs_the_experiment_without_the_ll
     assert not [name for name in seen if "KEY" in name or "TOKEN" in name]  # neither the LLM key nor another secret went along
     assert (experiment / "run_1" / "seen.txt").read_text() == "x,y\n1,2\n"  # data/ was shipped
     assert not ray.is_initialized()
-    ours = [pid for pid in _children(os.getpid()) if _name(pid) in ("gcs_server", "raylet")]
-    assert ours == []  # the instance stopped with the experiment
+    wait_until(lambda: not [pid for pid in _children(os.getpid()) if _name(pid) in ("gcs_server", "raylet")], timeout=20)  # it stopped with the experiment
 
 
 def _children(pid: int) -> list[int]:
@@ -315,24 +316,27 @@ def test_bad_cluster_settings_exit_2_before_any_llm_call(experiment: Path, ray_c
     (experiment / "data" / "big.bin").write_bytes(b"\0" * 3 * 2**20)
     too_big = run_main(["-d", str(experiment)], {**base, "SHIP_DATA_MAX_MB": "2"})
     too_many_gpus = run_main(["-d", str(experiment), "--gpus-per-run", "3"], base)
+    too_many_cpus = run_main(["-d", str(experiment), "--cpus-per-run", "3"], base)
+    relative = run_main(["-d", str(experiment), "--shared-data", "data"], base)
 
     assert missing.returncode == 2 and f"SHARED_DATA={tmp_path / 'nowhere'} is not a folder there" in missing.stderr
     assert too_big.returncode == 2 and "holds 3 MiB, over SHIP_DATA_MAX_MB=2" in too_big.stderr and "SHARED_DATA" in too_big.stderr
-    assert too_many_gpus.returncode == 2 and "GPUS_PER_RUN=3 but no node of the Ray cluster has more than 2 GPUs" in too_many_gpus.stderr
-    for done in (missing, too_big, too_many_gpus):
+    assert too_many_gpus.returncode == 2 and "has 1 CPU and 3 GPUs for a run (CPUS_PER_RUN, GPUS_PER_RUN)" in too_many_gpus.stderr
+    assert too_many_cpus.returncode == 2 and "has 3 CPUs and 1 GPU for a run" in too_many_cpus.stderr
+    assert relative.returncode == 2 and "SHARED_DATA must be an absolute path" in relative.stderr
+    for done in (missing, too_big, too_many_gpus, too_many_cpus, relative):
         assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not (experiment / "run_1").exists()
 
 
 def test_a_node_without_bwrap_is_refused_when_the_sandbox_is_asked_for(monkeypatch):
-    remote.bwrap_problem.cache_clear()
-    monkeypatch.setattr(remote, "bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
-    spec = {"python": sys.executable, "sandbox": "bwrap", "no_network": False, "shared_data": ""}
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
+    asked = {"python": sys.executable, "sandbox": "bwrap", "no_network": False, "shared_data": ""}
 
-    asked = remote.probe(spec)
-    auto = remote.probe({**spec, "sandbox": "auto"})
+    refused = remote.probe(asked)
+    auto = remote.probe({**asked, "sandbox": "auto"})
 
-    assert asked["problems"] == ["SANDBOX=bwrap but bubblewrap (bwrap) is not installed"]
+    assert len(refused["problems"]) == 1 and refused["problems"][0].startswith("SANDBOX=bwrap but bubblewrap (bwrap) is not installed")
     assert auto["problems"] == [] and auto["sandbox"] == "none"  # auto runs without it there, as it would here
 
 

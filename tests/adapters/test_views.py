@@ -104,9 +104,10 @@ def run_done(number: int, metrics: dict[str, float], status: str = "ok", duratio
     return {"event": "run_done", "run": number, "status": status, "duration_s": duration_s, "metrics": metrics, "operator": operator, "parent": parent}
 
 
-def started(number: int, gpus: list[str], operator: str = "draft", parent: int | None = None) -> dict:
-    """run_started, as a run's thread emits it when its train.py starts on `gpus`."""
-    return {"event": "run_started", "run": number, "operator": operator, "parent": parent, "gpus": gpus, "started": 1.7e9}
+def started(number: int, gpus: list[str], operator: str = "draft", parent: int | None = None, node: str = "") -> dict:
+    """run_started, as a run's thread emits it when its train.py starts on `gpus` (of Ray node `node`)."""
+    event = {"event": "run_started", "run": number, "operator": operator, "parent": parent, "gpus": gpus, "started": 1.7e9}
+    return {**event, "node": node} if node else event
 
 
 # --- elapsed ---
@@ -1129,3 +1130,17 @@ def test_the_runs_threads_the_graphs_stream_and_the_frames_take_turns(touch):
     finally:
         progress.lock.release()
     assert done.wait(5)
+
+
+def test_a_run_on_a_ray_node_is_said_to_start_there_and_its_line_names_the_node(clock: Clock):
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(), echo_output=True)
+    progress = make_progress()
+
+    for event in (started(1, gpus=["1"], node="node-2"), started(2, gpus=[], node="node-3")):
+        view.event(event)
+        progress.event(event)
+
+    assert console.file.getvalue().splitlines() == ["▷ run 1 started on node-2 · GPU 1 · draft", "▷ run 2 started on node-3 · CPU · draft"]
+    live = render_text(render_live(progress, keys=False))
+    assert "node-2 · GPU 1" in live and "node-3 · CPU" in live

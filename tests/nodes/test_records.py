@@ -160,6 +160,19 @@ def test_run_line_and_table():
     assert "★" not in runs_table([make_run(1)], "")
 
 
+def test_runs_table_says_where_each_run_ran_when_the_records_know():
+    on_ray = {**make_run(1, metrics={"accuracy": 0.5}), "node": "node-2", "gpus": ["0", "1"]}
+    on_cpu = {**make_run(2, metrics={"accuracy": 0.6}), "node": "node-3", "gpus": []}
+    here = {**make_run(3, metrics={"accuracy": 0.7}), "gpus": ["3"]}
+    cancelled = make_run(4, status="cancelled")
+
+    table = runs_table([on_ray, on_cpu, here, cancelled], "accuracy >= 0.9").splitlines()
+
+    assert table[0] == "| Run | Parent | Operator | Status | Duration | Where | accuracy | What changed |"
+    assert [row.split(" | ")[5] for row in table[2:6]] == ["node-2 · GPUs 0,1", "node-3 · CPU", "GPU 3", "—"]
+    assert "Where" not in runs_table([make_run(1)], "")  # a local run on the CPU: nothing to say
+
+
 def test_runs_table_puts_metrics_past_the_columns_together():
     metrics = {f"m{i}": float(i) for i in range(8)}
     table = runs_table([make_run(1, metrics=metrics)], "m7 >= 1").splitlines()
