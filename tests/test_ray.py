@@ -266,6 +266,10 @@ def test_without_ray_address_a_local_instance_runs_the_experiment_without_the_ll
     server = llm_server(ScriptedBrain(codes=[code]))
     settings = {key: value for key, value in llm(server, "", Path()).items() if key not in ("ray_address", "shared_data")}
 
+    def ray_processes() -> set[int]:  # this process's children (it is a subreaper, so a `ray start` cluster's too)
+        return {pid for pid in _children(os.getpid()) if _name(pid) in ("gcs_server", "raylet")}
+
+    before = ray_processes()
     final = run_experiment(experiment, max_runs=1, **settings, sandbox="none")
 
     assert final["run_count"] == 1 and tree(experiment) == [(1, "draft", None, "ok")]
@@ -273,7 +277,7 @@ def test_without_ray_address_a_local_instance_runs_the_experiment_without_the_ll
     assert not [name for name in seen if "KEY" in name or "TOKEN" in name]  # neither the LLM key nor another secret went along
     assert (experiment / "run_1" / "seen.txt").read_text() == "x,y\n1,2\n"  # data/ was shipped
     assert not ray.is_initialized()
-    wait_until(lambda: not [pid for pid in _children(os.getpid()) if _name(pid) in ("gcs_server", "raylet")], timeout=20)  # it stopped with the experiment
+    wait_until(lambda: ray_processes() <= before, timeout=20)  # the instance stopped with the experiment
 
 
 def _children(pid: int) -> list[int]:
