@@ -360,6 +360,14 @@ def gpus_per_run(settings: Settings, cluster: Cluster) -> int:
     return 0 if settings.gpus == "none" or not cluster.gpus else settings.gpus_per_run
 
 
+def share_text(settings: Settings) -> str:
+    """What one run gets on the cluster, as the code model should know it."""
+    gpus = gpus_per_run(settings, _CLUSTER) if _CLUSTER is not None else 0 if settings.gpus == "none" else settings.gpus_per_run
+    devices = f"{_count(gpus, 'GPU')} of its own (CUDA_VISIBLE_DEVICES; numbered from 0 inside the run)" if gpus else "no GPU"
+    at_once = f"; up to {settings.workers} runs train at once" if settings.workers > 1 else ""
+    return f"Each run is a Ray task on a node of a cluster: it gets {_count(settings.cpus_per_run, 'CPU thread')} (OMP_NUM_THREADS) and {devices}{at_once}."
+
+
 def task_name(root: Path, number: int) -> str:
     """Run `number`'s Ray task name, `<experiment>-<digest>/run-N`: `ray list tasks --filter "name=..."` finds it."""
     return f"{experiment_key(root)}/run-{number}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from adapters.executor import Job
 from adapters.files import ExperimentFiles
 from adapters.logs import LogSummary, summarize_log
-from adapters.machine import cpu_count, gpu_devices, gpus_per_run
+from adapters.machine import cpu_count, gpu_devices, gpus_per_run, share_text
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
 from adapters.sandbox import child_environment, resolve_mode, sandbox_command, share_environment, workspace
 from settings import Settings
@@ -104,6 +104,16 @@ def sandbox_for(settings: Settings) -> tuple[str, str | None]:
     if settings.executor == "ray":
         return settings.sandbox, None
     return resolve_mode(settings.sandbox, no_network=settings.no_network)
+
+
+def share_for(settings: Settings) -> str:
+    """What one run gets, as the code model should know it (empty for one run on the whole machine)."""
+    if settings.executor == "ray":
+        from adapters.cluster import share_text as cluster_share_text
+
+        return cluster_share_text(settings)
+    devices = gpu_devices(settings.gpus)
+    return share_text(settings.workers, devices, gpus_per_run(settings.gpus_per_run, devices, settings.workers))
 
 
 def run_limits(settings: Settings) -> Limits:

@@ -92,9 +92,11 @@ class Timeline:
         return len(self.durations) * 60 / self.runs_s
 
 
-def run_parallel(folder: Path, durations: list[float], workers: int, latency_s: float = 0.0, sandbox: str = "none", ahead: int = 0) -> Timeline:
+def run_parallel(
+    folder: Path, durations: list[float], workers: int, latency_s: float = 0.0, sandbox: str = "none", ahead: int = 0, executor: str = "local"
+) -> Timeline:
     """Run the sleeping experiment in `folder` with `workers` workers (and `ahead` runs written ahead), each LLM call
-    answered after `latency_s`; its Timeline."""
+    answered after `latency_s`, here or as Ray tasks (`executor`); its Timeline."""
     from runner import run_experiment  # the project is importable once workload has put it on sys.path
 
     brain = RealisticBrain([SLEEP_TRAIN.format(run=run, seconds=seconds) for run, seconds in enumerate(durations, 1)])
@@ -108,7 +110,9 @@ def run_parallel(folder: Path, durations: list[float], workers: int, latency_s: 
     with FakeLLMServer(lambda body: {**brain(body), "delay": latency_s}) as server:
         devices = ",".join(str(device) for device in range(workers))
         started = time.perf_counter()
-        final = run_experiment(folder, max_runs=len(durations), on_event=on_event, workers=workers, ahead=ahead, gpus=devices, **llm_settings(server, sandbox))
+        final = run_experiment(
+            folder, max_runs=len(durations), on_event=on_event, workers=workers, ahead=ahead, gpus=devices, executor=executor, **llm_settings(server, sandbox)
+        )
         timeline = Timeline(workers, time.perf_counter() - started)
     runs = final.get("runs", [])
     if final.get("stop_reason") != "max_runs" or len(runs) != len(durations) or any(run["status"] != "ok" for run in runs):
@@ -183,6 +187,17 @@ def ahead_figures(without: Timeline, with_ahead: Timeline) -> tuple[list[Figure]
     found = timeline_figures(without, bound=None, label=f", LLM {AHEAD_LATENCY_S:g} s a call")
     found += timeline_figures(with_ahead, bound=None, label=f", LLM {AHEAD_LATENCY_S:g} s a call, 1 written ahead")
     return found, {"without": timeline_details(without), "ahead_1": timeline_details(with_ahead), "llm_latency_s": AHEAD_LATENCY_S}
+
+
+RAY_WORKERS = 2
+"""Workers of the Ray comparison: a local Ray instance on this machine's CPUs (2 on CI's), one CPU a run."""
+
+
+def ray_figures(local: Timeline, on_ray: Timeline) -> tuple[list[Figure], dict]:
+    """The same runs here and as Ray tasks of a local Ray instance: busy fractions and the idle time between runs, which
+    with Ray adds the task's placement, its worker, the run folder sent and the output streamed back; reported, never gated."""
+    found = timeline_figures(local, bound=None, label=", here") + timeline_figures(on_ray, bound=None, label=", Ray tasks")
+    return found, {"local": timeline_details(local), "ray": timeline_details(on_ray)}
 
 
 def timeline_figures(timeline: Timeline, bound: float | None, label: str = "") -> list[Figure]:

@@ -1,6 +1,6 @@
 """Benchmarks of the runner's own cost: loop overhead, prompt size, state size, output handling, start-up and parallel runs, each against its bound.
 
-Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,state,output,startup,parallel]`.
+Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,state,output,startup,parallel,ray]`.
 Everything runs against a local zero-latency OpenAI-compatible server (tests/fake_llm.py) and generated
 scripts. It prints a table and writes the same figures to bench/results.json; the exit code is 1 when a
 bound is broken. Bounds are on ratios and sizes, never on absolute times, except `--help` (< 0.5 s).
@@ -11,6 +11,8 @@ from fewer. CI also runs `--only state --runs 300`.
 Parallel runs (bench/parallel.py) run only when named: `--only parallel` (24 runs that sleep 1-4 s, at 1 and 4 workers,
 at 4 with a slow LLM, and at 2 without and with a run written ahead: about 3.5 minutes; --quick, the two bounded ones
 only: about 1.5 minutes). CI runs `--only parallel --quick` on a line of its own. --runs does not change it.
+Ray tasks (`--only ray`, needs the ray extra): the same 24 runs at 2 workers here and as tasks of a local Ray instance,
+reported only (about 2 minutes).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from workload import REPO, FakeLLMServer, RealisticBrain  # noqa: E402
 
 BENCHMARKS = ("loop", "prompt", "state", "output", "startup")
 """What runs by default."""
-NAMED_ONLY = ("parallel",)
-"""What runs only when --only names it: its time goes to runs that sleep, not to the runner."""
+NAMED_ONLY = ("parallel", "ray")
+"""What runs only when --only names it: its time goes to runs that sleep, not to the runner (ray: also the ray extra)."""
 MODES = {
     "full": {"runs": 100, "flood_mb": 1024, "help_repeats": 10, "resume_repeats": 3, "parallel_scale": 1.0, "parallel_slow_llm": True},
     "quick": {"runs": 30, "flood_mb": 1024, "help_repeats": 5, "resume_repeats": 2, "parallel_scale": 1.0, "parallel_slow_llm": False},
@@ -154,6 +156,15 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
             without, ahead = (parallel.run_parallel(workdir / f"parallel-ahead-{n}", durations, k, latency, args.sandbox, ahead=n) for n in (0, 1))
             found, details["parallel"]["ahead"] = parallel.ahead_figures(without, ahead)
             figures += found
+    if "ray" in args.only:  # the same sleeping runs here and as tasks of a local Ray instance; reported, never gated
+        durations = parallel.sleep_durations(mode["parallel_scale"])
+        k = parallel.RAY_WORKERS
+        _say(f"Ray tasks: {len(durations)} runs sleeping {min(durations):g}-{max(durations):g} s at {k} workers, here and on a local Ray instance")
+        here, on_ray = (
+            parallel.run_parallel(workdir / f"ray-{executor}", durations, k, sandbox=args.sandbox, executor=executor) for executor in ("local", "ray")
+        )
+        found, details["ray"] = parallel.ray_figures(here, on_ray)
+        figures += found
     return figures, details
 
 

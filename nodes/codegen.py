@@ -11,7 +11,7 @@ from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.llm import LLMError, TextReply, ask_reply
 from adapters.logs import clip, one_line
-from adapters.machine import gpu_devices, gpus_per_run, share_text
+from adapters.training import share_for
 from nodes.prompts import (
     BUDGET,
     CODEGEN_CUT_OFF_RETRY,
@@ -111,9 +111,7 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     # 1. Ask for the whole file: a fresh one (draft), or the parent's with one change (improve) or its failure fixed (debug).
     files = ExperimentFiles(state["experiment_dir"])
     audit = AuditLog(files.llm_calls, settings.audit_content)
-    devices = gpu_devices(settings.gpus)
-    share = share_text(settings.workers, devices, gpus_per_run(settings.gpus_per_run, devices, settings.workers))
-    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""), share)
+    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""), share_for(settings))
     messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(prompt)]
     reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
     usages = [reply.usage]
