@@ -60,10 +60,7 @@ def load_settings(experiment: Path, overrides: dict, mlflow: bool = False, expor
         raise UsageError(f"{asked} but mlflow is not installed: pip install -e '.[mlflow]'")
     settings.check()
     # What no run could work without stops here, before any LLM call: the training interpreter, the limits' tools, the sandbox.
-    if settings.executor == "ray":  # the nodes answer for themselves: sandbox, limits' tools, TRAIN_PYTHON, room for a run, data
-        from adapters.cluster import check
-
-        check(settings, experiment)
+    if settings.executor == "ray":  # the nodes answer for themselves, once the folder's own checks pass (prepare)
         return settings
     if settings.train_python:
         settings.train_python = check_python(settings.train_python)  # as it names itself: absolute, past any wrapper
@@ -95,6 +92,10 @@ def prepare(
             goal_from_idea(idea)
         except ValueError as exc:  # a goal line that does not parse
             raise UsageError(f"{files.idea}: {exc}") from None
+    if settings.executor == "ray":  # last, as it joins (or starts) a cluster: sandbox, limits' tools, TRAIN_PYTHON, room for a run, data
+        from adapters.cluster import check
+
+        check(settings, files.root)
     return files, settings
 
 
@@ -181,10 +182,6 @@ class Session:
         finally:
             listen(self.files.root, None)
             close_executor(self.files.root)
-            if self.settings.executor == "ray":
-                from adapters.cluster import disconnect
-
-                disconnect()
 
 
 @contextmanager
@@ -203,18 +200,24 @@ def session(
     checked, then the caller's own `check` of the settings) → lock → start or resume → preflight (key and models), before
     anything is spent. With `fresh`, preflight comes first and only then, under the lock, are the earlier outputs moved aside."""
     files, settings = prepare(experiment_dir, resume, overrides, mlflow, export, fresh)
-    if check:
-        check(settings)
-    with files.runner_lock():
-        warnings, moved_aside = [], None
-        if fresh:
-            warnings = _checked_before_spending(settings, nothing_saved=True)
-            moved_aside = files.move_aside()
-        with checkpointed(files) as (app, config):
-            started = Session(files, settings, app, config, start_or_resume(app, config, files, resume, max_runs, settings), warnings, moved_aside)
-            if not fresh and not started.finished:
-                started.warnings = _checked_before_spending(settings, nothing_saved=isinstance(started.stream_input, dict))
-            yield started
+    try:
+        if check:
+            check(settings)
+        with files.runner_lock():
+            warnings, moved_aside = [], None
+            if fresh:
+                warnings = _checked_before_spending(settings, nothing_saved=True)
+                moved_aside = files.move_aside()
+            with checkpointed(files) as (app, config):
+                started = Session(files, settings, app, config, start_or_resume(app, config, files, resume, max_runs, settings), warnings, moved_aside)
+                if not fresh and not started.finished:
+                    started.warnings = _checked_before_spending(settings, nothing_saved=isinstance(started.stream_input, dict))
+                yield started
+    finally:
+        if settings.executor == "ray":  # joined (or started) in prepare: left whatever happened since
+            from adapters.cluster import disconnect
+
+            disconnect()
 
 
 def _checked_before_spending(settings: Settings, nothing_saved: bool) -> list[str]:

@@ -177,6 +177,22 @@ def test_a_hanging_run_is_killed_on_timeout_with_nothing_left_on_the_node(experi
     assert gone(marker, timeout=5) == []  # the sleepers, the setsid()'d one too, went with train.py
 
 
+def test_a_stop_rule_cancels_the_run_in_flight_on_the_cluster_and_records_it(experiment: Path, llm_server, ray_cluster: str, shared: Path):
+    marker = f"goal-{uuid.uuid4().hex}"
+    codes = [train("run 1", 0.95, seconds=3), train("run 2", 0.4, children=marker, forever=True)]
+    server = llm_server(ScriptedBrain(codes=codes, goal_met_on=1))
+
+    final = run_experiment(experiment, max_runs=4, **llm(server, ray_cluster, shared, workers=2, sandbox="none"))
+
+    assert final["stop_reason"] == "goal_met"
+    assert tree(experiment) == [(1, "draft", None, "ok"), (2, "draft", None, "cancelled")]
+    assert "run 2 starting" in (experiment / "run_2" / "output.log").read_text()  # its partial log, streamed while it ran
+    assert gone(marker, timeout=5) == []
+    # Ray lists the task as ended: FAILED, or FINISHED (Ray 2.60 lists so a generator task its cancel interrupted: the
+    # KeyboardInterrupt reached the task, which killed train.py's tree and raised it again).
+    wait_until(lambda: [task.state for task in tasks_of(ray_cluster, experiment, 2)] in (["FAILED"], ["FINISHED"]), timeout=30)
+
+
 def test_ctrl_c_cancels_the_runs_in_flight_on_the_cluster(experiment: Path, llm_server, ray_cluster: str, shared: Path):
     marker = f"ctrlc-{uuid.uuid4().hex}"
     server = llm_server(ScriptedBrain(codes=[train(f"run {n}", 0.5, children=marker, forever=True) for n in (1, 2)]))
