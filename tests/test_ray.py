@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -234,9 +235,13 @@ def test_sigkill_of_the_runner_leaves_nothing_on_the_cluster_and_resume_finishes
     try:
         wait_until(lambda: all(log.exists() and "starting" in log.read_text() for log in logs), timeout=90)
         assert len(with_marker(marker)) == 4
+        watched = run_main(["status", "-d", str(experiment)], env)
     finally:
         runner.kill()
         runner.communicate()
+    for n in (1, 2):  # `status` says where each run in flight trains
+        gpu = json.loads((experiment / f"run_{n}" / "worker.json").read_text())["gpus"][0]
+        assert f"run {n} · draft · {socket.gethostname()} · GPU {gpu}" in watched.stdout, watched.stdout
 
     assert gone(marker) == []  # Ray ended the dead driver's tasks, and train.py's trees with them
     for n in (1, 2):
