@@ -329,7 +329,8 @@ def _in_flight_line(files: ExperimentFiles, flight: dict, running: bool) -> str:
     """`run 3 · improve ← 1 · GPU 0 · 2:05 · epoch 3/10 (30%)`: a run in flight as its files tell (child-N.json while its
     train.py runs, output.log, result.json once it ended); its time only while a runner is at work (`running`)."""
     from adapters.logs import run_progress
-    from adapters.views import devices_text, elapsed
+    from adapters.machine import devices_text
+    from adapters.views import elapsed
     from search import origin
 
     number = flight["number"]

@@ -35,7 +35,7 @@ from adapters.logs import summarize_log
 from adapters.machine import cpu_count, gpu_devices
 from adapters.process import KILL_GRACE_S, KILL_WITHIN_S, ProcessResult, RunCancelled, cancel_requested
 from adapters.sandbox import SECRET_NAME
-from adapters.training import Ended, prepare_run, record_ended, run_limits, started_event, write_record
+from adapters.training import Ended, child_note, prepare_run, record_ended, run_limits, started_event, write_record
 from settings import Settings
 from state import InFlight
 
@@ -84,7 +84,7 @@ def connect(settings: Settings) -> Cluster:
     with _LOCK:
         if _CLUSTER is not None and ray.is_initialized():
             return _CLUSTER
-        if not settings.ray_address and threading.current_thread() is not threading.main_thread():
+        if not settings.ray_address and not _main_thread():
             raise SettingsError("EXECUTOR=ray outside the runner's command line (LangGraph Studio, a graph of your own) needs RAY_ADDRESS: a running cluster")
         os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # a cancelled run's task error is the runner's to tell, not Ray's
         common = {
@@ -332,8 +332,7 @@ class _RayRun:
         self.place = {name: value for name, value in message.items() if name != "event"}
         event = started_event(self.flight, self.place["gpus"], self.place["hostname"])
         write_atomic(self.run_dir / "worker.json", json.dumps(self.place, indent=2) + "\n")
-        note = {name: event[name] for name in ("run", "operator", "parent", "gpus", "node", "started")}
-        write_atomic(self.files.child_file(self.number), json.dumps(note))
+        write_atomic(self.files.child_file(self.number), json.dumps(child_note(event)))
         emit(event)
 
     def _bring_back(self, files: dict[str, bytes]) -> list[str]:

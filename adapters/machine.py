@@ -249,6 +249,13 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def devices_text(gpus: list[str], node: str = "") -> str:
+    """The devices a run was given, as CUDA_VISIBLE_DEVICES names them: `GPU 0`, `GPUs 0,1`, or `CPU` when none;
+    after the node's name when it ran on a Ray node (`node-2 · GPU 0`)."""
+    devices = f"GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}" if gpus else "CPU"
+    return f"{node} · {devices}" if node else devices
+
+
 def share_text(workers: int, devices: list[str], per_run: int, cpus: int | None = None) -> str:
     """What one run gets when runs share the machine, as the code model should know it; empty for one run on the whole machine."""
     cpus = cpus or cpu_count()

@@ -51,7 +51,8 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
     threads = max(1, cpu_count() // settings.workers) if settings.workers > 1 else None
 
     def start(devices: list[str], cancel: threading.Event, emit: Callable[[dict], None]) -> Ended:
-        emit(started_event(flight, devices))
+        started = started_event(flight, devices)
+        emit(started)
         with workspace(mode, run_dir, data_dir) as home:
             env = child_environment(os.environ, home=home, data_dir=str(data_dir), extra_names=settings.sandbox_env, tmpdir="/tmp" if mode == "bwrap" else None)
             env.update(share_environment(devices if gpus_given else None, threads, keep=settings.sandbox_env))
@@ -75,7 +76,7 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
                 on_redraw=lambda line: emit({"event": "output_redraw", "run": number, "line": line}),
                 pid_file=pid_file,
                 cancel=cancel,
-                pid_note={"run": number, "operator": flight["operator"], "parent": flight["parent"], "gpus": devices, "started": round(time.time(), 3)},
+                pid_note=child_note(started),
             )
         if result.stopped == "cancelled":  # stop_runs records it, or a resume runs it again
             return Ended(result, None, None)
@@ -132,6 +133,11 @@ def started_event(flight: InFlight, gpus: list[str], node: str = "") -> dict:
     """The run_started event: the run, how it came about, where it runs, when it started."""
     event = {"event": "run_started", "run": flight["number"], "operator": flight["operator"], "parent": flight["parent"], "gpus": gpus}
     return {**event, **({"node": node} if node else {}), "started": round(time.time(), 3)}
+
+
+def child_note(started: dict) -> dict:
+    """What .runner/child-N.json says of a run in flight, for `status` and view_tasks.py: its run_started event, less the event's name."""
+    return {name: value for name, value in started.items() if name != "event"}
 
 
 def record_ended(

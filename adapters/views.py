@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from adapters.logs import RunProgress, format_metrics, latest_progress, one_line, parse_metrics, parse_progress
+from adapters.machine import devices_text
 from adapters.terminal import KeyReader
 from goal import best_run, parse_goal
 from search import origin
@@ -63,13 +64,6 @@ def elapsed(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def devices_text(gpus: list[str], node: str = "") -> str:
-    """The devices a run was given, as CUDA_VISIBLE_DEVICES names them: `GPU 0`, `GPUs 0,1`, or `CPU` when none;
-    after the node's name when it ran on a Ray node (`node-2 · GPU 0`)."""
-    devices = f"GPU{'s' if len(gpus) > 1 else ''} {','.join(gpus)}" if gpus else "CPU"
-    return f"{node} · {devices}" if node else devices
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adapters.files import section_run
 from adapters.logs import clip, format_metrics, one_line
+from adapters.machine import devices_text
 from goal import best_ranked, ranking
 from nodes.prompts import BUDGET
 from state import ExperimentState, RunRecord, Task
@@ -160,8 +161,7 @@ def where_text(run: RunRecord) -> str:
     """Where a run ran: `node-2 · GPU 0,1` (a Ray node), `GPU 3` (this machine), `node-2 · CPU`; — when not recorded (cancelled, older)."""
     if "gpus" not in run and "node" not in run:
         return "—"
-    devices = f"GPU{'s' if len(run.get('gpus') or []) > 1 else ''} {','.join(run['gpus'])}" if run.get("gpus") else "CPU"
-    return f"{run['node']} · {devices}" if run.get("node") else devices
+    return devices_text(run.get("gpus") or [], run.get("node") or "")
 
 
 def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
