@@ -22,12 +22,14 @@ from langgraph.types import Command, StateSnapshot
 from adapters.checkpoints import prune_checkpoints
 from adapters.executor import close_executor, listen
 from adapters.files import ExperimentFiles
+from adapters.grader import is_graded
 from adapters.llm import LLMError
 from adapters.machine import check_python, describe_machine, gpu_devices, machine_text
 from adapters.preflight import preflight
 from adapters.process import allow_new_runs, cancel_requested, cancel_running_scripts, check_limit_tools
 from adapters.sandbox import python_installation, resolve_mode
 from adapters.tracking import local_store_uri, mlflow_installed
+from adapters.training import sandbox_for
 from goal import goal_from_idea, parse_goal
 from graph import build_graph
 from graph.experiment import halt, resume_halted
@@ -92,6 +94,10 @@ def prepare(
             goal_from_idea(idea)
         except ValueError as exc:  # a goal line that does not parse
             raise UsageError(f"{files.idea}: {exc}") from None
+    if is_graded(files.root):  # train.py must not see grade.py or private/: SandboxError (exit 2) when auto finds no bwrap
+        sandbox_for(settings, graded=True)
+        if settings.executor == "ray" and settings.sandbox == "auto":
+            settings.sandbox = "bwrap"  # on every node: the check below refuses a node without it
     if settings.executor == "ray":  # last, as it joins (or starts) a cluster: sandbox, limits' tools, TRAIN_PYTHON, room for a run, data
         from adapters.cluster import check
 

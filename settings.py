@@ -226,6 +226,15 @@ class Settings:
         "TRAIN_PYTHON", "", "Python interpreter that runs train.py (`--python`), e.g. a conda env's or venv's; empty: the runner's own."
     )
     timeout_seconds: int = _setting("TIMEOUT_SECONDS", 7200, "Wall-clock limit of one run of train.py, in seconds.", _whole_number(1))
+    grade_timeout_seconds: int = _setting(
+        "GRADE_TIMEOUT_SECONDS", 600, "Wall-clock limit of one run of the experiment's grade.py on a run, in seconds.", _whole_number(1)
+    )
+    grade_tolerance: float = _setting(
+        "GRADE_TOLERANCE",
+        0.01,
+        "How far a run's self-reported metric may stray from its grade before the run is flagged: an absolute difference, relative above 1.",
+        _amount,
+    )
     llm_timeout_seconds: int = _setting("LLM_TIMEOUT_SECONDS", 600, "Limit of one LLM request, in seconds.", _whole_number(1))
     llm_max_retries: int = _setting("LLM_MAX_RETRIES", 2, "Retries of a failed LLM request inside the HTTP client.", _whole_number(0))
     llm_retry_backoff_seconds: int = _setting(

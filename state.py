@@ -34,13 +34,16 @@ class RunRecord(TypedDict):
     number: int
     """N of run_N/."""
     status: str
-    """ok (exit 0), failed (non-zero exit), timeout, or cancelled (stopped in flight when another run ended the experiment)."""
+    """ok (exit 0), failed (non-zero exit), timeout, cancelled (stopped in flight when another run ended the experiment), or
+    grade_failed (it ended well, but grade.py crashed, timed out or printed no JSON on it)."""
     exit_code: int | None
     """The process's exit status; negative for a signal; None if it never ended by itself."""
     duration_s: float
     """Wall-clock seconds."""
     metrics: dict[str, float]
-    """Final metrics: metrics.json if the script wrote one, else the last values in the log."""
+    """The metrics that judge the run (goal, best, plateau, search, report). With a grader (grade.py), what it graded, and
+    none when it did not grade the run; without one, what the script reported: metrics.json if it wrote one, else the
+    last values in the log."""
     error: str
     """Last line of the traceback, or empty."""
     operator: str
@@ -51,6 +54,11 @@ class RunRecord(TypedDict):
     """The machine it ran on (a Ray node's host name with EXECUTOR=ray); absent in records from before it was kept."""
     gpus: NotRequired[list[str]]
     """The GPUs it had (its CUDA_VISIBLE_DEVICES); absent in records from before they were kept."""
+    reported: NotRequired[dict[str, float]]
+    """With a grader only: the metrics the script reported about itself (metrics.json, else its log), kept beside the grade."""
+    flags: NotRequired[list[str]]
+    """Why its numbers deserve doubt, a line each (trust.py): a self-report the grade contradicts, links out of its folder
+    removed before grading; without a grader, a perfect score or a test score far above validation."""
 
 
 class NextRun(TypedDict):

@@ -35,7 +35,7 @@ from adapters.logs import summarize_log
 from adapters.machine import cpu_count, gpu_devices
 from adapters.process import KILL_GRACE_S, KILL_WITHIN_S, ProcessResult, RunCancelled, cancel_requested
 from adapters.sandbox import SECRET_NAME
-from adapters.training import Ended, child_note, prepare_run, record_ended, run_limits, started_event, write_record
+from adapters.training import Ended, child_note, judge, prepare_run, record_ended, run_limits, started_event, write_record
 from settings import Settings
 from state import InFlight
 
@@ -274,13 +274,12 @@ class _RayRun:
         if end is None:
             log = summarize_log(self.run_dir / "output.log", self.run_dir / "metrics.json")
             error = failure or "the Ray task ended without a result"
-            return Ended(
-                ProcessResult(None, duration, False), write_record(self.files, self.flight, "failed", None, duration, log.metrics, error, emit, gpus, node), log
-            )
+            judged = judge(self.files, self.settings, self.number, "failed", error, log.metrics)
+            return Ended(ProcessResult(None, duration, False), write_record(self.files, self.flight, None, duration, judged, emit, gpus, node), log)
         left = end.pop("left_behind") + self._bring_back(end.pop("files"))
         if left:
             write_atomic(self.run_dir / "worker.json", json.dumps({**self.place, "left_behind": left}, indent=2) + "\n")
-        return record_ended(self.files, self.settings, self.flight, ProcessResult(**end), emit, gpus=gpus, node=node)
+        return record_ended(self.files, self.settings, self.flight, ProcessResult(**end), emit, gpus=gpus, node=node, cancel=cancel)
 
     def _follow(self, ray, task, cancel: threading.Event, emit: Callable[[dict], None]) -> tuple[dict | None, str, bool]:
         """Take the task's messages until it ends: (its `ended` message or None, why it failed, whether it was cancelled)."""

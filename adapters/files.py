@@ -24,6 +24,9 @@ TREE_FIELDS = ("operator", "parent")
 """Fields a result.json written before the tree search lacks: read_runs gives such a run the parent of the linear loop."""
 WHERE_FIELDS = ("node", "gpus")
 """Where the run ran: absent from a result.json written before they were kept, and from a cancelled run's."""
+JUDGED_FIELDS = ("reported", "flags")
+"""The self-report beside a grade, and the doubts about a run's numbers: absent without them, and before they were kept."""
+OPTIONAL_FIELDS = TREE_FIELDS + WHERE_FIELDS + JUDGED_FIELDS
 
 _RUNS: dict[Path, dict[int, RunRecord]] = {}
 """The run records read_runs has read, by experiment folder and run number, each read once."""
@@ -289,7 +292,7 @@ class ExperimentFiles:
         path = self.run_dir(number) / "result.json"
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in TREE_FIELDS + WHERE_FIELDS):
+            if not isinstance(record, dict) or any(name not in record for name in RESULT_FIELDS if name not in OPTIONAL_FIELDS):
                 raise ValueError("not a run record")
         except (OSError, ValueError) as exc:
             raise ExperimentInputError(f"{path} cannot be read ({exc}): every finished run keeps its record there") from None
@@ -313,7 +316,7 @@ class ExperimentFiles:
                 result = json.loads((self.run_dir(number) / "result.json").read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS if name not in TREE_FIELDS + WHERE_FIELDS):
+            if isinstance(result, dict) and all(name in result for name in RESULT_FIELDS if name not in OPTIONAL_FIELDS):
                 results.append(result)
         return results
 

@@ -9,7 +9,7 @@ import math
 import re
 import shlex
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +162,12 @@ def clip(text: str, budget: int) -> str:
     return text[:head] + marker + text[len(text) - (keep - head) :] if keep else text[:budget]
 
 
+def exact_number(value: float) -> str:
+    """A number as metrics.json gave it: the shortest text that reads back as the same float (0.1, 42, 1e-05)."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.6g}" for k, v in metrics.items()) or "none found"
 
@@ -170,13 +176,27 @@ SUMMARY_CHARS = 4000
 """The most characters of a run's summary as the LLM reads it."""
 
 
-def render_summary(number: int, status: str, exit_code: int | None, duration_s: float, log: LogSummary, budget: int = SUMMARY_CHARS) -> str:
-    """The run's summary as the LLM reads it, at most `budget` characters."""
+def render_summary(
+    number: int,
+    status: str,
+    exit_code: int | None,
+    duration_s: float,
+    log: LogSummary,
+    budget: int = SUMMARY_CHARS,
+    graded: dict[str, float] | None = None,
+    flags: Sequence[str] = (),
+) -> str:
+    """The run's summary as the LLM reads it, at most `budget` characters. `graded`: the grader's metrics, in a graded
+    experiment (the log's are then the script's self-report); `flags`: the doubts about its numbers (trust.py)."""
     exit_text = "no exit code" if exit_code is None else f"exit {exit_code}"
-    parts = [
-        f"Run {number}: {status} ({exit_text}) after {duration_s:.1f} s; log {log.lines} lines, {log.bytes} bytes.",
-        f"Metrics ({log.metrics_source}): {format_metrics(log.metrics)}",
-    ]
+    parts = [f"Run {number}: {status} ({exit_text}) after {duration_s:.1f} s; log {log.lines} lines, {log.bytes} bytes."]
+    if graded is None:
+        parts.append(f"Metrics ({log.metrics_source}): {format_metrics(log.metrics)}")
+    else:
+        parts.append(f"Graded metrics (the experiment's grader; these count): {format_metrics(graded) if graded else 'none (not graded)'}")
+        parts.append(f"Self-reported metrics ({log.metrics_source}; not trusted): {format_metrics(log.metrics)}")
+    if flags:
+        parts.append("Flags: " + "; ".join(flags))
     if log.error:
         parts.append(f"Error: {log.error}")
     if log.traceback:
@@ -341,7 +361,16 @@ def missing_package_hint(error: str, python: str) -> str | None:
 
 
 def run_summary(
-    run_dir: Path, number: int, status: str, exit_code: int | None, duration_s: float, error: str, python: str, log: LogSummary | None = None
+    run_dir: Path,
+    number: int,
+    status: str,
+    exit_code: int | None,
+    duration_s: float,
+    error: str,
+    python: str,
+    log: LogSummary | None = None,
+    graded: dict[str, float] | None = None,
+    flags: Sequence[str] = (),
 ) -> str:
     """The bounded summary of a finished run as the LLM reads it, made from its folder (output.log, metrics.json) and its record.
 
@@ -352,7 +381,7 @@ def run_summary(
     log = log or summarize_log(run_dir / "output.log", run_dir / "metrics.json")
     if error and error != log.error:
         log = dataclasses.replace(log, error=error)
-    summary = render_summary(number, status, exit_code, duration_s, log)
+    summary = render_summary(number, status, exit_code, duration_s, log, graded=graded, flags=flags)
     if hint := missing_package_hint(error, python):
         summary = f"Run {number} failed because {hint}.\n{summary}"
     return summary

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
+from adapters.grader import GRADE_LOG
 from adapters.guard import kill_in_folder
 from adapters.process import KILL_GRACE_S, KILL_WITHIN_S, PR_SET_CHILD_SUBREAPER, Limits, ProcessResult, check_limit_tools, kill_leftover, run_script
 from adapters.sandbox import (
@@ -58,7 +59,7 @@ FILE_BACK_MAX_BYTES = 8 * 2**20
 """A file the run wrote comes back to the driver up to this size (metrics.json, a confusion matrix); bigger ones stay behind."""
 FILES_BACK_MAX_BYTES = 64 * 2**20
 """All the files that come back together, at most."""
-DRIVER_FILES = ("train.py", "output.log", "result.json", "worker.json")
+DRIVER_FILES = ("train.py", "output.log", "result.json", "worker.json", GRADE_LOG)
 """Files of the run folder that are the driver's own: what the run wrote under these names never comes back."""
 
 

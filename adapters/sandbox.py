@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from adapters.errors import SettingsError
+from adapters.grader import GRADER, PRIVATE
 
 MODES = ("auto", "bwrap", "none")
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`)"
@@ -39,8 +40,9 @@ SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/sys")
 """Bound read-only when present; /sys because CUDA, NVML and CPU counting read it."""
 TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Often symlinks into /usr (merged /usr): recreated as symlinks, else bound read-only."""
-HIDDEN_ENTRIES = re.compile(r"^(\.env.*|\.runner)$")
-"""Experiment entries the script never sees: dotenv files may hold API keys; `.runner/` is the runner's own."""
+HIDDEN_ENTRIES = re.compile(rf"^(\.env.*|\.runner|{re.escape(GRADER)}|{re.escape(PRIVATE)})$")
+"""Experiment entries the script never sees, not even read-only: dotenv files may hold API keys; `.runner/` is the
+runner's own; the grader and what only it reads (private/: the answer key) would let the script fake its grade."""
 RUN_FOLDER = re.compile(r"^run_\d+$")
 """The runs' folders: a run sees its own only, so what one run wrote neither helps nor misleads another."""
 PYTHON_LIBRARY = re.compile(r"(^|/)(site|dist)-packages(/|$)")
@@ -75,6 +77,22 @@ def resolve_mode(requested: str, *, no_network: bool = False) -> tuple[str, str 
     if requested == "auto":
         return ("none", f"train.py runs without a sandbox ({problem}); to isolate it, {INSTALL_HINT}") if problem else ("bwrap", None)
     return requested, None
+
+
+GRADED_WITHOUT_SANDBOX = f"SANDBOX=none: train.py can read {GRADER} and {PRIVATE}/, so a run could fake its grade"
+
+
+def resolve_graded_mode(requested: str, *, no_network: bool = False) -> tuple[str, str | None]:
+    """resolve_mode for an experiment with a grader: `auto` must find bwrap, since the script must not see grade.py or
+    private/; `none` runs only when asked for by name, and always with a warning."""
+    if requested == "none":
+        return resolve_mode(requested, no_network=no_network)[0], GRADED_WITHOUT_SANDBOX
+    if requested == "auto" and (problem := bwrap_problem()):
+        raise SandboxError(
+            f"this experiment is graded, and train.py must not see {GRADER} or {PRIVATE}/, but {problem}: {INSTALL_HINT},"
+            " or pass --sandbox none (SANDBOX=none) to accept that a run could read them"
+        )
+    return resolve_mode(requested, no_network=no_network)
 
 
 @functools.cache

@@ -1,11 +1,13 @@
 """The jobs that train runs: the local backend of the executor (train.py in the sandbox within the limits on the
 devices it is handed), or, with EXECUTOR=ray, the Ray backend's (adapters.cluster); what both record mechanically
-the moment a run ends (run_N/result.json)."""
+the moment a run ends (run_N/result.json), graded by the experiment's grade.py when it has one."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -13,12 +15,14 @@ from dataclasses import dataclass
 
 from adapters.executor import Job
 from adapters.files import ExperimentFiles
+from adapters.grader import GRADE_LOG, grade_run, is_graded
 from adapters.logs import LogSummary, summarize_log
 from adapters.machine import cpu_count, gpu_devices, gpus_per_run, share_text
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
-from adapters.sandbox import child_environment, resolve_mode, sandbox_command, share_environment, workspace
+from adapters.sandbox import GRADED_WITHOUT_SANDBOX, child_environment, resolve_graded_mode, resolve_mode, sandbox_command, share_environment, workspace
 from settings import Settings
 from state import InFlight, RunRecord
+from trust import disagreements, suspicious
 
 MAX_TASKS = 8192
 """Processes and threads a run may have at once. A fork bomb stops here; a training job with many data-loader
@@ -80,7 +84,7 @@ def training_job(files: ExperimentFiles, settings: Settings, flight: InFlight, m
             )
         if result.stopped == "cancelled":  # stop_runs records it, or a resume runs it again
             return Ended(result, None, None)
-        return record_ended(files, settings, flight, result, emit, gpus=devices)
+        return record_ended(files, settings, flight, result, emit, gpus=devices, cancel=cancel)
 
     return Job(number=number, start=start, devices=gpus_per_run(settings.gpus_per_run, gpu_devices(settings.gpus), settings.workers))
 
@@ -99,11 +103,16 @@ def devices_for(settings: Settings) -> list[str]:
     return [] if settings.executor == "ray" else gpu_devices(settings.gpus)
 
 
-def sandbox_for(settings: Settings) -> tuple[str, str | None]:
-    """The sandbox mode and auto's warning (SandboxError when what was asked for cannot work here); with EXECUTOR=ray
-    the mode asked for, which each node resolves for itself (and the check at start has said where it falls back)."""
+def sandbox_for(settings: Settings, graded: bool = False) -> tuple[str, str | None]:
+    """The sandbox mode and its warning (SandboxError when what was asked for cannot work here); with EXECUTOR=ray
+    the mode asked for, which each node resolves for itself (and the check at start has said where it falls back).
+    A `graded` experiment (grade.py) needs bwrap under auto, and warns under none (sandbox.resolve_graded_mode)."""
     if settings.executor == "ray":
+        if graded:
+            return ("none", GRADED_WITHOUT_SANDBOX) if settings.sandbox == "none" else ("bwrap", None)
         return settings.sandbox, None
+    if graded:
+        return resolve_graded_mode(settings.sandbox, no_network=settings.no_network)
     return resolve_mode(settings.sandbox, no_network=settings.no_network)
 
 
@@ -141,16 +150,60 @@ def child_note(started: dict) -> dict:
 
 
 def record_ended(
-    files: ExperimentFiles, settings: Settings, flight: InFlight, result: ProcessResult, emit: Callable[[dict], None], gpus: list[str], node: str = ""
+    files: ExperimentFiles,
+    settings: Settings,
+    flight: InFlight,
+    result: ProcessResult,
+    emit: Callable[[dict], None],
+    gpus: list[str],
+    node: str = "",
+    cancel: threading.Event | None = None,
 ) -> Ended:
-    """The record of a run that ended by itself or was stopped at a limit, from its process's result and its log."""
+    """The record of a run that ended by itself or was stopped at a limit, from its process's result, its log and its grade;
+    a run whose `cancel` is set while grade.py grades it is not recorded (stop_runs records it as cancelled)."""
     run_dir = files.run_dir(flight["number"])
     log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
     # A limit the runner enforced wins over whatever the log says.
     status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-    error = stop_reason(result, settings) or log.error
-    recorded = write_record(files, flight, status, result.exit_code, result.duration_s, log.metrics, error, emit, gpus=gpus, node=node)
+    judged = judge(files, settings, flight["number"], status, stop_reason(result, settings) or log.error, log.metrics, cancel)
+    if judged is None:
+        return Ended(dataclasses.replace(result, stopped="cancelled"), None, None)
+    recorded = write_record(files, flight, result.exit_code, result.duration_s, judged, emit, gpus=gpus, node=node)
     return Ended(result, recorded, log)
+
+
+@dataclass
+class Judged:
+    """How a run is recorded once its numbers are judged: by its grade when the experiment has a grader, else as it reported them."""
+
+    status: str
+    metrics: dict[str, float]
+    """What judges the run: the grade, or (without a grader) the self-report."""
+    error: str
+    reported: dict[str, float] | None = None
+    """With a grader: the self-report, kept beside the grade."""
+    flags: list[str] = dataclasses.field(default_factory=list)
+
+
+def judge(
+    files: ExperimentFiles, settings: Settings, number: int, status: str, error: str, reported: dict[str, float], cancel: threading.Event | None = None
+) -> Judged | None:
+    """Run `number`'s status, metrics and flags, from what it reported about itself (`reported`) and, in a graded
+    experiment, from what grade.py makes of a run that ended well (a run that failed is not graded: its metrics are
+    none). None when its `cancel` was set during grading. RunCancelled when the runner is stopping."""
+    if not is_graded(files.root):
+        return Judged(status, reported, error, flags=suspicious(reported) if status != "cancelled" else [])
+    if status != "ok":
+        return Judged(status, {}, error, reported)
+    env = child_environment(os.environ, home="", data_dir=str(files.root / "data"), extra_names=settings.sandbox_env)
+    python = sys.executable if settings.executor == "ray" else settings.python  # TRAIN_PYTHON names the nodes' interpreter there
+    grade = grade_run(files.root, number, python=python, env=env, timeout_s=settings.grade_timeout_seconds, cancel=cancel)
+    if grade.cancelled:
+        return None
+    flags = [f"a link out of its folder was removed before grading: {link}" for link in grade.removed_links]
+    if grade.metrics is None:
+        return Judged("grade_failed", {}, grade.failure, reported, flags)
+    return Judged("ok", grade.metrics, error, reported, flags + disagreements(grade.metrics, reported, settings.grade_tolerance))
 
 
 def prepare_run(files: ExperimentFiles, number: int) -> None:
@@ -165,18 +218,16 @@ def prepare_run(files: ExperimentFiles, number: int) -> None:
         while (kept := run_dir / f"output.interrupted-{attempt}.log").exists():
             attempt += 1
         log_path.rename(kept)
-    for name in ("metrics.json", "result.json", "worker.json"):
+    for name in ("metrics.json", "result.json", "worker.json", GRADE_LOG):
         (run_dir / name).unlink(missing_ok=True)
 
 
 def write_record(
     files: ExperimentFiles,
     flight: InFlight,
-    status: str,
     exit_code: int | None,
     duration_s: float,
-    metrics: dict[str, float],
-    error: str,
+    judged: Judged,
     emit: Callable[[dict], None],
     gpus: list[str] | None = None,
     node: str = "",
@@ -184,15 +235,27 @@ def write_record(
     """Run `flight`'s record, written to its result.json and told as a run_done event; `gpus` and `node`: where it ran."""
     number, operator, parent = flight["number"], flight["operator"], flight["parent"]
     done = RunRecord(
-        number=number, status=status, exit_code=exit_code, duration_s=round(duration_s, 3), metrics=metrics, error=error, operator=operator, parent=parent
+        number=number,
+        status=judged.status,
+        exit_code=exit_code,
+        duration_s=round(duration_s, 3),
+        metrics=judged.metrics,
+        error=judged.error,
+        operator=operator,
+        parent=parent,
     )
     if gpus is not None:
         done["gpus"] = list(gpus)
     if node:
         done["node"] = node
+    if judged.reported is not None:
+        done["reported"] = judged.reported
+    if judged.flags:
+        done["flags"] = judged.flags
     files.write_result(done)
-    event = {"event": "run_done", "run": number, "status": status, "duration_s": done["duration_s"], "metrics": metrics, "operator": operator, "parent": parent}
-    emit({**event, **{name: done[name] for name in ("gpus", "node") if name in done}})
+    event = {"event": "run_done", "run": number, "status": done["status"], "duration_s": done["duration_s"], "metrics": done["metrics"]}
+    event |= {"operator": operator, "parent": parent}
+    emit({**event, **{name: done[name] for name in ("gpus", "node", "reported", "flags", "error") if done.get(name)}})
     return done
 
 

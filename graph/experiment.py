@@ -30,6 +30,7 @@ from nodes.execute import execute, restart_flights, wait
 from nodes.initialize import initialize
 from nodes.report import report
 from nodes.review import review
+from nodes.stop_rules import halt
 from nodes.summarize import summarize
 from settings import Settings, SettingsError, settings_env
 from state import ExperimentState, Halt, InputState, OutputState, Usage
@@ -122,12 +123,6 @@ def settings_for(state: ExperimentState, runtime: Runtime[Settings]) -> Settings
         raise SettingsError(f"{exc} (no context was passed to the graph, so the settings were read for {folder})") from None
     _FOLDER_SETTINGS[folder] = (graph_run, settings)
     return settings
-
-
-def halt(state: ExperimentState, stage: str, reason: str, message: str, usage: list | None = None) -> dict:
-    """Cut the experiment short: the update recording why and where (and what the failed step spent), after which the edges lead to report."""
-    halted = Halt(stage=stage, stop_reason=state.get("stop_reason"), stop_detail=state.get("stop_detail", ""))
-    return {"stop_reason": reason, "stop_detail": message, "halted": halted, "usage": usage or []}
 
 
 def resume_halted(halted: Halt, update: dict | None = None) -> Command:

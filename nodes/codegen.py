@@ -9,6 +9,7 @@ from langgraph.runtime import Runtime
 
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
+from adapters.grader import is_graded
 from adapters.llm import LLMError, TextReply, ask_reply
 from adapters.logs import clip, one_line
 from adapters.training import share_for
@@ -20,9 +21,10 @@ from nodes.prompts import (
     CODEGEN_SYSTEM,
     CODEGEN_USER,
     DRAFTS_DIFFER,
+    GRADING,
     PARENT_CODE,
 )
-from nodes.records import experiment_context
+from nodes.records import experiment_context, grading_text
 from nodes.summarize import coming_run
 from settings import Settings
 from state import ExperimentState, NextRun
@@ -54,15 +56,17 @@ def compile_error(code: str) -> str | None:
     return None
 
 
-def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "", share: str = "") -> str:
+def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "", share: str = "", grading: str = "") -> str:
     """The user message for codegen, as the coming run's operator asks (a draft sees no parent code): every part clipped
-    to its budget, so it never grows with the runs. `share` says what one run gets of the machine when runs share it."""
+    to its budget, so it never grows with the runs. `share` says what one run gets of the machine when runs share it;
+    `grading`, in a graded experiment, what the grader counts (nodes.records.grading_text)."""
     run, parent = coming["number"], coming["parent"]
     others = run > 1  # run 1 is always a draft: a later draft has others to differ from
     machine = (state.get("machine") or "(not known)") + (f"\n{share}" if share else "")
     return CODEGEN_USER.format(
         **experiment_context(state),
         machine=clip(machine, BUDGET["machine"]),
+        grading=GRADING.format(metrics=grading) if grading else "",
         parent_code=PARENT_CODE.format(parent=parent, code=clip(parent_code, BUDGET["previous_code"])) if parent is not None else "",
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
@@ -111,7 +115,8 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     # 1. Ask for the whole file: a fresh one (draft), or the parent's with one change (improve) or its failure fixed (debug).
     files = ExperimentFiles(state["experiment_dir"])
     audit = AuditLog(files.llm_calls, settings.audit_content)
-    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""), share_for(settings))
+    grading = grading_text(files.runs_of(state), state.get("goal", "")) if is_graded(files.root) else ""
+    prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""), share_for(settings), grading)
     messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(prompt)]
     reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
     usages = [reply.usage]

@@ -11,13 +11,17 @@ from langgraph.runtime import Runtime
 
 from adapters.executor import Executor, executor_for
 from adapters.files import ExperimentFiles, write_atomic
-from adapters.logs import missing_package_hint, run_summary, summarize_log
+from adapters.grader import GRADER, is_graded
+from adapters.logs import missing_package_hint, summarize_log
 from adapters.process import kill_leftover
 from adapters.tracking import TrackingError, log_run
-from adapters.training import Ended, devices_for, job_for, sandbox_for, write_record
+from adapters.training import Ended, devices_for, job_for, judge, sandbox_for, write_record
+from nodes.records import record_summary
+from nodes.stop_rules import halt
 from nodes.summarize import coming_run
 from settings import Settings
 from state import ExperimentState, InFlight, RunRecord
+from trust import grader_failing
 
 _warned: set[str] = set()
 """Warnings already shown by this runner process: auto's fallback to no sandbox is said once, not every run."""
@@ -28,7 +32,7 @@ def execute(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     settings = runtime.context
     files = ExperimentFiles(state["experiment_dir"])
     coming = coming_run(state)
-    mode, warning = sandbox_for(settings)  # SandboxError when what was asked for cannot work here
+    mode, warning = sandbox_for(settings, is_graded(files.root))  # SandboxError when what was asked for cannot work here
     pool = executor_for(files.root, devices_for(settings), settings.workers)
     in_flight = [flight for flight in state.get("in_flight") or [] if flight["number"] != coming["number"]]
     flight = InFlight(**coming, submitted_at=round(time.time(), 3))
@@ -62,7 +66,7 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     numbers = [flight["number"] for flight in in_flight]
     waiting = {"reason": f"for the first of runs {', '.join(map(str, numbers))} to end"} if len(numbers) > 1 else {}
     runtime.stream_writer({"event": "stage", "stage": "wait", "run": numbers[0] if len(numbers) == 1 else None, **waiting})
-    mode = _sandbox_mode(settings, runtime)
+    mode = _sandbox_mode(settings, runtime, is_graded(files.root))
     pool = executor_for(files.root, devices_for(settings), settings.workers)
     recorded = _resubmit_unknown(state, in_flight, pool, files, settings, mode, runtime)
     if recorded is not None:  # ended and recorded by a runner that was killed before it could take the run
@@ -77,18 +81,24 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         flight = next(flight for flight in in_flight if flight["number"] == ended.job.number)
         record, log = outcome.record, outcome.log
     number = record["number"]
-    summary = run_summary(files.run_dir(number), number, record["status"], record["exit_code"], record["duration_s"], record["error"], settings.python, log)
+    summary = record_summary(files.run_dir(number), record, settings.python, log)
     if hint := missing_package_hint(record["error"], settings.python):  # a fix outside the code: said to the user too
         runtime.stream_writer({"event": "warning", "message": f"run {number}: {hint}"})
     if settings.mlflow_tracking_uri:
         _track(files, settings, record, mode, summary, runtime.stream_writer)
-    return {
+    update = {
         "latest_run": record,
         "run_count": state.get("run_count", 0) + 1,
         "last_summary": summary,
         "in_flight": [other for other in in_flight if other["number"] != number],
         "latest_change": flight.get("change", ""),
     }
+    if record["status"] == "grade_failed" and (failing := grader_failing([*files.runs_of(state), record])):
+        # Taken, then cut short: a resume (once grade.py is fixed) analyses this run and goes on.
+        numbers = ", ".join(str(run["number"]) for run in failing)
+        message = f"{GRADER} failed on runs {numbers} in a row, the same way ({record['error']}): fix {GRADER}, then resume"
+        return {**update, **halt(state, "analyze", "fatal", message)}
+    return update
 
 
 def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict], None]) -> dict:
@@ -116,7 +126,7 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
         run_dir = files.run_dir(number)
         log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
         duration = outcome.result.duration_s if outcome is not None else (ran.ended - ran.started if ran and ran.started and ran.ended else 0.0)
-        write_record(files, flight, "cancelled", None, duration, log.metrics, why, emit)
+        write_record(files, flight, None, duration, judge(files, settings, number, "cancelled", why, log.metrics), emit)
         ended.append(number)
     if not ended:
         return {}
@@ -148,12 +158,12 @@ def restart_flights(state: ExperimentState, runtime: Runtime[Settings]) -> None:
     pool = executor_for(files.root, devices_for(runtime.context), runtime.context.workers)
     if all(pool.knows(flight["number"]) for flight in in_flight):
         return
-    _resubmit_unknown(state, list(in_flight), pool, files, runtime.context, _sandbox_mode(runtime.context, runtime), runtime)
+    _resubmit_unknown(state, list(in_flight), pool, files, runtime.context, _sandbox_mode(runtime.context, runtime, is_graded(files.root)), runtime)
 
 
-def _sandbox_mode(settings: Settings, runtime: Runtime[Settings]) -> str:
+def _sandbox_mode(settings: Settings, runtime: Runtime[Settings], graded: bool) -> str:
     """bwrap or none (SandboxError when what was asked for cannot work here); auto's fallback is said once."""
-    mode, warning = sandbox_for(settings)
+    mode, warning = sandbox_for(settings, graded)
     _warn_once(warning, runtime)
     return mode
 

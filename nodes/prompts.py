@@ -65,13 +65,24 @@ CODEGEN_USER = (
 <machine>
 {machine}
 </machine>
-{parent_code}
+{grading}{parent_code}
 <runs>
 {previous_run}
 </runs>
 {feedback}
 {instruction}"""
 )
+
+# Only for an experiment with a grader (grade.py): what counts, and what the run must write for it.
+GRADING = """
+<grading>
+The runner grades every run that ends well with the experiment's own grader, which the script can neither see nor run:
+it scores the file IDEA.md says the run must write (in the working directory, e.g. submission.csv), against an answer
+key the script has no access to. Only the grader's metrics count ({metrics}). What the script prints or writes to
+metrics.json is kept as its self-report and compared with the grade. Write that file on every run, exactly in the
+format IDEA.md gives, and still report your own validation metrics.
+</grading>
+"""
 
 PARENT_CODE = """
 <parent_code run="{parent}">
@@ -104,7 +115,10 @@ From the run's summary, the code and the current tasks, give:
 - findings: the few facts this run established (numbers included), each one line,
 - task_updates: for existing tasks whose status or notes change (status: todo, in_progress, done or dropped),
 - new_tasks: tasks worth adding, if any,
-- goal_achieved: true only if this run's metrics meet the goal, with goal_evidence quoting them."""
+- goal_achieved: true only if this run's metrics meet the goal, with goal_evidence quoting them.
+Where the summary gives graded metrics, those are the run's metrics: the script's self-report does not count, and a
+flagged disagreement between the two is a bug in the script to find (e.g. evaluating on training data) and a finding.
+Flags on numbers that look too good (a perfect score, test far above validation) call for a check of the same kind."""
 
 ANALYZE_USER = """<goal>
 {goal}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from adapters.files import section_run
-from adapters.logs import clip, format_metrics, one_line
+from adapters.logs import LogSummary, clip, exact_number, format_metrics, one_line, run_summary
 from adapters.machine import devices_text
-from goal import best_ranked, ranking
+from goal import best_ranked, parse_goal, ranking
 from nodes.prompts import BUDGET
 from state import ExperimentState, RunRecord, Task
 
@@ -135,12 +137,6 @@ def run_line(run: RunRecord) -> str:
     )
 
 
-def exact_number(value: float) -> str:
-    """A number as metrics.json gave it: the shortest text that reads back as the same float (0.1, 42, 1e-05)."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
-
-
 def metrics_text(metrics: dict[str, float]) -> str:
     """`name=value, ...` with every value exact; `none` without metrics."""
     return ", ".join(f"{name}={exact_number(value)}" for name, value in metrics.items()) or "none"
@@ -155,6 +151,22 @@ CELL_CHARS = 160
 def cell(text: str, limit: int | None = CELL_CHARS) -> str:
     """`text` as one Markdown table cell: one line, pipes escaped, cut to `limit` characters (None: whole, for numbers)."""
     return one_line(text, limit).replace("|", "\\|")
+
+
+def record_summary(run_dir: Path, run: RunRecord, python: str, log: LogSummary | None = None) -> str:
+    """A finished run's summary as the LLM reads it (adapters.logs.run_summary): with its grade, self-report and flags."""
+    graded = run["metrics"] if "reported" in run else None
+    flags = run.get("flags", [])
+    return run_summary(run_dir, run["number"], run["status"], run["exit_code"], run["duration_s"], run["error"], python, log, graded=graded, flags=flags)
+
+
+def grading_text(runs: list[RunRecord], goal: str) -> str:
+    """The grader's metric names as the code model is told them: those it has graded so far, else the goal's metric."""
+    names = list(dict.fromkeys(name for run in runs if "reported" in run for name in run["metrics"]))
+    if names:
+        return "it reports " + ", ".join(names)
+    parsed = parse_goal(goal)
+    return f"the goal's metric is {parsed.metric}; the grader has graded no run yet" if parsed else "the grader has graded no run yet"
 
 
 def where_text(run: RunRecord) -> str:

@@ -8,7 +8,7 @@ from adapters.logs import missing_package_hint
 from goal import goal_reached, runs_without_improvement
 from search import Policy, stuck
 from settings import Settings
-from state import RunRecord, Usage, spend
+from state import ExperimentState, Halt, RunRecord, Usage, spend
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,10 @@ def before_run(runs: list[RunRecord], in_flight: int, usage: list[Usage], max_ru
     if len(runs) + in_flight >= max_runs:
         return run_limit(max_runs)
     return budget_stop(runs, usage, settings, in_flight) if runs else None
+
+
+def halt(state: ExperimentState, stage: str, reason: str, message: str, usage: list | None = None) -> dict:
+    """Cut the experiment short: the update recording why and where a resume re-enters (`stage`), and what the failed step
+    spent; the edges then lead to report."""
+    halted = Halt(stage=stage, stop_reason=state.get("stop_reason"), stop_detail=state.get("stop_detail", ""))
+    return {"stop_reason": reason, "stop_detail": message, "halted": halted, "usage": usage or []}

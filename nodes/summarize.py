@@ -5,10 +5,10 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from adapters.files import ExperimentFiles, section_run
-from adapters.logs import clip, run_summary
+from adapters.logs import clip
 from goal import best_run
 from nodes.prompts import BUDGET
-from nodes.records import run_line, section_change
+from nodes.records import record_summary, run_line, section_change
 from nodes.stop_rules import before_run
 from search import Choice, Policy, after, lineage_text, next_choice, origin
 from settings import Settings
@@ -59,7 +59,7 @@ def digest(files: ExperimentFiles, runs: list[RunRecord], choice: Choice, goal: 
         )
     parent = next(run for run in runs if run["number"] == choice.parent)  # runs in flight leave gaps in the numbers
     parts = [
-        run_summary(files.run_dir(parent["number"]), parent["number"], parent["status"], parent["exit_code"], parent["duration_s"], parent["error"], python),
+        record_summary(files.run_dir(parent["number"]), parent, python),
         f"Lineage: {lineage_text(runs, parent['number'])}",
     ]
     if changed := change(parent["number"]):

@@ -1,0 +1,172 @@
+"""The grader: an experiment's own grade.py, run by the runner on each run that ended well, with private/ holding what
+only it reads (the sandbox shows train.py neither). Its last line of stdout is a JSON object of metrics.
+
+grade.py runs as `python grade.py run_N` from the experiment folder, outside the sandbox but with the sandbox's
+environment allow-list (no LLM keys), within GRADE_TIMEOUT_SECONDS. Its output goes to run_N/grade.log for the
+user; prompts get only the metrics it printed, or one line saying how it failed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adapters.process import RunCancelled, cancel_requested
+
+GRADER = "grade.py"
+"""The grader's file name in the experiment folder: its presence makes an experiment graded."""
+PRIVATE = "private"
+"""The folder of what only the grader reads (test labels, the answer key)."""
+GRADE_LOG = "grade.log"
+"""The grader's stdout and stderr on one run, in that run's folder."""
+OUTPUT_TAIL_BYTES = 64 * 1024
+"""What is kept of each of the grader's streams: the end, where its JSON line and its traceback are."""
+POLL_S = 0.05
+
+
+@dataclass
+class Grade:
+    """What the grader made of one run."""
+
+    metrics: dict[str, float] | None
+    """The numbers of the JSON object it printed last; None when it failed."""
+    failure: str = ""
+    """Why it failed, in one line that quotes neither grade.py nor private/ (its exception's last line at most)."""
+    seconds: float = 0.0
+    removed_links: list[str] = field(default_factory=list)
+    """Links in the run folder that led out of it, removed before grading (`submission.csv -> /…/private/labels.csv`)."""
+    cancelled: bool = False
+    """The run was stopped while it was graded: no grade."""
+
+
+def is_graded(root: Path) -> bool:
+    """Whether the experiment in `root` has a grader."""
+    return (Path(root) / GRADER).is_file()
+
+
+def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], timeout_s: float, cancel: threading.Event | None = None) -> Grade:
+    """Run grade.py on run `number`'s folder; its output goes to run_N/grade.log. RunCancelled when the runner is stopping."""
+    root = Path(root)
+    run_dir = root / f"run_{number}"
+    removed = remove_escaping_links(run_dir)
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="auto-ml-grade-") as scratch:
+        streams = {name: Path(scratch) / name for name in ("stdout", "stderr")}
+        with open(streams["stdout"], "wb") as out, open(streams["stderr"], "wb") as err:
+            try:
+                process = subprocess.Popen(
+                    [python, GRADER, run_dir.name],
+                    cwd=root,
+                    env={**env, "HOME": scratch},
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # its whole group is killed on a timeout
+                )
+            except OSError as exc:
+                return Grade(None, f"{GRADER} could not start ({exc.strerror or exc})", removed_links=removed)
+            ended = _wait(process, timeout_s, cancel)
+        stdout, stderr = (_tail(streams[name]) for name in ("stdout", "stderr"))
+    seconds = time.monotonic() - began
+    _write_log(run_dir / GRADE_LOG, [python, GRADER, run_dir.name], process.returncode, ended, stdout, stderr, seconds)
+    if ended == "interrupted":
+        raise RunCancelled(f"interrupted while {GRADER} graded run {number}")
+    if ended == "cancelled":
+        return Grade(None, seconds=seconds, removed_links=removed, cancelled=True)
+    if ended == "timeout":
+        return Grade(None, f"{GRADER} timed out after {timeout_s:g} s (GRADE_TIMEOUT_SECONDS)", seconds, removed)
+    if process.returncode != 0:
+        why = last_line(stderr) or f"exit code {process.returncode}"
+        return Grade(None, f"{GRADER} failed (exit code {process.returncode}): {why}", seconds, removed)
+    metrics = metrics_line(stdout)
+    if metrics is None:
+        return Grade(None, f"{GRADER} printed no JSON object of metrics as its last line of stdout", seconds, removed)
+    return Grade(metrics, seconds=seconds, removed_links=removed)
+
+
+def metrics_line(stdout: str) -> dict[str, float] | None:
+    """The numbers of the JSON object on the last non-empty line of `stdout`; None when that line is no object with a number."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    try:
+        found = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    numbers = {
+        str(name): float(value) for name, value in found.items() if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
+    return numbers or None
+
+
+def last_line(text: str, width: int = 300) -> str:
+    """The last non-empty line of `text`, cut to `width` characters: an exception's type and message, not its traceback."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:width] if lines else ""
+
+
+def remove_escaping_links(run_dir: Path) -> list[str]:
+    """Remove the symlinks under `run_dir` that lead out of it (the grader, reading a `submission.csv` linked to private/,
+    would grade the answer key); each as `name -> target`. The script could not read the target, but the grader can."""
+    removed = []
+    run_dir = Path(run_dir)
+    inside = run_dir.resolve()
+    for folder, dirs, files in os.walk(run_dir):
+        for name in dirs + files:
+            path = Path(folder) / name
+            if not path.is_symlink():
+                continue
+            target = os.readlink(path)
+            resolved = Path(os.path.realpath(path))
+            if resolved == inside or inside in resolved.parents:
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(f"{path.relative_to(run_dir)} -> {target}")
+    return removed
+
+
+def _wait(process: subprocess.Popen, timeout_s: float, cancel: threading.Event | None) -> str:
+    """Wait for the grader to end: "" when it did, else why it was killed (timeout, cancelled, interrupted)."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None:
+        if why := _stop_why(cancel, deadline):
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
+            return why
+        time.sleep(POLL_S)
+    return ""
+
+
+def _stop_why(cancel: threading.Event | None, deadline: float) -> str:
+    if cancel_requested():
+        return "interrupted"
+    if cancel is not None and cancel.is_set():
+        return "cancelled"
+    return "timeout" if time.monotonic() > deadline else ""
+
+
+def _tail(path: Path) -> str:
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - OUTPUT_TAIL_BYTES))
+        return stream.read().decode("utf-8", errors="replace")
+
+
+def _write_log(path: Path, argv: list[str], exit_code: int | None, ended: str, stdout: str, stderr: str, seconds: float) -> None:
+    how = f"killed ({ended})" if ended else f"exit code {exit_code}"
+    text = f"$ {' '.join(argv)}\n{how} after {seconds:.1f} s\n\n--- stdout (its end) ---\n{stdout}\n--- stderr (its end) ---\n{stderr}"
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError:
+        pass  # the record says how grading went; the log is for the user
