@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,10 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
     """Run grade.py on run `number`'s folder; its output goes to run_N/grade.log. RunCancelled when the runner is stopping."""
     root = Path(root)
     run_dir = root / f"run_{number}"
-    removed = remove_escaping_links(run_dir)
+    try:
+        removed = remove_escaping_links(run_dir)
+    except OSError as exc:  # a folder it cannot list may hide a link: not graded
+        return Grade(None, f"the run folder could not be checked for links out of it ({exc.strerror or exc}): not graded")
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="auto-ml-grade-") as scratch:
         streams = {name: Path(scratch) / name for name in ("stdout", "stderr")}
@@ -75,6 +78,7 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
             except OSError as exc:
                 return Grade(None, f"{GRADER} could not start ({exc.strerror or exc})", removed_links=removed)
             ended = _wait(process, timeout_s, cancel)
+            _kill_group(process.pid)  # what it left running in the background, too
         stdout, stderr = (_tail(streams[name]) for name in ("stdout", "stderr"))
     seconds = time.monotonic() - began
     _write_log(run_dir / GRADE_LOG, [python, GRADER, run_dir.name], process.returncode, ended, stdout, stderr, seconds)
@@ -85,7 +89,7 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
     if ended == "timeout":
         return Grade(None, f"{GRADER} timed out after {timeout_s:g} s (GRADE_TIMEOUT_SECONDS)", seconds, removed)
     if process.returncode != 0:
-        why = last_line(stderr) or f"exit code {process.returncode}"
+        why = last_line(stderr, leaving_out=source_lines(root / GRADER)) or "nothing on stderr"
         return Grade(None, f"{GRADER} failed (exit code {process.returncode}): {why}", seconds, removed)
     metrics = metrics_line(stdout)
     if metrics is None:
@@ -98,39 +102,66 @@ def metrics_line(stdout: str) -> dict[str, float] | None:
     lines = [line for line in stdout.splitlines() if line.strip()]
     try:
         found = json.loads(lines[-1]) if lines else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     if not isinstance(found, dict):
         return None
-    numbers = {
-        str(name): float(value) for name, value in found.items() if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    }
+    numbers = {str(name): number for name, value in found.items() if (number := _finite(value)) is not None}
     return numbers or None
 
 
-def last_line(text: str, width: int = 300) -> str:
-    """The last non-empty line of `text`, cut to `width` characters: an exception's type and message, not its traceback."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+def _finite(value: object) -> float | None:
+    """`value` as a finite float; None for anything else (a bool, a string, NaN, an integer too big for a float)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def last_line(text: str, width: int = 300, leaving_out: Collection[str] = ()) -> str:
+    """The last non-empty line of `text` that is not in `leaving_out` (a warning prints the source line that raised it),
+    cut to `width` characters: an exception's type and message, not its traceback."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in leaving_out]
     return lines[-1][:width] if lines else ""
+
+
+def source_lines(path: Path) -> set[str]:
+    """The stripped lines of a source file, to keep them out of what prompts read."""
+    try:
+        return {line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()}
+    except OSError:
+        return set()
 
 
 def remove_escaping_links(run_dir: Path) -> list[str]:
     """Remove the symlinks under `run_dir` that lead out of it (the grader, reading a `submission.csv` linked to private/,
-    would grade the answer key); each as `name -> target`. The script could not read the target, but the grader can."""
+    would grade the answer key); each as `name -> target`. The script could not read the target, but the grader can.
+
+    Folders the script made unlistable are made listable first (it ran as the runner's user when that is not root);
+    OSError when one still cannot be listed, since it may hide a link.
+    """
     removed = []
     run_dir = Path(run_dir)
     inside = run_dir.resolve()
-    for folder, dirs, files in os.walk(run_dir):
-        for name in dirs + files:
-            path = Path(folder) / name
-            if not path.is_symlink():
-                continue
-            target = os.readlink(path)
-            resolved = Path(os.path.realpath(path))
-            if resolved == inside or inside in resolved.parents:
-                continue
-            path.unlink(missing_ok=True)
-            removed.append(f"{path.relative_to(run_dir)} -> {target}")
+    pending = [run_dir]
+    while pending:
+        folder = pending.pop()
+        mode = folder.stat().st_mode
+        if mode & 0o700 != 0o700 and folder.stat().st_uid == os.geteuid():
+            folder.chmod(mode | 0o700)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    resolved = Path(os.path.realpath(path))
+                    if resolved != inside and inside not in resolved.parents:
+                        removed.append(f"{path.relative_to(run_dir)} -> {os.readlink(path)}")
+                        path.unlink(missing_ok=True)
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
     return removed
 
 
@@ -139,14 +170,18 @@ def _wait(process: subprocess.Popen, timeout_s: float, cancel: threading.Event |
     deadline = time.monotonic() + timeout_s
     while process.poll() is None:
         if why := _stop_why(cancel, deadline):
-            try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(process.pid)
             process.wait()
             return why
         time.sleep(POLL_S)
     return ""
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _stop_why(cancel: threading.Event | None, deadline: float) -> str:

@@ -8,21 +8,25 @@ import sys
 from pathlib import Path
 
 import pytest
+from fakes import make_settings
 from venvs import make_venv
 
 from adapters import sandbox
 from adapters.sandbox import (
+    GRADED_WITHOUT_SANDBOX,
     SANDBOX_UID,
     SandboxError,
     child_environment,
     chown_tree,
     nvidia_devices,
     reclaim,
+    resolve_graded_mode,
     resolve_mode,
     sandbox_command,
     share_environment,
     workspace,
 )
+from adapters.training import sandbox_for
 
 BWRAP_PROBLEM = sandbox.bwrap_problem()
 needs_bwrap = pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=f"bwrap cannot run here: {BWRAP_PROBLEM}")
@@ -463,3 +467,82 @@ def test_a_run_gets_its_share_of_the_machine_unless_the_user_passes_their_own_va
     assert share_environment([], None) == {"CUDA_VISIBLE_DEVICES": ""}  # GPUS=none hides them all
     assert share_environment(None, None) == {}  # no GPU given: the runner's own variable passes as it is
     assert "OMP_NUM_THREADS" not in share_environment(None, 2, keep=("OMP_NUM_THREADS",))  # named in SANDBOX_ENV: the user's
+
+
+# A graded experiment: train.py sees neither grade.py nor private/
+
+
+@pytest.fixture
+def graded(experiment: Path) -> Path:
+    (experiment / "grade.py").write_text("print('{\"accuracy\": 1}')  # the grader\n")
+    (experiment / "private").mkdir()
+    (experiment / "private" / "test_labels.csv").write_text("id,label\n1,cat\n")
+    return experiment
+
+
+def test_the_grader_and_private_are_not_bound(graded: Path):
+    argv = command(graded)
+    exp = graded.resolve()
+    bound = {dest for _, dest in options(argv, "--ro-bind") + options(argv, "--bind")}
+    assert str(exp / "IDEA.md") in bound
+    assert not any(dest in (str(exp / "grade.py"), str(exp / "private")) or dest.startswith(str(exp / "private") + "/") for dest in bound)
+
+
+@needs_bwrap
+def test_the_script_cannot_find_the_grader_or_the_answer_key(graded: Path):
+    exp = graded.resolve()
+    code = f"""
+import os
+print(sorted(os.listdir("..")))
+for path in ("../private/test_labels.csv", "../grade.py", {str(exp / "private" / "test_labels.csv")!r}, {str(exp / "grade.py")!r}, "../private"):
+    try:
+        open(path).read()
+        print("read", path)
+    except Exception as exc:
+        print(type(exc).__name__)
+"""
+    done = run_in_sandbox(graded, sys.executable, code)
+    assert done.returncode == 0, done.stderr
+    listing, *errors = done.stdout.splitlines()
+    assert listing == str(["IDEA.md", "data", "run_2", "tasks.json"])
+    assert errors == ["FileNotFoundError"] * 5  # not there at all, not merely forbidden
+
+
+def test_graded_auto_without_bwrap_is_refused_naming_the_way_out(bwrap_missing):
+    with pytest.raises(SandboxError, match="graded.*grade.py.*private/.*not installed.*--sandbox none"):
+        resolve_graded_mode("auto")
+    with pytest.raises(SandboxError, match="SANDBOX=bwrap"):
+        resolve_graded_mode("bwrap")
+
+
+def test_graded_none_runs_with_a_warning_whether_or_not_bwrap_works(bwrap_missing, monkeypatch):
+    assert resolve_graded_mode("none") == ("none", GRADED_WITHOUT_SANDBOX)
+    assert "private/" in GRADED_WITHOUT_SANDBOX and "grade.py" in GRADED_WITHOUT_SANDBOX
+    monkeypatch.setattr(sandbox, "bwrap_problem", lambda: None)
+    assert resolve_graded_mode("none") == ("none", GRADED_WITHOUT_SANDBOX)
+
+
+def test_graded_none_cannot_cut_the_network(bwrap_missing):
+    with pytest.raises(SandboxError, match="no-network"):
+        resolve_graded_mode("none", no_network=True)
+
+
+def test_graded_with_bwrap_is_bwrap_without_a_warning(bwrap_works):
+    assert resolve_graded_mode("auto") == ("bwrap", None)
+    assert resolve_graded_mode("bwrap") == ("bwrap", None)
+    assert resolve_graded_mode("auto", no_network=True) == ("bwrap", None)
+
+
+def test_sandbox_for_a_graded_experiment_here(bwrap_missing):
+    with pytest.raises(SandboxError, match="--sandbox none"):
+        sandbox_for(make_settings(sandbox="auto"), graded=True)
+    assert sandbox_for(make_settings(sandbox="none"), graded=True) == ("none", GRADED_WITHOUT_SANDBOX)
+    mode, warning = sandbox_for(make_settings(sandbox="auto"))  # not graded: auto falls back, warning how to install
+    assert mode == "none" and warning and "private/" not in warning
+
+
+def test_sandbox_for_a_graded_experiment_on_ray_asks_the_nodes_for_bwrap(bwrap_missing):
+    assert sandbox_for(make_settings(executor="ray", sandbox="auto"), graded=True) == ("bwrap", None)
+    assert sandbox_for(make_settings(executor="ray", sandbox="bwrap"), graded=True) == ("bwrap", None)
+    assert sandbox_for(make_settings(executor="ray", sandbox="none"), graded=True) == ("none", GRADED_WITHOUT_SANDBOX)
+    assert sandbox_for(make_settings(executor="ray", sandbox="auto")) == ("auto", None)
