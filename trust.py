@@ -13,6 +13,8 @@ from adapters.logs import exact_number
 from goal import LOWER_IS_BETTER
 from state import RunRecord
 
+FLAG_MARK = " ⚑"
+"""After the status of a run whose numbers are in doubt (it has flags), in the report, the views and view_tasks.py."""
 GRADER_FAILURES = 3
 """The grader failing the same way on this many graded runs in a row stops the experiment (fatal): grade.py needs a fix."""
 

@@ -28,6 +28,7 @@ from adapters.logs import format_metrics
 from adapters.views import run_origin
 from goal import Goal, best_run, goal_from_plan, parse_goal
 from search import origin
+from trust import FLAG_MARK
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WATCH_INTERVAL_S = 2.0
@@ -43,7 +44,7 @@ TREE_KEEP = 3
 """In a folded tree: runs kept at each end of a long line, and the latest attempts kept under a run."""
 
 TASK_STYLE = {"todo": "white", "in_progress": "yellow", "done": "green", "dropped": "dim"}
-RUN_STYLE = {"ok": "green", "failed": "red", "timeout": "yellow", "cancelled": "dim"}
+RUN_STYLE = {"ok": "green", "failed": "red", "grade_failed": "red", "timeout": "yellow", "cancelled": "dim"}
 RUNNING, INTERRUPTED, NOT_STARTED, NOT_FINISHED = "running", "interrupted", "not started", "not finished"
 """Where a run without a result stands (see Unfinished.state)."""
 UNFINISHED_STYLE = {RUNNING: "cyan", INTERRUPTED: "yellow", NOT_STARTED: "dim", NOT_FINISHED: "cyan"}
@@ -196,13 +197,22 @@ def tasks_table(tasks: list[dict]) -> Table:
 
 def metric_text(result: dict, parsed: Goal | None) -> str:
     """The run's value of the goal metric ("-" when it reported none), or all its metrics when there is no numeric goal;
-    a cancelled run's are where its log had got to when it was stopped, and say so."""
+    a cancelled run's are where its log had got to when it was stopped, and say so. In a graded experiment the grade,
+    with the self-report of the goal metric beside when there is one: `0.71 (self-reported 0.99)`."""
+    stopped = " when stopped" if result["status"] == "cancelled" else ""
     if parsed is None:
-        text = format_metrics(result["metrics"])
-    else:
-        value = result["metrics"].get(parsed.metric)
-        text = "-" if value is None else f"{value:.6g}"
-    return f"{text} when stopped" if result["status"] == "cancelled" and result["metrics"] else text
+        return format_metrics(result["metrics"]) + (stopped if result["metrics"] else "")
+    value = result["metrics"].get(parsed.metric)
+    text = "-" if value is None else f"{value:.6g}"
+    text += stopped if result["metrics"] else ""
+    if (reported := result.get("reported", {}).get(parsed.metric)) is not None:
+        text += f" (self-reported {reported:.6g}{stopped})"
+    return text
+
+
+def status_text(result: dict) -> Text:
+    """The run's status in its colour, ⚑ after it when its numbers are in doubt (its flags)."""
+    return Text(result["status"], style=RUN_STYLE.get(result["status"], "")).append(FLAG_MARK if result.get("flags") else "", style="yellow")
 
 
 def error_text(result: dict, limit: int) -> str:
@@ -237,9 +247,8 @@ def runs_table(snapshot: Snapshot) -> Table:
             table.add_row(str(number), unfinished_origin(run), unfinished_status(run), since, "-", "")
             continue
         star = " ★" if best is not None and best["number"] == number else ""
-        status = Text(result["status"], style=RUN_STYLE.get(result["status"], ""))
-        row = (run_origin(result), status, human_duration(result["duration_s"]), metric_text(result, parsed), Text(error_text(result, ERROR_CHARS)))
-        table.add_row(f"{number}{star}", *row)
+        duration = human_duration(result["duration_s"])
+        table.add_row(f"{number}{star}", run_origin(result), status_text(result), duration, metric_text(result, parsed), Text(error_text(result, ERROR_CHARS)))
     return table
 
 
@@ -366,7 +375,7 @@ class RunTree:
             star = self.best is not None and row == self.best["number"]
             text.append(f"{row}{' ★' if star else ''}", style="bold" if star else "")
             text.append(f" {origin(result)}" if result.get("operator") else "")  # written before the tree search: no origin
-            text.append(" · ").append(result["status"], style=RUN_STYLE.get(result["status"], ""))
+            text.append(" · ").append(status_text(result))
             metric = metric_text(result, self.goal)
             if result["status"] == "ok" or metric not in ("-", format_metrics({})):  # a failed run's error says more than "-"
                 text.append(f" · {metric}")

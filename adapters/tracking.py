@@ -30,6 +30,10 @@ MAX_NAME_CHARS = 250
 """MLflow's longest metric name."""
 MAX_PARAM_CHARS = 6000
 """MLflow's longest parameter value."""
+MAX_TAG_CHARS = 5000
+"""What is kept of a long tag (the flags): MLflow 3 takes 8000 characters, older servers 5000."""
+SELF_REPORTED = "self_reported."
+"""Before the names of what a run's script reported about itself in a graded experiment, beside the graded metrics."""
 
 
 class TrackingError(RuntimeError):
@@ -58,8 +62,9 @@ def log_run(
 ) -> str:
     """Log one finished run as an MLflow run and return its id; an earlier MLflow run of the same run (executed again after a resume) is replaced.
 
-    Metrics: the run's final metrics, and their history as printed in `log_path`. Tags: the run's number, folder, status,
-    exit code and error; `description` (the run's summary) as its note. Raises TrackingError when MLflow cannot be reached or refuses.
+    Metrics: the run's final metrics, and their history as printed in `log_path` (in a graded experiment, what the script
+    reported is logged as self_reported.<name>, beside the grade). Tags: the run's number, folder, status, exit code, error
+    and flags; `description` (the run's summary) as its note. Raises TrackingError when MLflow cannot be reached or refuses.
     """
     root = Path(experiment_dir).resolve()
     try:
@@ -76,16 +81,12 @@ def log_run(
             tags["exit_code"] = str(record["exit_code"])
         if record["error"]:
             tags["error"] = record["error"]
+        if record.get("flags"):
+            tags["flags"] = "\n".join(record["flags"])[:MAX_TAG_CHARS]
         run = client.create_run(experiment_id, start_time=end_ms - int(record["duration_s"] * 1000), tags=tags, run_name=f"run_{record['number']}")
         run_id = run.info.run_id
 
-        # History points are stamped just before the final values, so MLflow shows the final ones as the run's metrics.
-        history = metric_history(log_path, set(record["metrics"])) if log_path else []
-        last_step: dict[str, int] = {}
-        for name, _, step in history:
-            last_step[name] = max(step, last_step.get(name, 0))
-        points = [entities.Metric(mlflow_key(name), value, end_ms - 1, step) for name, value, step in history]
-        points += [entities.Metric(mlflow_key(name), value, end_ms, last_step.get(name, 0)) for name, value in record["metrics"].items()]
+        points = metric_points(entities, record, log_path, end_ms)
         try:
             client.log_batch(run_id, params=[entities.Param(name, str(value)[:MAX_PARAM_CHARS]) for name, value in params.items()])
             for start in range(0, len(points), MAX_BATCH):
@@ -107,6 +108,25 @@ def log_run(
         else:
             reason = str(exc) if isinstance(exc, TrackingError) else _without_password(_reason(exc))
         raise TrackingError(f"run {record['number']} was not logged to MLflow at {_without_password(tracking_uri)}: {reason}") from exc
+
+
+def metric_points(entities, record: RunRecord, log_path: Path | None, end_ms: int) -> list:
+    """The run's metrics as MLflow points: what the script reported (its final values, after their history in `log_path`),
+    under self_reported.<name> in a graded experiment, where the graded metrics stand under their own names.
+
+    History points are stamped just before the final values, so MLflow shows the final ones as the run's metrics.
+    """
+    graded = "reported" in record
+    own, prefix = (record["reported"], SELF_REPORTED) if graded else (record["metrics"], "")
+    history = metric_history(log_path, set(own)) if log_path else []
+    last_step: dict[str, int] = {}
+    for name, _, step in history:
+        last_step[name] = max(step, last_step.get(name, 0))
+    points = [entities.Metric(mlflow_key(prefix + name), value, end_ms - 1, step) for name, value, step in history]
+    points += [entities.Metric(mlflow_key(prefix + name), value, end_ms, last_step.get(name, 0)) for name, value in own.items()]
+    if graded:
+        points += [entities.Metric(mlflow_key(name), value, end_ms, 0) for name, value in record["metrics"].items()]
+    return points
 
 
 def mlflow_key(name: str) -> str:

@@ -32,6 +32,7 @@ from adapters.terminal import KeyReader
 from goal import best_run, parse_goal
 from search import origin
 from state import add_usage, spend
+from trust import FLAG_MARK
 
 TAIL_LINES = 15
 """Lines of the running script's output the live view shows."""
@@ -189,7 +190,8 @@ class Progress:
                 running.progress, running.progress_at = found, time.monotonic()  # a bar redrawn in place, not ended yet
             elif kind == "run_done":  # in the table at once; wait's latest_run brings its whole record
                 record = {"number": event["run"], "status": event["status"], "exit_code": None, "duration_s": event["duration_s"], "metrics": event["metrics"]}
-                self._ended(event["run"], {**record, "error": "", "operator": event.get("operator"), "parent": event.get("parent")})
+                record |= {"error": event.get("error", ""), "operator": event.get("operator"), "parent": event.get("parent")}
+                self._ended(event["run"], record | {name: event[name] for name in ("reported", "flags") if name in event})
 
     def _stage(self, event: dict) -> None:
         self.stage, self.stage_run, self.stage_model = event["stage"], event.get("run"), event.get("model")
@@ -275,11 +277,16 @@ class Progress:
         return one_line(self.coming.get("change") or self.coming.get("reason") or "")
 
     def goal_value(self, run: dict) -> str:
-        """The run's value of the goal metric, or its metrics when the goal names none."""
+        """The run's value of the goal metric, or its metrics when the goal names none; in a graded experiment its
+        self-report beside: `accuracy=0.71 (self-reported 0.99)`."""
         parsed = parse_goal(self.goal)
-        if parsed and parsed.metric in run["metrics"]:
-            return f"{parsed.metric}={run['metrics'][parsed.metric]:.6g}"
-        return format_metrics(run["metrics"]) if not parsed else "-"
+        if parsed is None:
+            shown = format_metrics(run["metrics"])
+            return f"{shown} (self-reported: {format_metrics(run['reported'])})" if "reported" in run else shown
+        shown = f"{parsed.metric}={run['metrics'][parsed.metric]:.6g}" if parsed.metric in run["metrics"] else "-"
+        if parsed.metric in run.get("reported", {}):
+            shown += f" (self-reported {run['reported'][parsed.metric]:.6g})"
+        return shown
 
     def latest_metric(self, running: Running) -> str:
         """A run in flight's latest word on how it does: the goal's metric once it printed it, else its newest line's metrics."""
@@ -407,8 +414,9 @@ def runs_table(progress: Progress, limit: int = 12) -> Table:
             shown = [best, *shown[1:]]  # the best run stays in sight
     for run in shown:
         star = " ★" if best is not None and run["number"] == best["number"] else ""
-        style = {"ok": "green", "failed": "red", "timeout": "yellow", "cancelled": "dim"}.get(run["status"], "")
-        table.add_row(f"{run['number']}{star}", run_origin(run), Text(run["status"], style=style), f"{run['duration_s']:.1f} s", progress.goal_value(run))
+        style = {"ok": "green", "failed": "red", "grade_failed": "red", "timeout": "yellow", "cancelled": "dim"}.get(run["status"], "")
+        status = Text(run["status"], style=style).append(FLAG_MARK if run.get("flags") else "", style="yellow")
+        table.add_row(f"{run['number']}{star}", run_origin(run), status, f"{run['duration_s']:.1f} s", progress.goal_value(run))
     return table
 
 
@@ -454,9 +462,7 @@ def event_line(event: dict) -> Text | None:
     if kind == "run_started" and (event.get("gpus") or event.get("node")):  # on a CPU here it starts as submitted: its execute line said so
         return Text(f"▷ run {event['run']} started on {devices_text(event.get('gpus') or [], event.get('node') or '')}{how}", style="cyan")
     if kind == "run_done":
-        colour = {"ok": "green", "cancelled": "yellow"}.get(event["status"], "red")
-        line = Text(f"■ run {event['run']} {event['status']}", style=colour)
-        return line.append(f" in {event['duration_s']:.1f} s{how} · metrics: {format_metrics(event['metrics'])}")
+        return run_done_line(event, how)
     if kind == "analysis":
         return Text.assemble((f"✎ run {event['run']}:", "magenta"), f" {event['summary']}")
     if kind == "syntax_retry":
@@ -464,6 +470,22 @@ def event_line(event: dict) -> Text | None:
     if kind == "warning":
         return Text(f"! {event['message']}", style="yellow")
     return None
+
+
+def run_done_line(event: dict, how: str) -> Text:
+    """`■ run 3 ok in 1.5 s · draft · metrics: ...`, then its self-report (a graded experiment), why grade.py failed on it,
+    and the first doubt about its numbers."""
+    colour = {"ok": "green", "cancelled": "yellow"}.get(event["status"], "red")
+    line = Text(f"■ run {event['run']} {event['status']}", style=colour)
+    line.append(f" in {event['duration_s']:.1f} s{how} · metrics: {format_metrics(event['metrics'])}")
+    if "reported" in event:
+        line.append(f" · self-reported: {format_metrics(event['reported'])}")
+    if event["status"] == "grade_failed" and event.get("error"):
+        line.append(f" · {one_line(event['error'])}", style="red")
+    if flags := event.get("flags"):
+        more = f" (and {len(flags) - 1} more)" if len(flags) > 1 else ""
+        line.append(f" ·{FLAG_MARK} {one_line(flags[0])}{more}", style="yellow")
+    return line
 
 
 class PlainView:

@@ -43,6 +43,7 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
             prompts.CODEGEN_USER.format(
                 **empty_context,
                 machine="",
+                grading=prompts.GRADING.format(metrics=""),
                 parent_code=prompts.PARENT_CODE.format(parent=run, code=""),
                 previous_run="",
                 feedback="",

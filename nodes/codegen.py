@@ -66,7 +66,7 @@ def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "
     return CODEGEN_USER.format(
         **experiment_context(state),
         machine=clip(machine, BUDGET["machine"]),
-        grading=GRADING.format(metrics=grading) if grading else "",
+        grading=GRADING.format(metrics=clip(grading, BUDGET["grading"])) if grading else "",
         parent_code=PARENT_CODE.format(parent=parent, code=clip(parent_code, BUDGET["previous_code"])) if parent is not None else "",
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",

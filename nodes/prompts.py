@@ -10,6 +10,7 @@ BUDGET = {
     "previous_run": 6_000,  # the parent's summary and the other runs' lines (or the other drafts')
     "feedback": 2_000,
     "machine": 1_200,
+    "grading": 400,  # the grader's metric names (a graded experiment)
 }
 
 # What codegen and report both read first: the experiment as it stands.

@@ -10,6 +10,7 @@ from adapters.machine import devices_text
 from goal import best_ranked, parse_goal, ranking
 from nodes.prompts import BUDGET
 from state import ExperimentState, RunRecord, Task
+from trust import FLAG_MARK
 
 RECENT_CLOSED = 3
 """Finished (done or dropped) tasks listed by name in prompts, the latest ones; earlier ones are only counted."""
@@ -176,17 +177,25 @@ def where_text(run: RunRecord) -> str:
     return devices_text(run.get("gpus") or [], run.get("node") or "")
 
 
+def status_text(run: RunRecord) -> str:
+    """The run's status, with ⚑ when its numbers are in doubt."""
+    return run["status"] + (FLAG_MARK if run.get("flags") else "")
+
+
 def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | None = None) -> str:
     """Markdown table of every run: the run it builds on and how (— for a draft), exact metric values and what each changed; ★ marks the best run.
 
-    A cancelled run's row says so in its status and error, and a note under the table says what its values are: never the best.
+    In a graded experiment the metric columns are the grade and a Self-reported column what each script said of itself;
+    ⚑ after a status marks a run whose numbers are in doubt. A cancelled run's row says so in its status and error, and
+    a note under the table says what its values are: never the best.
     """
     rank = ranking(runs, goal)
     best = best_ranked(runs, rank)
     names = list(dict.fromkeys([*([rank.metric] if rank else []), *(name for run in runs for name in run["metrics"])]))
     columns, others = names[:MAX_METRIC_COLUMNS], names[MAX_METRIC_COLUMNS:]
+    graded = any("reported" in run for run in runs)
     with_error = any(run["error"] for run in runs)
-    extra = [*(["Other metrics"] if others else []), *(["Error"] if with_error else [])]
+    extra = [*(["Other metrics"] if others else []), *(["Self-reported"] if graded else []), *(["Error"] if with_error else [])]
     where = any(run.get("node") or run.get("gpus") for run in runs)
     head = ["Run", "Parent", "Operator", "Status", "Duration", *(["Where"] if where else []), *columns, *extra, "What changed"]
     rows = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
@@ -195,17 +204,26 @@ def runs_table(runs: list[RunRecord], goal: str = "", changes: dict[int, str] | 
         values = [exact_number(run["metrics"][name]) if name in run["metrics"] else "—" for name in columns]
         if others:
             values.append(cell(metrics_text({k: v for k, v in run["metrics"].items() if k in others}), limit=None))
+        if graded:
+            values.append(cell(metrics_text(run["reported"]), limit=None) if "reported" in run else "—")
         if with_error:
             values.append(cell(run["error"]))
         change = cell((changes or {}).get(run["number"], ""))
         parent = "—" if run["parent"] is None else run["parent"]
-        start = f"| {run['number']}{mark} | {parent} | {run['operator']} | {run['status']} | {exact_number(run['duration_s'])} s | "
+        start = f"| {run['number']}{mark} | {parent} | {run['operator']} | {status_text(run)} | {exact_number(run['duration_s'])} s | "
         if where:
             start += f"{cell(where_text(run))} | "
         rows.append(start + " | ".join([*values, change]) + " |")
+    notes = []
+    if graded:
+        notes.append(
+            "The metric columns are what grade.py graded (— where it graded nothing: the script failed, or grade.py did); "
+            "the Self-reported column is what each run's train.py reported about itself."
+        )
     if cancelled := [str(run["number"]) for run in runs if run["status"] == "cancelled"]:
         one = len(cancelled) == 1
         which = f"Run {cancelled[0]} was" if one else f"Runs {', '.join(cancelled)} were"
-        theirs = "its metrics are the last values its log showed, and it is" if one else "their metrics are the last values their logs showed, and they are"
-        rows += ["", f"{which} stopped in flight when the experiment ended: {theirs} not ranked."]
-    return "\n".join(rows)
+        kept = "self-report is" if graded else "metrics are"  # a graded experiment grades no cancelled run
+        theirs = f"its {kept} the last values its log showed, and it is" if one else f"their {kept} the last values their logs showed, and they are"
+        notes.append(f"{which} stopped in flight when the experiment ended: {theirs} not ranked.")
+    return "\n".join(rows + [line for note in notes for line in ("", note)])

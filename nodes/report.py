@@ -1,9 +1,9 @@
-"""REPORT.md: goal and outcome, the best run and its lineage, the LLM's findings, every run, plots (the search tree
-among them), tokens and cost, how to reproduce the best run.
+"""REPORT.md: goal and outcome, the best run and its lineage, the LLM's findings, every run, the doubts about their
+numbers, plots (the search tree among them), tokens and cost, how to reproduce the best run.
 
 Every table, number and plot is made here from the runs' records (run_N/result.json, read once per report), which
-hold what metrics.json and the logs say; REPORT_MODEL writes only the narrative between them. An experiment cut
-short gets the same record without asking the LLM.
+hold what metrics.json and the logs say, and in a graded experiment what grade.py made of it beside that;
+REPORT_MODEL writes only the narrative between them. An experiment cut short gets the same record without asking the LLM.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from langgraph.runtime import Runtime
 
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles
+from adapters.grader import GRADER
 from adapters.llm import ask_text
 from adapters.logs import clip, one_line
 from adapters.plots import plot_curves, plot_metric_per_run, plot_tree, read_curves
@@ -107,6 +108,7 @@ def report_text(state: ExperimentState, settings: Settings, runs: list[RunRecord
         best_section(best, rank, goal, runs),
         narrative,
         "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
+        doubts_section(runs),
         plots_section(files, runs, rank, best),
         usage_section(all_usage, settings.model_prices),
         reproduce_section(files, best or last_ended(runs), is_best=best is not None, python=settings.python, machine=state.get("machine", "")),
@@ -120,12 +122,19 @@ def last_ended(runs: list[RunRecord]) -> RunRecord | None:
 
 
 def report_line(run: RunRecord, changes: dict[int, str]) -> str:
-    """One run for the report prompt, every number exactly as the record holds it."""
-    parts = [f"run {run['number']} ({origin(run)}): {run['status']}", f"{exact_number(run['duration_s'])} s", metrics_text(run["metrics"])]
+    """One run for the report prompt, every number exactly as the record holds it: in a graded experiment its grade and
+    its self-report, each named; the doubts about its numbers."""
+    parts = [f"run {run['number']} ({origin(run)}): {run['status']}", f"{exact_number(run['duration_s'])} s"]
+    if "reported" in run:
+        parts += [f"graded: {metrics_text(run['metrics'])}", f"self-reported: {metrics_text(run['reported'])}"]
+    else:
+        parts.append(metrics_text(run["metrics"]))
     if changes.get(run["number"]):
         parts.append(f"changed: {changes[run['number']]}")
     if run["error"]:
         parts.append(run["error"] if run["status"] == "cancelled" else f"error: {run['error']}")
+    if run.get("flags"):
+        parts.append(f"flagged: {'; '.join(run['flags'])}")
     return ", ".join(parts)
 
 
@@ -153,22 +162,42 @@ def outcome_section(state: ExperimentState, runs: int) -> str:
 
 
 def best_section(best: RunRecord | None, rank: Ranking | None, goal: str, runs: list[RunRecord]) -> str:
-    """The best run with every metric it reported, exactly, whether it meets the goal, and the line of runs it grew from."""
+    """The best run with every metric it has, exactly (graded, and self-reported beside, in a graded experiment), whether
+    it meets the goal, any doubt about its numbers, and the line of runs it grew from."""
     if best is None or rank is None:
-        return "## Best run\n\nNo run reported a metric, so none can be called best."
+        which = "was graded with" if any("reported" in run for run in runs) else "reported"
+        return f"## Best run\n\nNo run {which} a metric, so none can be called best."
     lines = [
         "## Best run",
         "",
         f"**Run {best['number']}** ({best['status']}, {exact_number(best['duration_s'])} s), best by {rank.basis}.",
         "",
-        f"Metrics: {metrics_text(best['metrics'])}",
     ]
+    if "reported" in best:
+        lines += [f"Metrics, as {GRADER} graded them: {metrics_text(best['metrics'])}", "", f"Self-reported by its train.py: {metrics_text(best['reported'])}"]
+    else:
+        lines.append(f"Metrics: {metrics_text(best['metrics'])}")
     if rank.goal is not None:
         met = goal_reached(goal, best["metrics"])
         value = f"{rank.metric}={exact_number(best['metrics'][rank.metric])}"
         lines += ["", f"Goal `{goal}`: {'met' if met else 'not met'} ({value})."]
+    if best.get("flags"):
+        lines += ["", f"⚑ Its numbers are in doubt: see {DOUBTS} below."]
     lines += ["", f"Lineage: {lineage_text(runs, best['number'])}."]
     return "\n".join(lines)
+
+
+DOUBTS = "Doubts about the numbers"
+"""The heading of the section that lists the runs' flags."""
+
+
+def doubts_section(runs: list[RunRecord]) -> str:
+    """Each flag of each run (trust.py: a self-report its grade contradicts, a score too good to be true), a line each; empty without any."""
+    lines = [f"- Run {run['number']}: {one_line(flag)}" for run in runs for flag in run.get("flags", [])]
+    if not lines:
+        return ""
+    intro = "Why the numbers of the runs marked ⚑ deserve a second look (a reason to check, not a verdict):"
+    return "\n".join([f"## {DOUBTS}", "", intro, "", *lines])
 
 
 def plots_section(files: ExperimentFiles, runs: list[RunRecord], rank: Ranking | None, best: RunRecord | None) -> str:
@@ -248,6 +277,15 @@ def usage_section(usage: list[Usage], prices: dict[str, list[float]]) -> str:
     return "\n\n".join(["## Tokens and cost", f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}.", usage_table(usage, prices)])
 
 
+def graded_text(run: RunRecord) -> str:
+    """What grade.py made of a run of a graded experiment: its grade, how it failed, or why it was not graded."""
+    if run["status"] == "ok":
+        return f"It graded run {run['number']}: {metrics_text(run['metrics'])}."
+    if run["status"] == "grade_failed":
+        return f"It failed on run {run['number']}: {run['error']}"
+    return f"Run {run['number']} was not graded: it ended {run['status']}."
+
+
 def reproduce_section(files: ExperimentFiles, run: RunRecord | None, is_best: bool, python: str, machine: str = "") -> str:
     """Where the run's train.py lies, the command that runs it again from the experiment folder, and what the runs ran on."""
     if run is None:
@@ -264,10 +302,13 @@ def reproduce_section(files: ExperimentFiles, run: RunRecord | None, is_best: bo
         f"cd {folder} && DATA_DIR=../data {shlex.quote(python)} train.py",
         "```",
         "",
-        f"It writes `metrics.json` beside it (run {run['number']} measured: {metrics_text(run['metrics'])}). "
+        f"It writes `metrics.json` beside it (run {run['number']} {'reported' if 'reported' in run else 'measured'}: "
+        f"{metrics_text(run.get('reported', run['metrics']))}). "
         "`DATA_DIR` is the dataset cache the runs share (`data/` in the experiment folder); the interpreter is the one "
         "the runs used (TRAIN_PYTHON), where their libraries are installed.",
     ]
+    if "reported" in run:
+        lines += ["", f"The runner grades it from the experiment folder with `{shlex.quote(python)} {GRADER} {folder}`. {graded_text(run)}"]
     if machine:
         lines += ["", "The runs ran on (as the code model was told):", "", "```", machine, "```"]
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -237,7 +238,12 @@ def test_a_graded_experiment_without_bwrap_refuses_to_start_unless_sandbox_none_
     monkeypatch.setenv("LLM_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: it stops before any request
     monkeypatch.setenv("LLM_API_KEY", "test-key")
 
-    code = main.main(["-d", str(experiment), "-r", "1"])
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = main.main(["-d", str(experiment), "-r", "1"])
+    finally:  # main sets its own for the run: the other tests' are put back
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err

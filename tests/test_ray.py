@@ -280,6 +280,35 @@ def test_a_worker_killed_under_a_run_takes_the_run_with_it_and_the_run_fails(exp
     assert gone(marker, timeout=10) == []
 
 
+# Before the test of a local instance: Ray 2.60 does not join another cluster well from a process whose own local instance
+# it has shut down (the task never reaches the cluster).
+def test_a_graded_run_on_the_cluster_is_graded_on_the_driver_on_the_submission_that_came_back(experiment: Path, llm_server, ray_cluster: str, shared: Path):
+    if sandbox.bwrap_problem():
+        pytest.skip("needs bubblewrap: a graded experiment runs train.py in it")
+    (experiment / "grade.py").write_text(
+        "import json, sys\nfrom pathlib import Path\n"
+        "score = json.loads((Path(sys.argv[1]) / 'submission.json').read_text())['score']\n"
+        "print(json.dumps({'accuracy': score, 'key_lines': len(Path('private/key.txt').read_text().splitlines())}))\n"
+    )
+    (experiment / "private").mkdir()
+    (experiment / "private" / "key.txt").write_text("the answer key\n")
+    key = experiment / "private" / "key.txt"
+    code = train("graded", 0.99) + (
+        f"try:\n    open({str(key)!r}).read()\n    print('READ the key')\nexcept OSError as exc:\n    print('no key:', type(exc).__name__)\n"
+        "json.dump({'score': 0.7}, open('submission.json', 'w'))\n"
+    )
+    server = llm_server(ScriptedBrain(codes=[code]))
+
+    run_experiment(experiment, max_runs=1, **llm(server, ray_cluster, shared))  # SANDBOX=auto: bwrap on every node, for a graded experiment
+
+    record = json.loads((experiment / "run_1" / "result.json").read_text())
+    assert record["status"] == "ok" and record["node"]
+    assert record["metrics"] == {"accuracy": 0.7, "key_lines": 1} and record["reported"] == {"accuracy": 0.99}
+    assert record["flags"] == ["self-reported accuracy 0.99, graded 0.7"]
+    assert (experiment / "run_1" / "submission.json").exists()  # came back from the node
+    assert "no key: FileNotFoundError" in (experiment / "run_1" / "output.log").read_text()
+
+
 def test_without_ray_address_a_local_instance_runs_the_experiment_without_the_llm_key(experiment: Path, llm_server, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-reach-a-worker")
@@ -383,30 +412,3 @@ def test_files_the_run_wrote_come_back_within_their_limits(tmp_path: Path, monke
 
     assert back == {"metrics.json": b'{"accuracy": 0.9}', "plots/a.txt": b"a" * 90}
     assert left == ["model.bin (0.0 MiB)", "z.txt (0.0 MiB)"]
-
-
-def test_a_graded_run_on_the_cluster_is_graded_on_the_driver_on_the_submission_that_came_back(experiment: Path, llm_server, ray_cluster: str, shared: Path):
-    if sandbox.bwrap_problem():
-        pytest.skip("needs bubblewrap: a graded experiment runs train.py in it")
-    (experiment / "grade.py").write_text(
-        "import json, sys\nfrom pathlib import Path\n"
-        "score = json.loads((Path(sys.argv[1]) / 'submission.json').read_text())['score']\n"
-        "print(json.dumps({'accuracy': score, 'key_lines': len(Path('private/key.txt').read_text().splitlines())}))\n"
-    )
-    (experiment / "private").mkdir()
-    (experiment / "private" / "key.txt").write_text("the answer key\n")
-    key = experiment / "private" / "key.txt"
-    code = train("graded", 0.99) + (
-        f"try:\n    open({str(key)!r}).read()\n    print('READ the key')\nexcept OSError as exc:\n    print('no key:', type(exc).__name__)\n"
-        "json.dump({'score': 0.7}, open('submission.json', 'w'))\n"
-    )
-    server = llm_server(ScriptedBrain(codes=[code]))
-
-    run_experiment(experiment, max_runs=1, **llm(server, ray_cluster, shared))  # SANDBOX=auto: bwrap on every node, for a graded experiment
-
-    record = json.loads((experiment / "run_1" / "result.json").read_text())
-    assert record["status"] == "ok" and record["node"]
-    assert record["metrics"] == {"accuracy": 0.7, "key_lines": 1} and record["reported"] == {"accuracy": 0.99}
-    assert record["flags"] == ["self-reported accuracy 0.99, graded 0.7"]
-    assert (experiment / "run_1" / "submission.json").exists()  # came back from the node
-    assert "no key: FileNotFoundError" in (experiment / "run_1" / "output.log").read_text()

@@ -489,6 +489,31 @@ def test_cancelled_runs_say_so_with_their_values_when_stopped_and_are_never_the_
     assert "4 runs finished (2 cancelled) · best run 3 with test_accuracy=0.985 vs target >= 0.98 (goal met)" in table
 
 
+@pytest.fixture
+def graded(tmp_path: Path) -> ExperimentFiles:
+    """An experiment with a grade.py: run 1 claimed more than it was graded, grade.py failed on run 2, run 3 was cancelled."""
+    why = "cancelled: the experiment stopped (goal_met) while it ran"
+    runs = [
+        {**make_run(1, metrics={"test_accuracy": 0.71}), "reported": {"test_accuracy": 0.99}, "flags": ["self-reported test_accuracy 0.99, graded 0.71"]},
+        {**make_run(2, "grade_failed", error="grade.py timed out after 60 s (GRADE_TIMEOUT_SECONDS)"), "reported": {"test_accuracy": 0.9}},
+        {**make_run(3, "cancelled", error=why, operator="improve", parent=1), "exit_code": None, "reported": {"test_accuracy": 0.8}},
+    ]
+    return write_experiment(tmp_path / "graded", "test_accuracy >= 0.98", [make_task(1, "Baseline", "done", runs=[1, 2, 3])], runs)
+
+
+def test_a_graded_run_shows_its_grade_with_its_self_report_beside_and_a_flag_after_its_status(graded):
+    _, table = show("-d", str(graded.root))
+    _, tree = show("-d", str(graded.root), "--tree")
+
+    assert cells(table, "1 ★") == ["1 ★", "draft", "ok ⚑", "1.5 s", "0.71 (self-reported 0.99)", ""]  # the grade ranks the runs
+    assert cells(table, "2") == ["2", "improve ← 1", "grade_failed", "1.5 s", "- (self-reported 0.9)", "grade.py timed out after 60 s (GRADE_TIMEOUT_SECONDS)"]
+    assert cells(table, "3")[4] == "- (self-reported 0.8 when stopped)"
+    assert tree_lines(tree)[:2] == [
+        "└── 1 ★ draft · ok ⚑ · 0.71 (self-reported 0.99)",
+        "    ├── 2 improve ← 1 · grade_failed · - (self-reported 0.9) · grade.py timed out after 60 s (GRADE_TIMEOUT_SECO…",
+    ]
+
+
 def test_a_child_file_that_cannot_be_read_still_marks_its_run_running(parallel):
     (parallel.private / "child-2.json").write_text('{"run": 2, "oper')  # a torn write: the runner replaces it whole, but a copy may not be
     (parallel.private / "child-4.json").write_text(json.dumps({"run": 4, "operator": "improve", "parent": "three"}))

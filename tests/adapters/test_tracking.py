@@ -79,6 +79,21 @@ def test_a_failed_run_is_failed_in_mlflow_with_its_error(store: str, tmp_path: P
     assert run.data.tags["error"] == "ValueError: the data is missing" and run.data.tags["exit_code"] == "1"
 
 
+def test_a_graded_run_logs_its_grade_and_its_self_report_apart_with_its_flags(store: str, tmp_path: Path):
+    root, script, log = run_folder(tmp_path, "digits-graded")
+    flags = ["self-reported accuracy 0.99, graded 0.71", "a link out of its folder was removed before grading: labels.csv"]
+    record = {**make_run(1, metrics={"accuracy": 0.71}), "reported": {"accuracy": 0.99, "loss": 0.33}, "flags": flags}
+
+    run_id = log_run(store, root, record, params=PARAMS, artifacts=[script], log_path=log)
+
+    [run] = mlflow_runs(store, "digits-graded")
+    assert run.data.metrics == {"accuracy": 0.71, "self_reported.accuracy": 0.99, "self_reported.loss": 0.33}
+    assert run.data.tags["flags"] == "\n".join(flags)
+    history = client_for(store).get_metric_history(run_id, "self_reported.accuracy")  # the log is the script's word too
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: (m.step, m.timestamp))] == [(1, 0.75), (2, 0.8), (3, 0.85), (3, 0.99)]
+    assert [m.value for m in client_for(store).get_metric_history(run_id, "accuracy")] == [0.71]
+
+
 def test_a_run_logged_again_replaces_the_earlier_one(store: str, tmp_path: Path):
     root, script, log = run_folder(tmp_path, "digits-again")
     log_run(store, root, make_run(1, metrics={"accuracy": 0.5}), params=PARAMS, artifacts=[script], log_path=log)

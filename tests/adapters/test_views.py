@@ -545,6 +545,43 @@ def test_the_plain_view_on_a_terminal_is_coloured_unless_no_color_is_set(monkeyp
     assert [SGR.sub("", line) for line in written.splitlines()] == PLAIN_TRANSCRIPT
 
 
+def test_the_plain_view_shows_a_graded_runs_self_report_the_graders_failure_and_its_first_doubt():
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress(goal="accuracy >= 0.9"))
+    flags = ["self-reported accuracy 0.99, graded 0.71", "a link out of its folder was removed before grading: labels.csv"]
+
+    view.event(run_done(1, {"accuracy": 0.71}) | {"reported": {"accuracy": 0.99}, "flags": flags})
+    view.event(run_done(2, {}, status="grade_failed", operator="improve", parent=1) | {"reported": {"accuracy": 0.9}, "error": "grade.py timed out after 60 s"})
+    view.event(run_done(3, {"test_accuracy": 1.0}, operator="improve", parent=1) | {"flags": ["perfect score test_accuracy 1: check it"]})
+
+    assert console.file.getvalue().splitlines() == [
+        "■ run 1 ok in 2.0 s · draft · metrics: accuracy=0.71 · self-reported: accuracy=0.99 · ⚑ self-reported accuracy 0.99, graded 0.71 (and 1 more)",
+        "■ run 2 grade_failed in 2.0 s · improve ← 1 · metrics: none found · self-reported: accuracy=0.9 · grade.py timed out after 60 s",
+        "■ run 3 ok in 2.0 s · improve ← 1 · metrics: test_accuracy=1 · ⚑ perfect score test_accuracy 1: check it",
+    ]
+    assert views.event_line(run_done(2, {}, status="grade_failed")).style == "red"
+    kept = {run["number"]: run for run in view.progress.runs}
+    assert kept[1]["reported"] == {"accuracy": 0.99} and kept[1]["flags"] == flags and kept[1]["error"] == ""
+    assert kept[2]["error"] == "grade.py timed out after 60 s" and "flags" not in kept[2]
+    assert "reported" not in kept[3]
+
+
+def test_the_runs_table_marks_flagged_runs_and_shows_the_self_report_beside_the_grade():
+    progress = make_progress(goal="accuracy >= 0.9")
+    flagged = RunRecord(**run(1, metrics={"accuracy": 0.71}), reported={"accuracy": 0.99}, flags=["self-reported accuracy 0.99, graded 0.71"])
+    failed = RunRecord(**run(2, "grade_failed", operator="improve", parent=1), reported={"accuracy": 0.9})
+    finish(progress, flagged, failed, RunRecord(**run(3, metrics={"accuracy": 0.8}, operator="improve", parent=1), reported={}))
+
+    text = render(progress)
+
+    assert cells(text, "1") == ["1", "draft", "ok ⚑", "1.5 s", "accuracy=0.71 (self-reported 0.99)"]
+    assert cells(text, "2") == ["2", "improve ← 1", "grade_failed", "1.5 s", "- (self-reported 0.9)"]
+    assert cells(text, "3 ★") == ["3 ★", "improve ← 1", "ok", "1.5 s", "accuracy=0.8"]
+    ungraded = make_progress(goal="")
+    finish(ungraded, RunRecord(**run(1, metrics={"accuracy": 1.0}), flags=["perfect score accuracy 1: check it"]))
+    assert cells(render(ungraded), "1") == ["1", "draft", "ok ⚑", "1.5 s", "accuracy=1"]
+
+
 # --- the quiet view: nothing but warnings ---
 
 

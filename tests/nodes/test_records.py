@@ -241,3 +241,52 @@ def test_runs_table_marks_cancelled_runs_and_never_stars_one():
         "Run 2 was stopped in flight when the experiment ended: its metrics are the last values its log showed, and it is not ranked."
     )
     assert "stopped in flight" not in runs_table(runs[:1], "accuracy >= 0.95")
+
+
+# graded experiments: the grade judges, the self-report stands beside it; flags mark numbers in doubt
+
+
+def graded_run(
+    number: int, graded: dict[str, float], reported: dict[str, float], status: str = "ok", error: str = "", flags: tuple[str, ...] = ()
+) -> RunRecord:
+    """A run of an experiment with a grade.py, as training.write_record leaves it."""
+    run = RunRecord(**make_run(number, status=status, metrics=graded, error=error), reported=reported)
+    return RunRecord(**run, flags=list(flags)) if flags else run
+
+
+def test_runs_table_of_a_graded_experiment_shows_the_grade_and_the_self_report_beside_it():
+    runs = [
+        graded_run(1, {"accuracy": 0.71}, {"accuracy": 0.99, "loss": 0.01}, flags=("self-reported accuracy 0.99, graded 0.71",)),
+        graded_run(2, {}, {"accuracy": 0.9}, status="grade_failed", error="grade.py timed out after 60 s (GRADE_TIMEOUT_SECONDS)"),
+        graded_run(3, {"accuracy": 0.8}, {"accuracy": 0.8, "note|x": 1.0}),
+        graded_run(4, {}, {}, status="failed", error="ValueError: boom"),
+    ]
+
+    table = runs_table(runs, "accuracy >= 0.9").splitlines()
+
+    assert table[0] == "| Run | Parent | Operator | Status | Duration | accuracy | Self-reported | Error | What changed |"
+    assert table[2:6] == [
+        "| 1 | — | draft | ok ⚑ | 1.5 s | 0.71 | accuracy=0.99, loss=0.01 |  |  |",
+        "| 2 | 1 | improve | grade_failed | 1.5 s | — | accuracy=0.9 | grade.py timed out after 60 s (GRADE_TIMEOUT_SECONDS) |  |",
+        "| 3 ★ | 2 | improve | ok | 1.5 s | 0.8 | accuracy=0.8, note\\|x=1 |  |  |",
+        "| 4 | 3 | improve | failed | 1.5 s | — | none | ValueError: boom |  |",
+    ]
+    assert table[6:] == [
+        "",
+        "The metric columns are what grade.py graded (— where it graded nothing: the script failed, or grade.py did); "
+        "the Self-reported column is what each run's train.py reported about itself.",
+    ]
+
+
+def test_a_cancelled_run_of_a_graded_experiment_is_said_to_have_only_a_self_report():
+    runs = [graded_run(1, {"accuracy": 0.8}, {"accuracy": 0.8}), RunRecord(**cancelled_run(2, parent=1), reported={"accuracy": 0.85})]
+    assert runs_table(runs, "accuracy >= 0.9").splitlines()[-1] == (
+        "Run 2 was stopped in flight when the experiment ended: its self-report is the last values its log showed, and it is not ranked."
+    )
+
+
+def test_without_a_grader_the_columns_stay_and_only_a_flag_marks_the_status():
+    flagged = RunRecord(**make_run(1, metrics={"test_accuracy": 1.0}), flags=["perfect score test_accuracy 1: check that it is not measured on training data"])
+    table = runs_table([flagged, make_run(2, metrics={"test_accuracy": 0.9})], "test_accuracy >= 0.95").splitlines()
+    assert table[0] == "| Run | Parent | Operator | Status | Duration | test_accuracy | What changed |"
+    assert table[2:] == ["| 1 ★ | — | draft | ok ⚑ | 1.5 s | 1 |  |", "| 2 | 1 | improve | ok | 1.5 s | 0.9 |  |"]

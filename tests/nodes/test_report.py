@@ -323,6 +323,92 @@ def test_a_report_without_runs_draws_no_tree_and_removes_an_old_one(tmp_path: Pa
     assert not (tmp_path / "report" / "tree.png").exists()
 
 
+# graded experiments (grade.py): the grade judges, the self-report stands beside it; flags are the doubts about the numbers
+
+
+def graded_runs() -> list[RunRecord]:
+    """Runs of an experiment with a grade.py, as training.write_record leaves them: run 2 claims more than it was graded."""
+    disagreement = "self-reported accuracy 0.99, graded 0.91"
+    return [
+        RunRecord(**make_run(1, metrics={"accuracy": 0.8}), reported={"accuracy": 0.8}),
+        RunRecord(**make_run(2, metrics={"accuracy": 0.91}), reported={"accuracy": 0.99, "loss": 0.01}, flags=[disagreement]),
+        RunRecord(
+            **make_run(3, status="grade_failed", error="grade.py printed no JSON object of metrics as its last line of stdout"), reported={"accuracy": 0.95}
+        ),
+    ]
+
+
+def test_a_graded_report_shows_the_grade_and_the_self_report_and_its_doubts(tmp_path: Path):
+    model = ScriptedChatModel(responses=[text_reply("Narrative")])
+    runtime, _ = make_runtime(model)
+    root = make_experiment(tmp_path)
+    write_run_files(tmp_path)
+
+    report({**finished_state(root), **recorded(root, graded_runs())}, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "**Run 2** (ok, 1.5 s), best by accuracy" in text
+    assert "Metrics, as grade.py graded them: accuracy=0.91\n\nSelf-reported by its train.py: accuracy=0.99, loss=0.01" in text
+    assert "Goal `accuracy >= 0.9`: met (accuracy=0.91).\n\n⚑ Its numbers are in doubt: see Doubts about the numbers below." in text
+    assert "| Run | Parent | Operator | Status | Duration | accuracy | Self-reported | Error | What changed |" in text
+    assert "| 2 ★ | 1 | improve | ok ⚑ | 1.5 s | 0.91 | accuracy=0.99, loss=0.01 |  | MLP, 128 hidden units |" in text
+    assert "| 3 | 2 | improve | grade_failed | 1.5 s | — | accuracy=0.95 | grade.py printed no JSON object" in text
+    assert "the Self-reported column is what each run's train.py reported about itself." in text
+    doubts = text.split("## Doubts about the numbers\n\n")[1].split("\n\n## ")[0]
+    assert doubts.splitlines() == [
+        "Why the numbers of the runs marked ⚑ deserve a second look (a reason to check, not a verdict):",
+        "",
+        "- Run 2: self-reported accuracy 0.99, graded 0.91",
+    ]
+    assert text.index("## Runs") < text.index("## Doubts about the numbers") < text.index("## Plots")
+    assert "It writes `metrics.json` beside it (run 2 reported: accuracy=0.99, loss=0.01)." in text
+    assert f"`{shlex.quote(sys.executable)} grade.py run_2`. It graded run 2: accuracy=0.91." in text
+    prompt = model.prompt()
+    for line in (
+        "run 1 (draft): ok, 1.5 s, graded: accuracy=0.8, self-reported: accuracy=0.8, changed: baseline logistic regression\n",
+        "run 2 (improve ← 1): ok, 1.5 s, graded: accuracy=0.91, self-reported: accuracy=0.99, loss=0.01, changed: MLP, 128 hidden units, "
+        "flagged: self-reported accuracy 0.99, graded 0.91",
+        "run 3 (improve ← 2): grade_failed, 1.5 s, graded: none, self-reported: accuracy=0.95, changed: deeper MLP, error: grade.py printed no JSON object",
+        "<best_run>\nrun 2 (improve ← 1): ok, 1.5 s, graded: accuracy=0.91",
+    ):
+        assert line in prompt, line
+
+
+def test_a_graded_report_without_a_grade_says_no_run_was_graded_and_how_the_grader_failed(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[text_reply("Narrative")]))
+    root = make_experiment(tmp_path)
+    state = finished_state(root)
+    failed = RunRecord(**{**graded_runs()[2], "number": 1, "parent": None, "operator": "draft"})
+    (tmp_path / "run_1" / "train.py").write_text("print('train')\n")
+
+    report({**state, **recorded(root, [failed])}, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "No run was graded with a metric, so none can be called best." in text
+    assert "## Doubts about the numbers" not in text
+    assert "## Reproduce the latest run" in text
+    assert "grade.py run_1`. It failed on run 1: grade.py printed no JSON object of metrics as its last line of stdout" in text
+
+
+def test_flags_without_a_grader_are_listed_and_a_halted_report_lists_them_too(tmp_path: Path):
+    runtime, _ = make_runtime(ScriptedChatModel(responses=[]))  # halted: no call
+    root = make_experiment(tmp_path)
+    perfect = "perfect score accuracy 1: check that it is not measured on training data or leaked labels"
+    gap = "test_accuracy 1 is far better than val_accuracy 0.8: does the test data leak into training?"
+    runs = [make_run(1, metrics={"accuracy": 0.8}), RunRecord(**make_run(2, metrics={"accuracy": 1.0, "test_accuracy": 1.0}), flags=[perfect, gap])]
+    state = {**finished_state(root, stop_reason="fatal"), **recorded(root, runs), "halted": {"stage": "report", "stop_reason": "", "stop_detail": ""}}
+    write_run_files(tmp_path)
+
+    report(state, runtime)
+
+    text = (tmp_path / "REPORT.md").read_text()
+    assert text.startswith("# Report (unfinished)")
+    assert "| 2 ★ | 1 | improve | ok ⚑ | 1.5 s | 1 | 1 |" in text and "Self-reported" not in text
+    assert f"- Run 2: {perfect}\n- Run 2: {gap}" in text
+    assert "Metrics: accuracy=1, test_accuracy=1" in text and "⚑ Its numbers are in doubt" in text
+    assert "(run 2 measured: accuracy=1, test_accuracy=1)" in text and "grade.py" not in text
+
+
 def test_usage_table_without_reported_cost_and_with_model_prices():
     calls = [usage("analyze", 10, 2), usage("analyze", 5, 1), usage("codegen", 1_000_000, 0, model="priced")]
     table = usage_table(calls, {"priced": [3.0, 15.0]})
