@@ -242,7 +242,7 @@ class Progress:
             if "next_run" in update:
                 self.coming = update["next_run"]
             self.usage = add_usage(self.usage, update.get("usage", []))  # summed as the state sums it: a few entries, however many calls
-            if (halted := update.get("halted")) and halted.get("stage") == node:  # a resumed stage that succeeds carries halted: None
+            if update.get("halted"):  # a resumed stage that succeeds carries halted: None; wait's halt (grade.py failing) resumes at analyze
                 self.halted = (node, self.stage_run if self.stage == node else None, update.get("stop_reason") or "")
                 self.halted_at = time.monotonic()
 

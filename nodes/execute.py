@@ -96,7 +96,7 @@ def wait(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     if record["status"] == "grade_failed" and (failing := grader_failing([*files.runs_of(state), record])):
         # Taken, then cut short: a resume (once grade.py is fixed) analyses this run and goes on.
         numbers = ", ".join(str(run["number"]) for run in failing)
-        message = f"{GRADER} failed on runs {numbers} in a row, the same way ({record['error']}): fix {GRADER}, then resume"
+        message = f"the same grader failure on runs {numbers} in a row: {record['error']}; fix {GRADER}, then resume"
         return {**update, **halt(state, "analyze", "fatal", message)}
     return update
 

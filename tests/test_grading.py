@@ -215,10 +215,10 @@ def test_the_same_grader_failure_three_runs_in_a_row_stops_fatal_and_a_resume_go
 
     assert done.returncode == 1, done.stdout + done.stderr
     said = done.stdout + done.stderr
-    assert "fatal" in said and "grade.py failed on runs 1, 2, 3 in a row, the same way" in said and "KeyError" in said
+    assert "error (fatal): the same grader failure on runs 1, 2, 3 in a row: grade.py failed (exit code 1): KeyError" in said
     assert [result(experiment, n)["status"] for n in (1, 2, 3)] == ["grade_failed"] * 3
     assert not (experiment / "run_4").exists()
-    assert "grade.py failed on runs 1, 2, 3" in (experiment / "REPORT.md").read_text()
+    assert "the same grader failure on runs 1, 2, 3 in a row" in (experiment / "REPORT.md").read_text()
 
     (experiment / "grade.py").write_text(SCORE_GRADER)
     resumed = run_main(["-d", str(experiment), "--resume"], env)
