@@ -69,7 +69,7 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
                 process = subprocess.Popen(
                     [python, GRADER, run_dir.name],
                     cwd=root,
-                    env={**env, "HOME": scratch},
+                    env={**env, "HOME": scratch, "XDG_CACHE_HOME": f"{scratch}/cache"},  # never a cache the runs could have planted in data/
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_process import gone_soon
 
 from adapters import grader
 from adapters.grader import GRADE_LOG, Grade, grade_run, last_line, metrics_line, remove_escaping_links
@@ -36,23 +37,6 @@ def grade(root: Path, source: str, *, timeout_s: float = 30, env: dict[str, str]
     """Write `source` as root's grade.py and grade run 1 with it."""
     (root / "grade.py").write_text(textwrap.dedent(source))
     return grade_run(root, 1, python=sys.executable, env=dict(os.environ) if env is None else env, timeout_s=timeout_s, cancel=cancel)
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie waiting for its reaper counts as gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # What it printed
@@ -163,7 +147,7 @@ def test_a_grader_that_hangs_is_killed_at_its_timeout_with_its_children(root: Pa
     assert found.failure == "grade.py timed out after 1 s (GRADE_TIMEOUT_SECONDS)"
     assert "killed (timeout)" in (root / "run_1" / GRADE_LOG).read_text()
     child = int((root / "child.pid").read_text())
-    assert gone_within(child, 5), f"the grader's child {child} outlived its timeout"
+    assert gone_soon(child, 5), f"the grader's child {child} outlived its timeout"
 
 
 # Its log
@@ -346,3 +330,12 @@ def test_last_line_is_the_last_non_empty_line_cut_to_width():
     assert last_line("Traceback\n  x = 1\nValueError: boom\n\n") == "ValueError: boom"
     assert last_line("") == ""
     assert last_line("x" * 500, width=10) == "x" * 10
+
+
+def test_the_grader_gets_a_home_and_cache_of_its_own_never_the_data_cache_runs_write(root: Path):
+    env = child_environment(os.environ, home="", data_dir=str(root / "data"), extra_names=())
+    found = grade(root, 'import json, os\nprint(json.dumps({"home": len(os.environ["HOME"]), "x": 1}))\nprint(os.environ["XDG_CACHE_HOME"])\n', env=env)
+
+    assert found.metrics is None  # the last line is the folder: no JSON, but the log has it
+    cache = (root / "run_1" / GRADE_LOG).read_text().split("--- stdout (its end) ---\n", 1)[1].splitlines()[1]
+    assert cache.endswith("/cache") and not cache.startswith(str(root)) and env["XDG_CACHE_HOME"] == f"{root / 'data'}/cache"
