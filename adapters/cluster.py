@@ -216,20 +216,21 @@ def ray_job(files: ExperimentFiles, settings: Settings, flight: InFlight, mode: 
     (with the node and GPUs it ran on) is written when it ends, as a local job's."""
     prepare_run(files, flight["number"])
     cluster = _CLUSTER if _CLUSTER is not None and files.root in _CLUSTER.data else check(settings, files.root)
-    return Job(number=flight["number"], start=_RayRun(files, settings, flight, cluster).start, devices=0)
+    return Job(number=flight["number"], start=_RayRun(files, settings, flight, cluster, mode).start, devices=0)
 
 
 class _RayRun:
     """One run as a Ray task, from the driver's side: submitted when the executor starts the job, its messages
     written into the run folder as they come, its record written when it ends."""
 
-    def __init__(self, files: ExperimentFiles, settings: Settings, flight: InFlight, cluster: Cluster):
+    def __init__(self, files: ExperimentFiles, settings: Settings, flight: InFlight, cluster: Cluster, mode: str):
         self.files, self.settings, self.flight, self.cluster = files, settings, flight, cluster
         self.number = flight["number"]
         self.run_dir = files.run_dir(self.number)
         digest, self.data = cluster.data[files.root]
         self.spec = {
             **_asked_of_nodes(settings),
+            "sandbox": mode,  # as asked, or bwrap for a graded experiment (training.sandbox_for)
             "number": self.number,
             "experiment": experiment_key(files.root),
             "data_digest": digest,
@@ -272,7 +273,7 @@ class _RayRun:
             return Ended(ProcessResult(None, duration, False, "cancelled"), None, None)
         gpus, node = self.place.get("gpus", []), self.place.get("hostname", "")
         if end is None:
-            log = summarize_log(self.run_dir / "output.log", self.run_dir / "metrics.json")
+            log = summarize_log(self.run_dir / "output.log", self.run_dir / "metrics.json")  # written here: nothing to scrub
             error = failure or "the Ray task ended without a result"
             judged = judge(self.files, self.settings, self.number, "failed", error, log.metrics)
             return Ended(ProcessResult(None, duration, False), write_record(self.files, self.flight, None, duration, judged, emit, gpus, node), log)

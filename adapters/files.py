@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -259,9 +260,12 @@ class ExperimentFiles:
         _remember(self.findings, [s.strip() for s in sections])
 
     def write_result(self, record: RunRecord) -> None:
-        """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status)."""
+        """run_N/result.json: how the run ended, for readers of the folder (view_tasks.py, status); and its digest in
+        .runner/, which the sandbox hides, so that a result.json the script wrote itself is never taken for the runner's."""
         result = {name: record[name] for name in RESULT_FIELDS if name in record}
-        write_atomic(self.run_dir(record["number"]) / "result.json", json.dumps(result, indent=2) + "\n")
+        text = json.dumps(result, indent=2) + "\n"
+        write_atomic(self.run_dir(record["number"]) / "result.json", text)
+        write_atomic(self.recorded_file(record["number"]), hashlib.sha256(text.encode("utf-8")).hexdigest() + "\n")
         with _RUNS_LOCK:
             _RUNS.setdefault(self.root, {}).pop(record["number"], None)  # run again (a resume, a fork): read afresh
 
@@ -302,11 +306,18 @@ class ExperimentFiles:
         return RunRecord(**{name: record[name] for name in RESULT_FIELDS if name in record})
 
     def read_result(self, number: int) -> RunRecord | None:
-        """Run `number`'s record if its result.json is there and whole, else None (it has not ended, or never recorded)."""
+        """Run `number`'s record if the runner wrote its result.json (its digest says so) and it is whole, else None: it
+        has not ended, was never recorded, or the record is the script's own (a run in flight can write its folder)."""
         try:
-            return self._read_run(number, _RUNS.get(self.root, {}))
-        except ExperimentInputError:
+            digest = self.recorded_file(number).read_text(encoding="utf-8").strip()
+            written = hashlib.sha256((self.run_dir(number) / "result.json").read_bytes()).hexdigest()
+            return self._read_run(number, _RUNS.get(self.root, {})) if digest == written else None
+        except (OSError, ExperimentInputError):
             return None
+
+    def recorded_file(self, number: int) -> Path:
+        """.runner/recorded/run_N.sha256: the digest of the result.json the runner wrote for run N."""
+        return self.private / "recorded" / f"run_{number}.sha256"
 
     def read_results(self) -> list[dict]:
         """Every finished run's result.json, in run order; a run still going (or unreadable) is left out."""

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.process import RunCancelled, cancel_requested
+from adapters.logs import metric_name
+from adapters.process import Limits, RunCancelled, cancel_requested, child_command
 
 GRADER = "grade.py"
 """The grader's file name in the experiment folder: its presence makes an experiment graded."""
@@ -28,9 +30,13 @@ PRIVATE = "private"
 """The folder of what only the grader reads (test labels, the answer key)."""
 GRADE_LOG = "grade.log"
 """The grader's stdout and stderr on one run, in that run's folder."""
+REJECTED = 2
+"""grade.py's exit code for a submission missing or malformed: the run failed, not the grader (any other non-zero code)."""
 OUTPUT_TAIL_BYTES = 64 * 1024
 """What is kept of each of the grader's streams: the end, where its JSON line and its traceback are."""
 POLL_S = 0.05
+NO_LIMITS = Limits(timeout_s=0)
+"""The grader is the user's own code: only its timeout (GRADE_TIMEOUT_SECONDS) holds it."""
 
 
 @dataclass
@@ -42,8 +48,9 @@ class Grade:
     failure: str = ""
     """Why it failed, in one line that quotes neither grade.py nor private/ (its exception's last line at most)."""
     seconds: float = 0.0
-    removed_links: list[str] = field(default_factory=list)
-    """Links in the run folder that led out of it, removed before grading (`submission.csv -> /…/private/labels.csv`)."""
+    """How long it took."""
+    rejected: bool = False
+    """It exited with REJECTED: the submission is missing or malformed, the run's fault rather than the grader's."""
     cancelled: bool = False
     """The run was stopped while it was graded: no grade."""
 
@@ -57,17 +64,15 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
     """Run grade.py on run `number`'s folder; its output goes to run_N/grade.log. RunCancelled when the runner is stopping."""
     root = Path(root)
     run_dir = root / f"run_{number}"
-    try:
-        removed = remove_escaping_links(run_dir)
-    except OSError as exc:  # a folder it cannot list may hide a link: not graded
-        return Grade(None, f"the run folder could not be checked for links out of it ({exc.strerror or exc}): not graded")
+    if shutil.which(python) is None:  # the shell that ties it to the runner would only say "not found", exit 127
+        return Grade(None, f"{GRADER} could not start: no interpreter {python}")
     began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="auto-ml-grade-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="auto-ml-grade-", ignore_cleanup_errors=True) as scratch:
         streams = {name: Path(scratch) / name for name in ("stdout", "stderr")}
         with open(streams["stdout"], "wb") as out, open(streams["stderr"], "wb") as err:
             try:
                 process = subprocess.Popen(
-                    [python, GRADER, run_dir.name],
+                    child_command([python, GRADER, run_dir.name], NO_LIMITS),  # killed with the runner, even by SIGKILL
                     cwd=root,
                     env={**env, "HOME": scratch, "XDG_CACHE_HOME": f"{scratch}/cache"},  # never a cache the runs could have planted in data/
                     stdin=subprocess.DEVNULL,
@@ -76,7 +81,7 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
                     start_new_session=True,  # its whole group is killed on a timeout
                 )
             except OSError as exc:
-                return Grade(None, f"{GRADER} could not start ({exc.strerror or exc})", removed_links=removed)
+                return Grade(None, f"{GRADER} could not start ({exc.strerror or exc})")
             ended = _wait(process, timeout_s, cancel)
             _kill_group(process.pid)  # what it left running in the background, too
         stdout, stderr = (_tail(streams[name]) for name in ("stdout", "stderr"))
@@ -85,16 +90,18 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
     if ended == "interrupted":
         raise RunCancelled(f"interrupted while {GRADER} graded run {number}")
     if ended == "cancelled":
-        return Grade(None, seconds=seconds, removed_links=removed, cancelled=True)
+        return Grade(None, seconds=seconds, cancelled=True)
     if ended == "timeout":
-        return Grade(None, f"{GRADER} timed out after {timeout_s:g} s (GRADE_TIMEOUT_SECONDS)", seconds, removed)
+        return Grade(None, f"{GRADER} timed out after {timeout_s:g} s (GRADE_TIMEOUT_SECONDS)", seconds)
+    why = last_line(stderr, leaving_out=source_lines(root / GRADER)) or "nothing on stderr"
+    if process.returncode == REJECTED:
+        return Grade(None, f"{GRADER} rejected the submission: {why}", seconds, rejected=True)
     if process.returncode != 0:
-        why = last_line(stderr, leaving_out=source_lines(root / GRADER)) or "nothing on stderr"
-        return Grade(None, f"{GRADER} failed (exit code {process.returncode}): {why}", seconds, removed)
+        return Grade(None, f"{GRADER} failed (exit code {process.returncode}): {why}", seconds)
     metrics = metrics_line(stdout)
     if metrics is None:
-        return Grade(None, f"{GRADER} printed no JSON object of metrics as its last line of stdout", seconds, removed)
-    return Grade(metrics, seconds=seconds, removed_links=removed)
+        return Grade(None, f"{GRADER} printed no JSON object of metrics as its last line of stdout", seconds)
+    return Grade(metrics, seconds=seconds)
 
 
 def metrics_line(stdout: str) -> dict[str, float] | None:
@@ -106,7 +113,7 @@ def metrics_line(stdout: str) -> dict[str, float] | None:
         return None
     if not isinstance(found, dict):
         return None
-    numbers = {str(name): number for name, value in found.items() if (number := _finite(value)) is not None}
+    numbers = {metric_name(str(name)): number for name, value in found.items() if (number := _finite(value)) is not None}
     return numbers or None
 
 
@@ -134,35 +141,6 @@ def source_lines(path: Path) -> set[str]:
         return {line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()}
     except OSError:
         return set()
-
-
-def remove_escaping_links(run_dir: Path) -> list[str]:
-    """Remove the symlinks under `run_dir` that lead out of it (the grader, reading a `submission.csv` linked to private/,
-    would grade the answer key); each as `name -> target`. The script could not read the target, but the grader can.
-
-    Folders the script made unlistable are made listable first (it ran as the runner's user when that is not root);
-    OSError when one still cannot be listed, since it may hide a link.
-    """
-    removed = []
-    run_dir = Path(run_dir)
-    inside = run_dir.resolve()
-    pending = [run_dir]
-    while pending:
-        folder = pending.pop()
-        mode = folder.stat().st_mode
-        if mode & 0o700 != 0o700 and folder.stat().st_uid == os.geteuid():
-            folder.chmod(mode | 0o700)
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                path = Path(entry.path)
-                if entry.is_symlink():
-                    resolved = Path(os.path.realpath(path))
-                    if resolved != inside and inside not in resolved.parents:
-                        removed.append(f"{path.relative_to(run_dir)} -> {os.readlink(path)}")
-                        path.unlink(missing_ok=True)
-                elif entry.is_dir(follow_symlinks=False):
-                    pending.append(path)
-    return removed
 
 
 def _wait(process: subprocess.Popen, timeout_s: float, cancel: threading.Event | None) -> str:
@@ -201,7 +179,9 @@ def _tail(path: Path) -> str:
 def _write_log(path: Path, argv: list[str], exit_code: int | None, ended: str, stdout: str, stderr: str, seconds: float) -> None:
     how = f"killed ({ended})" if ended else f"exit code {exit_code}"
     text = f"$ {' '.join(argv)}\n{how} after {seconds:.1f} s\n\n--- stdout (its end) ---\n{stdout}\n--- stderr (its end) ---\n{stderr}"
+    from adapters.files import write_atomic  # here: the sandbox imports this module on Ray's workers, which have adapters/ only
+
     try:
-        path.write_text(text, encoding="utf-8")
+        write_atomic(path, text)  # a new file: never through a link, or into a file linked to another, that the run left
     except OSError:
         pass  # the record says how grading went; the log is for the user

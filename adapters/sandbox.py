@@ -40,9 +40,10 @@ SYSTEM_DIRS = ("/usr", "/etc", "/opt", "/sys")
 """Bound read-only when present; /sys because CUDA, NVML and CPU counting read it."""
 TOP_LEVEL = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 """Often symlinks into /usr (merged /usr): recreated as symlinks, else bound read-only."""
-HIDDEN_ENTRIES = re.compile(rf"^(\.env.*|\.runner|{re.escape(GRADER)}|{re.escape(PRIVATE)})$")
+HIDDEN_ENTRIES = re.compile(rf"^(\.env.*|\.runner|{re.escape(GRADER)}|{re.escape(PRIVATE)}|earlier-.*)$")
 """Experiment entries the script never sees, not even read-only: dotenv files may hold API keys; `.runner/` is the
-runner's own; the grader and what only it reads (private/: the answer key) would let the script fake its grade."""
+runner's own; the grader and what only it reads (private/: the answer key) would let the script fake its grade; the
+earlier experiments `--fresh` moved aside hold their runs' folders, grades included."""
 RUN_FOLDER = re.compile(r"^run_\d+$")
 """The runs' folders: a run sees its own only, so what one run wrote neither helps nor misleads another."""
 PYTHON_LIBRARY = re.compile(r"(^|/)(site|dist)-packages(/|$)")
@@ -215,6 +216,40 @@ def sandbox_command(
         view.remount_ro(folder)
     drop = DROP_ROOT if os.geteuid() == 0 else []
     return ["bwrap", *view.args, *_namespaces(network=network), "--chdir", str(run_dest), "--", *drop, *argv]
+
+
+def scrub_run_folder(run_dir: Path) -> list[str]:
+    """Remove what a run left in its folder for the runner to trip on, once its processes are gone and before the runner
+    reads a file there: every symlink (outside the sandbox a link leads anywhere, to private/ or a .env, and output.log,
+    metrics.json, the submission and grade.log are read or written there) and whatever is neither a file nor a folder (a
+    FIFO would hang its reader). What deserves a flag, a line each: the links that led out of the folder, the rest.
+
+    A folder the script made unlistable is made listable first (it runs as the runner's user when that is not root);
+    OSError when one still cannot be listed.
+    """
+    flagged = []
+    run_dir = Path(run_dir)
+    inside = run_dir.resolve()
+    pending = [run_dir]
+    while pending:
+        folder = pending.pop()
+        status = folder.stat()
+        if status.st_mode & 0o700 != 0o700 and status.st_uid == os.geteuid():
+            folder.chmod(status.st_mode | 0o700)
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                path, name = Path(entry.path), Path(entry.path).relative_to(run_dir)
+                if entry.is_symlink():
+                    target = Path(os.path.realpath(path))
+                    if target != inside and inside not in target.parents:
+                        flagged.append(f"{name} -> {os.readlink(path)}")
+                    path.unlink()
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif not entry.is_file(follow_symlinks=False):
+                    flagged.append(f"{name} (neither a file nor a folder)")
+                    path.unlink()
+    return flagged
 
 
 @contextmanager

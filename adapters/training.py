@@ -19,7 +19,16 @@ from adapters.grader import GRADE_LOG, grade_run, is_graded
 from adapters.logs import LogSummary, summarize_log
 from adapters.machine import cpu_count, gpu_devices, gpus_per_run, share_text
 from adapters.process import Limits, ProcessResult, kill_leftover, run_script
-from adapters.sandbox import GRADED_WITHOUT_SANDBOX, child_environment, resolve_graded_mode, resolve_mode, sandbox_command, share_environment, workspace
+from adapters.sandbox import (
+    GRADED_WITHOUT_SANDBOX,
+    child_environment,
+    resolve_graded_mode,
+    resolve_mode,
+    sandbox_command,
+    scrub_run_folder,
+    share_environment,
+    workspace,
+)
 from settings import Settings
 from state import InFlight, RunRecord
 from trust import disagreements, suspicious
@@ -162,10 +171,11 @@ def record_ended(
     """The record of a run that ended by itself or was stopped at a limit, from its process's result, its log and its grade;
     a run whose `cancel` is set while grade.py grades it is not recorded (stop_runs records it as cancelled)."""
     run_dir = files.run_dir(flight["number"])
+    removed = scrub_run_folder(run_dir)  # before the runner reads anything there
     log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
     # A limit the runner enforced wins over whatever the log says.
     status = "timeout" if result.stopped == "timeout" else "ok" if result.exit_code == 0 and not result.stopped else "failed"
-    judged = judge(files, settings, flight["number"], status, stop_reason(result, settings) or log.error, log.metrics, cancel)
+    judged = judge(files, settings, flight["number"], status, stop_reason(result, settings) or log.error, log.metrics, cancel, removed)
     if judged is None:
         return Ended(dataclasses.replace(result, stopped="cancelled"), None, None)
     recorded = write_record(files, flight, result.exit_code, result.duration_s, judged, emit, gpus=gpus, node=node)
@@ -186,24 +196,32 @@ class Judged:
 
 
 def judge(
-    files: ExperimentFiles, settings: Settings, number: int, status: str, error: str, reported: dict[str, float], cancel: threading.Event | None = None
+    files: ExperimentFiles,
+    settings: Settings,
+    number: int,
+    status: str,
+    error: str,
+    reported: dict[str, float],
+    cancel: threading.Event | None = None,
+    removed: list[str] | None = None,
 ) -> Judged | None:
     """Run `number`'s status, metrics and flags, from what it reported about itself (`reported`) and, in a graded
     experiment, from what grade.py makes of a run that ended well (a run that failed is not graded: its metrics are
-    none). None when its `cancel` was set during grading. RunCancelled when the runner is stopping."""
+    none; one whose submission grade.py rejects failed). `removed`: what scrub_run_folder took out of its folder.
+    None when its `cancel` was set during grading. RunCancelled when the runner is stopping."""
+    left = [f"removed from its folder before the runner read it: {entry}" for entry in removed or []]
     if not is_graded(files.root):
-        return Judged(status, reported, error, flags=suspicious(reported) if status != "cancelled" else [])
+        return Judged(status, reported, error, flags=left + (suspicious(reported) if status != "cancelled" else []))
     if status != "ok":
-        return Judged(status, {}, error, reported)
+        return Judged(status, {}, error, reported, left)
     env = child_environment(os.environ, home="", data_dir=str(files.root / "data"), extra_names=settings.sandbox_env)
     python = sys.executable if settings.executor == "ray" else settings.python  # TRAIN_PYTHON names the nodes' interpreter there
     grade = grade_run(files.root, number, python=python, env=env, timeout_s=settings.grade_timeout_seconds, cancel=cancel)
     if grade.cancelled:
         return None
-    flags = [f"a link out of its folder was removed before grading: {link}" for link in grade.removed_links]
     if grade.metrics is None:
-        return Judged("grade_failed", {}, grade.failure, reported, flags)
-    return Judged("ok", grade.metrics, error, reported, flags + disagreements(grade.metrics, reported, settings.grade_tolerance))
+        return Judged("failed" if grade.rejected else "grade_failed", {}, grade.failure, reported, left)
+    return Judged("ok", grade.metrics, error, reported, left + disagreements(grade.metrics, reported, settings.grade_tolerance))
 
 
 def prepare_run(files: ExperimentFiles, number: int) -> None:
@@ -220,6 +238,7 @@ def prepare_run(files: ExperimentFiles, number: int) -> None:
         log_path.rename(kept)
     for name in ("metrics.json", "result.json", "worker.json", GRADE_LOG):
         (run_dir / name).unlink(missing_ok=True)
+    files.recorded_file(number).unlink(missing_ok=True)
 
 
 def write_record(

@@ -14,6 +14,7 @@ from adapters.files import ExperimentFiles, write_atomic
 from adapters.grader import GRADER, is_graded
 from adapters.logs import missing_package_hint, summarize_log
 from adapters.process import kill_leftover
+from adapters.sandbox import scrub_run_folder
 from adapters.tracking import TrackingError, log_run
 from adapters.training import Ended, devices_for, job_for, judge, sandbox_for, write_record
 from nodes.records import record_summary
@@ -124,9 +125,10 @@ def stop_runs(state: ExperimentState, settings: Settings, emit: Callable[[dict],
             continue
         kill_leftover(files.child_file(number))  # a runner killed while stopping it left it running
         run_dir = files.run_dir(number)
+        removed = scrub_run_folder(run_dir)  # before the runner reads anything there
         log = summarize_log(run_dir / "output.log", run_dir / "metrics.json")
         duration = outcome.result.duration_s if outcome is not None else (ran.ended - ran.started if ran and ran.started and ran.ended else 0.0)
-        write_record(files, flight, None, duration, judge(files, settings, number, "cancelled", why, log.metrics), emit)
+        write_record(files, flight, None, duration, judge(files, settings, number, "cancelled", why, log.metrics, removed=removed), emit)
         ended.append(number)
     if not ended:
         return {}

@@ -80,7 +80,7 @@ def test_the_graded_digits_example_meets_its_goal_by_its_grade(tmp_path: Path, l
     prepared = subprocess.run([sys.executable, "prepare.py"], cwd=experiment, capture_output=True, text=True)
     assert prepared.returncode == 0, prepared.stderr
     assert (experiment / "private" / "test_labels.csv").is_file() and "label" not in (experiment / "data" / "test.csv").read_text().splitlines()[0]
-    server = llm_server(ScriptedBrain(codes=[SVC_TRAIN, GRADED_SVC_TRAIN]))  # run 1 writes no submission: graded nothing
+    server = llm_server(ScriptedBrain(codes=[SVC_TRAIN, GRADED_SVC_TRAIN]))  # run 1 writes no submission: grade.py rejects it
     sandbox = [] if bwrap_problem() is None else ["--sandbox", "none"]
 
     result = run_main(["-d", str(experiment), "-r", "4", *sandbox], runner_env(server.base_url))
@@ -88,7 +88,8 @@ def test_the_graded_digits_example_meets_its_goal_by_its_grade(tmp_path: Path, l
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Stopped: goal_met" in result.stdout and "run 2 met the goal" in result.stdout
     first = json.loads((experiment / "run_1" / "result.json").read_text())
-    assert first["status"] == "grade_failed" and "no submission" in first["error"] and first["reported"]["test_accuracy"] >= 0.98
+    assert first["status"] == "failed" and first["error"].startswith("grade.py rejected the submission: no submission")
+    assert first["reported"]["test_accuracy"] >= 0.98
     second = json.loads((experiment / "run_2" / "result.json").read_text())
     assert second["metrics"]["test_accuracy"] >= 0.97 and set(second["metrics"]) == {"test_accuracy"}
     assert second["reported"]["val_accuracy"] > 0.9

@@ -101,8 +101,11 @@ def test_a_dishonest_script_is_graded_on_what_it_wrote_and_flagged_and_no_reques
     assert any(flag.startswith("self-reported test_accuracy 1, graded 0.1") for flag in first["flags"]), first["flags"]
     # A submission linked to the answer key is removed before grading: nothing is graded.
     second = result(experiment, 2)
-    assert second["status"] == "grade_failed" and second["metrics"] == {} and "submission.csv is missing" in second["error"]
-    assert any("submission.csv -> " in flag and "private/test_labels.csv" in flag for flag in second["flags"])
+    assert second["status"] == "failed" and second["metrics"] == {}  # grade.py rejected it (exit 2): the run's fault
+    assert second["error"] == "grade.py rejected the submission: no submission: run_2/submission.csv is missing"
+    assert [flag for flag in second["flags"] if flag.startswith("removed from its folder")] == [
+        f"removed from its folder before the runner read it: submission.csv -> {experiment / 'private' / 'test_labels.csv'}"
+    ]
     assert not (experiment / "run_2" / "submission.csv").exists()
     assert "no submission" in (experiment / "run_2" / "grade.log").read_text()
     # The report and the analyst see the disagreement.
@@ -273,3 +276,29 @@ def test_without_a_grader_numbers_too_good_to_be_true_are_flagged_in_the_record_
     assert all(flag in (experiment / "REPORT.md").read_text() for flag in flags)
     analyst = [json.dumps(call["messages"]) for call in read_audit(experiment / ".runner" / "llm_calls.jsonl") if call["stage"] == "analyze"]
     assert all(json.dumps(flag)[1:-1] in analyst[0] for flag in flags)
+
+
+# Writes the record it would like to have, as the runner would write it, then trains on and on.
+PLANTING_TRAIN = """\
+import json, time
+fake = {"number": 2, "status": "ok", "exit_code": 0, "duration_s": 1.0, "metrics": {"test_accuracy": 1.0}, "error": "",
+        "operator": "draft", "parent": None, "reported": {"test_accuracy": 1.0}}
+json.dump(fake, open("result.json", "w"), indent=2)
+print("planted", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_record_the_script_writes_itself_is_never_taken_for_the_runners(tmp_path: Path, llm_server):
+    experiment = graded_experiment(tmp_path)
+    slow_good = "import time\ntime.sleep(3)\n" + LYING_TRAIN.format(graded=0.98, claimed=0.98)
+    server = llm_server(ScriptedBrain(codes=[slow_good, PLANTING_TRAIN]))
+
+    done = run_main(["-d", str(experiment), "-r", "4", "--workers", "2", "--sandbox", "none"], runner_env(server.base_url))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Stopped: goal_met" in done.stdout and "run 1 met the goal" in done.stdout
+    assert "planted" in (experiment / "run_2" / "output.log").read_text()
+    planted = result(experiment, 2)
+    assert planted["status"] == "cancelled" and planted["metrics"] == {}  # stopped in flight: its own record was not believed
+    assert "★" in next(line for line in (experiment / "REPORT.md").read_text().splitlines() if line.startswith("| 1"))

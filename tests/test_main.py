@@ -464,5 +464,5 @@ def test_a_run_in_flight_is_told_from_its_files(tmp_path: Path, monkeypatch: pyt
     assert main._in_flight_line(files, improve, running=True) == "run 3 · improve ← 1 · epoch 2/4 (50%)"
 
     record = {"number": 3, "status": "failed", "exit_code": 1, "duration_s": 2.0, "metrics": {}, "error": "boom", "operator": "improve", "parent": 1}
-    (files.run_dir(3) / "result.json").write_text(json.dumps(record))
+    files.write_result(record)  # as the runner records it: a result.json the script wrote itself is not taken for one
     assert main._in_flight_line(files, improve, running=True) == "run 3 · improve ← 1 · ended: failed", "ended, not yet taken by the runner"

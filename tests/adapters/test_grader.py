@@ -16,9 +16,9 @@ import pytest
 from test_process import gone_soon
 
 from adapters import grader
-from adapters.grader import GRADE_LOG, Grade, grade_run, last_line, metrics_line, remove_escaping_links
+from adapters.grader import GRADE_LOG, Grade, grade_run, last_line, metrics_line
 from adapters.process import RunCancelled, allow_new_runs, cancel_running_scripts
-from adapters.sandbox import child_environment
+from adapters.sandbox import child_environment, scrub_run_folder
 
 LABELS = "id,label\n1,cat\n2,dog\n"
 
@@ -111,8 +111,14 @@ def test_a_silent_non_zero_exit_names_its_code(root: Path):
 
 
 def test_a_crash_after_printing_metrics_is_still_a_crash(root: Path):
-    found = grade(root, "print('{\"accuracy\": 0.9}')\nraise SystemExit(2)\n")
-    assert found.metrics is None and "exit code 2" in found.failure
+    found = grade(root, "print('{\"accuracy\": 0.9}')\nraise SystemExit(4)\n")
+    assert found.metrics is None and "exit code 4" in found.failure and not found.rejected
+
+
+def test_exit_code_2_rejects_the_submission_the_runs_fault_with_its_reason(root: Path):
+    found = grade(root, "import sys\nprint('no submission: run_1/submission.csv is missing', file=sys.stderr)\nsys.exit(2)\n")
+    assert found.rejected and found.metrics is None
+    assert found.failure == "grade.py rejected the submission: no submission: run_1/submission.csv is missing"
 
 
 def test_a_failure_after_a_warning_quotes_no_line_of_grade_py(root: Path):
@@ -204,25 +210,27 @@ def test_the_runner_stopping_raises_run_cancelled(root: Path):
 # Links out of the run folder
 
 
-def test_a_link_to_the_answer_key_is_removed_and_one_inside_is_kept(root: Path):
+def test_every_link_goes_and_those_out_of_the_folder_are_named(root: Path):
     run_dir = root / "run_1"
     (run_dir / "preds.csv").write_text("id,label\n1,cat\n")
     (run_dir / "out").mkdir()
     (run_dir / "submission.csv").symlink_to("../private/test_labels.csv")
-    (run_dir / "latest.csv").symlink_to("preds.csv")
+    (run_dir / "latest.csv").symlink_to("preds.csv")  # inside: an output.log linked to grade.log would bring the grader's output to prompts
     (run_dir / "out" / "again.csv").symlink_to("../preds.csv")
     (run_dir / "out" / "key.csv").symlink_to(root / "private" / "test_labels.csv")
     (run_dir / "up").symlink_to("..")
-    removed = remove_escaping_links(run_dir)
-    assert sorted(removed) == sorted(["submission.csv -> ../private/test_labels.csv", f"out/key.csv -> {root / 'private' / 'test_labels.csv'}", "up -> .."])
-    assert not any(os.path.lexists(run_dir / name) for name in ("submission.csv", "out/key.csv", "up"))
-    assert (run_dir / "latest.csv").is_symlink() and (run_dir / "out" / "again.csv").is_symlink()
+    os.mkfifo(run_dir / "metrics.json")  # would hang whoever reads it
+    removed = scrub_run_folder(run_dir)
+    key = root / "private" / "test_labels.csv"
+    named = ["submission.csv -> ../private/test_labels.csv", f"out/key.csv -> {key}", "up -> ..", "metrics.json (neither a file nor a folder)"]
+    assert sorted(removed) == sorted(named)
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == ["out", "preds.csv"]
     assert (root / "private" / "test_labels.csv").read_text() == LABELS  # the target itself is untouched
 
 
 def test_a_dangling_link_out_is_removed_too(root: Path):
     (root / "run_1" / "submission.csv").symlink_to("../private/not_yet.csv")
-    assert remove_escaping_links(root / "run_1") == ["submission.csv -> ../private/not_yet.csv"]
+    assert scrub_run_folder(root / "run_1") == ["submission.csv -> ../private/not_yet.csv"]
 
 
 def test_the_link_attack_fails_the_grader_reads_no_answer_key(root: Path):
@@ -233,11 +241,20 @@ def test_the_link_attack_fails_the_grader_reads_no_answer_key(root: Path):
     labels = open("private/test_labels.csv").read()
     print(json.dumps({"accuracy": float(submission == labels)}))
     """
+    assert scrub_run_folder(root / "run_1") == ["submission.csv -> ../private/test_labels.csv"]
     found = grade(root, source)
-    assert found.removed_links == ["submission.csv -> ../private/test_labels.csv"]
     assert found.metrics is None
     assert found.failure.startswith("grade.py failed (exit code 1): FileNotFoundError")
     assert "cat" not in found.failure
+
+
+def test_grade_log_is_a_new_file_never_written_through_what_the_run_left_there(root: Path):
+    run_dir = root / "run_1"
+    (run_dir / "train.py").write_text("print('the code')\n")
+    os.link(run_dir / "train.py", run_dir / GRADE_LOG)  # a hard link survives the scrub: the log must not write into train.py
+    grade(root, "raise ValueError('DISTINCTIVE-GRADER-OUTPUT')\n")
+    assert (run_dir / "train.py").read_text() == "print('the code')\n"
+    assert "DISTINCTIVE-GRADER-OUTPUT" in (run_dir / GRADE_LOG).read_text()
 
 
 NOBODY = 65534
@@ -255,8 +272,8 @@ def test_a_run_folder_the_script_made_unlistable_still_loses_its_links_out():
         (root / "private" / "test_labels.csv").write_text(LABELS)
         (root / "run_1" / "submission.csv").symlink_to("../private/test_labels.csv")
         check = f"""
-from adapters.grader import remove_escaping_links
-remove_escaping_links({str(root / "run_1")!r})
+from adapters.sandbox import scrub_run_folder
+scrub_run_folder({str(root / "run_1")!r})
 try:
     print("LEAKED" if open({str(root / "run_1" / "submission.csv")!r}).read() == {LABELS!r} else "other")
 except OSError as exc:
@@ -339,3 +356,7 @@ def test_the_grader_gets_a_home_and_cache_of_its_own_never_the_data_cache_runs_w
     assert found.metrics is None  # the last line is the folder: no JSON, but the log has it
     cache = (root / "run_1" / GRADE_LOG).read_text().split("--- stdout (its end) ---\n", 1)[1].splitlines()[1]
     assert cache.endswith("/cache") and not cache.startswith(str(root)) and env["XDG_CACHE_HOME"] == f"{root / 'data'}/cache"
+
+
+def test_metric_names_are_read_as_the_goal_reads_them():
+    assert metrics_line('{"Test Accuracy": 0.9, "val/F1": 0.8}') == {"test_accuracy": 0.9, "val_f1": 0.8}

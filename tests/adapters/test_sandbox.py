@@ -488,6 +488,13 @@ def test_the_grader_and_private_are_not_bound(graded: Path):
     assert not any(dest in (str(exp / "grade.py"), str(exp / "private")) or dest.startswith(str(exp / "private") + "/") for dest in bound)
 
 
+def test_the_experiments_fresh_moved_aside_are_not_bound_their_grades_with_them(graded: Path):
+    (graded / "earlier-20261130-041500" / "run_1").mkdir(parents=True)
+    (graded / "earlier-20261130-041500" / "run_1" / "grade.log").write_text('{"accuracy": 0.91}\n')
+    bound = {dest for _, dest in options(command(graded), "--ro-bind") + options(command(graded), "--bind")}
+    assert not [dest for dest in bound if "earlier-" in dest] and str(graded.resolve() / "IDEA.md") in bound
+
+
 @needs_bwrap
 def test_the_script_cannot_find_the_grader_or_the_answer_key(graded: Path):
     exp = graded.resolve()

@@ -100,12 +100,20 @@ def test_a_grader_past_its_timeout_is_grade_failed(files: ExperimentFiles):
     assert time.monotonic() - began < 10
 
 
-def test_a_link_out_of_the_run_folder_is_removed_and_flagged(files: ExperimentFiles):
-    (files.run_dir(1) / "submission.csv").symlink_to("../private/test_labels.csv")
+def test_what_the_scrub_removed_is_flagged_graded_or_not(files: ExperimentFiles):
+    removed = ["submission.csv -> ../private/test_labels.csv"]
     write_grader(files, 'import json, sys\nopen(f"{sys.argv[1]}/submission.csv").read()\nprint(json.dumps({"accuracy": 1.0}))\n')
-    judged = judge(files, make_settings(), 1, "ok", "", {"accuracy": 1.0})
+    judged = judge(files, make_settings(), 1, "ok", "", {"accuracy": 1.0}, removed=removed)
     assert judged.status == "grade_failed" and "FileNotFoundError" in judged.error
-    assert judged.flags == ["a link out of its folder was removed before grading: submission.csv -> ../private/test_labels.csv"]
+    assert judged.flags == ["removed from its folder before the runner read it: submission.csv -> ../private/test_labels.csv"]
+    (files.root / "grade.py").unlink()
+    assert judge(files, make_settings(), 1, "ok", "", {"accuracy": 0.5}, removed=removed).flags == judged.flags
+
+
+def test_a_submission_grade_py_rejects_makes_the_run_failed_not_grade_failed(files: ExperimentFiles):
+    write_grader(files, "import sys\nprint('no submission', file=sys.stderr)\nsys.exit(2)\n")
+    judged = judge(files, make_settings(), 1, "ok", "", {"accuracy": 0.9})
+    assert judged.status == "failed" and judged.error == "grade.py rejected the submission: no submission" and judged.metrics == {}
 
 
 def test_the_grader_gets_no_llm_key_but_the_names_passed_on_purpose(files: ExperimentFiles, monkeypatch):
@@ -113,7 +121,7 @@ def test_the_grader_gets_no_llm_key_but_the_names_passed_on_purpose(files: Exper
     monkeypatch.setenv("WANDB_API_KEY", "wandb-on-purpose")
     write_grader(files, 'import json, os\nprint(json.dumps({n: int(n in os.environ) for n in ("OPENAI_API_KEY", "WANDB_API_KEY", "DATA_DIR")}))\n')
     judged = judge(files, make_settings(sandbox_env=("WANDB_API_KEY",)), 1, "ok", "", {})
-    assert judged.metrics == {"OPENAI_API_KEY": 0.0, "WANDB_API_KEY": 1.0, "DATA_DIR": 1.0}
+    assert judged.metrics == {"openai_api_key": 0.0, "wandb_api_key": 1.0, "data_dir": 1.0}  # names as the goal reads them: lower case
 
 
 def test_a_run_cancelled_while_it_is_graded_is_not_judged(files: ExperimentFiles):
