@@ -279,14 +279,15 @@ try:
 except OSError as exc:
     print(type(exc).__name__)
 """
-        as_runner = [sys.executable, "-c", check]
+        as_runner = [os.path.realpath(sys.executable), "-c", check]  # the interpreter itself, not a venv that user may not reach
         if os.geteuid() == 0:
             for path in (root, root / "run_1", root / "private", root / "private" / "test_labels.csv"):
                 os.chown(path, NOBODY, NOBODY)
             as_runner = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *as_runner]
         (root / "run_1").chmod(0o311)  # what train.py may do to its own folder: enter it, but list it no more
-        repo = str(Path(grader.__file__).resolve().parents[1])
-        done = subprocess.run(as_runner, env={**os.environ, "PYTHONPATH": repo}, cwd="/", capture_output=True, text=True, timeout=60)
+        code = top / "code"  # the runner's code where that user can read it (a checkout may lie in a folder only root enters)
+        shutil.copytree(Path(grader.__file__).resolve().parent, code / "adapters", ignore=shutil.ignore_patterns("__pycache__"))
+        done = subprocess.run(as_runner, env={**os.environ, "PYTHONPATH": str(code)}, cwd="/", capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() != "LEAKED"
     finally:
