@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Literal, NamedTuple, TypeVar
 
@@ -394,17 +395,52 @@ JSON_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECA
 def _json_answer(raw: object, schema: type[Schema]) -> Schema | None:
     """The answer in a reply's text read as JSON for `schema`, its reasoning stripped first, or None.
 
-    A reasoning model asked for a JSON answer may think aloud before it, which the client's own parsing refuses.
+    A model asked for a JSON answer may think aloud before it (which the client's own parsing refuses), fence it,
+    put it among prose, or leave trailing commas: the first candidate that validates wins (json_candidates).
     """
     if not isinstance(raw, AIMessage) or raw.tool_calls:
         return None
-    text = answer_text(raw).strip()
-    if fenced := JSON_FENCE.search(text):
-        text = fenced.group(1)
-    try:
-        return schema.model_validate_json(text)
-    except ValueError:  # pydantic's ValidationError is one
-        return None
+    for candidate in json_candidates(answer_text(raw).strip()):
+        for text in (candidate, without_trailing_commas(candidate)):
+            try:
+                return schema.model_validate_json(text)
+            except ValueError:  # pydantic's ValidationError is one
+                continue
+    return None
+
+
+def json_candidates(text: str) -> Iterator[str]:
+    """Where a JSON answer may be in `text`, likeliest first: each ```json (or bare) fenced block, the whole text, then
+    each top-level {...} object among other text, in order."""
+    yield from JSON_FENCE.findall(text)
+    yield text
+    depth, start, in_string, escaped = 0, 0, False, False
+    for at, char in enumerate(text):
+        if in_string:  # only inside an object: a quote in the prose around it starts no string
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"' and depth:
+            in_string = True
+        elif char == "{":
+            start = at if depth == 0 else start
+            depth += 1
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                yield text[start : at + 1]
+
+
+def without_trailing_commas(text: str) -> str:
+    """`text` without the commas that close no item (`[1, 2,]`, `{"a": 1,}`), which JSON refuses; strings left alone."""
+    kept, in_string, escaped = [], False, False
+    for at, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char == "," and text[at + 1 :].lstrip()[:1] in ("}", "]"):
+            continue
+        kept.append(char)
+    return "".join(kept)
 
 
 def _repair_request(raw: object, problem: object, schema: type[BaseModel]) -> str:

@@ -20,9 +20,11 @@ from adapters.llm import (
     ask_text,
     chat_model,
     is_retryable,
+    json_candidates,
     model_variables,
     strip_reasoning,
     usage_of,
+    without_trailing_commas,
 )
 from settings import OPENROUTER_URL
 from state import ExperimentPlan
@@ -106,6 +108,30 @@ def test_a_json_answer_after_the_reasoning_is_read_without_a_repair():
     model = ScriptedChatModel(responses=[text_reply(f"<think>First a draft: {draft}</think>\n```json\n{json.dumps(GOOD_PLAN)}\n```")])
     plan, usages = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert plan.goal == "accuracy >= 0.9" and len(model.calls) == 1 and len(usages) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Here is the plan you asked for: {plan} I hope it helps.",  # among prose
+        "```\n{plan}\n```",  # a bare fence
+        '<think>an example first: {{"goal": "not this"}}</think>Example: {{"tasks": []}}. The answer: {plan}',  # the valid object wins
+        "{trailing}",  # trailing commas, which JSON refuses
+        "Answer:\n```json\n{trailing}\n```",
+    ],
+)
+def test_a_json_answer_is_read_from_prose_fences_and_trailing_commas_without_a_repair(reply: str):
+    plan = json.dumps(GOOD_PLAN)
+    trailing = plan.replace("]", ",]").replace("}", ",}")  # a comma before every closing bracket
+    model = ScriptedChatModel(responses=[text_reply(reply.format(plan=plan, trailing=trailing))])
+    answer, _ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    assert answer == ExperimentPlan(**GOOD_PLAN) and len(model.calls) == 1
+
+
+def test_commas_inside_strings_are_kept_and_objects_are_found_past_braces_in_strings():
+    assert without_trailing_commas('{"a": [1, 2,], "b": "x,}", }') == '{"a": [1, 2], "b": "x,}" }'
+    text = 'Sure: {"a": {"b": "}"}} and {"c": "\\"}"} done'
+    assert list(json_candidates(text))[1:] == ['{"a": {"b": "}"}}', '{"c": "\\"}"}']
 
 
 def test_ask_structured_gives_up_after_two_bad_replies():
