@@ -8,8 +8,6 @@ user; prompts get only the metrics it printed, or one line saying how it failed.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import signal
@@ -21,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.logs import metric_name
+from adapters.logs import json_numbers
 from adapters.process import Limits, RunCancelled, cancel_requested, child_command
 
 GRADER = "grade.py"
@@ -107,25 +105,7 @@ def grade_run(root: Path, number: int, *, python: str, env: Mapping[str, str], t
 def metrics_line(stdout: str) -> dict[str, float] | None:
     """The numbers of the JSON object on the last non-empty line of `stdout`; None when that line is no object with a number."""
     lines = [line for line in stdout.splitlines() if line.strip()]
-    try:
-        found = json.loads(lines[-1]) if lines else None
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
-        return None
-    if not isinstance(found, dict):
-        return None
-    numbers = {metric_name(str(name)): number for name, value in found.items() if (number := _finite(value)) is not None}
-    return numbers or None
-
-
-def _finite(value: object) -> float | None:
-    """`value` as a finite float; None for anything else (a bool, a string, NaN, an integer too big for a float)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
+    return (json_numbers(lines[-1]) or None) if lines else None
 
 
 def last_line(text: str, width: int = 300, leaving_out: Collection[str] = ()) -> str:

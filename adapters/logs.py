@@ -37,13 +37,8 @@ def parse_metrics(line: str) -> dict[str, float]:
     if "=" not in line and ":" not in line:  # most lines of a long log: skip the regex
         return {}
     stripped = line.strip()
-    if stripped.startswith("{") and stripped.endswith("}"):
-        try:
-            obj = json.loads(stripped)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            return {metric_name(k): float(v) for k, v in obj.items() if _is_number(v)}
+    if stripped.startswith("{") and stripped.endswith("}") and (numbers := json_numbers(stripped)) is not None:
+        return numbers
     found = {}
     for name, value in _METRIC.findall(line):
         number = float(value)
@@ -61,15 +56,24 @@ def _is_number(value: object) -> bool:
         return False
 
 
-def read_metrics_file(path: Path) -> dict[str, float] | None:
-    """The flat JSON object of numbers in metrics.json, or None when absent or unusable."""
+def json_numbers(text: str) -> dict[str, float] | None:
+    """The numbers of the flat JSON object `text` is, named as metric_name reads them (booleans, strings, NaN and integers
+    too big for a float left out); None when `text` is no JSON object."""
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        obj = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         return None
     if not isinstance(obj, dict):
         return None
     return {metric_name(str(k)): float(v) for k, v in obj.items() if _is_number(v)}
+
+
+def read_metrics_file(path: Path) -> dict[str, float] | None:
+    """The flat JSON object of numbers in metrics.json, or None when absent or unusable."""
+    try:
+        return json_numbers(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not UTF-8
+        return None
 
 
 @dataclass
