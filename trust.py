@@ -11,6 +11,7 @@ import re
 
 from adapters.logs import exact_number
 from goal import LOWER_IS_BETTER
+from search import failure_signature
 from state import RunRecord
 
 FLAG_MARK = " ⚑"
@@ -65,15 +66,11 @@ def suspicious(metrics: dict[str, float]) -> list[str]:
 
 
 def grader_failing(runs: list[RunRecord]) -> list[RunRecord]:
-    """The latest GRADER_FAILURES graded runs when grade.py failed on each of them the same way, else []. Graded runs are
-    those it ran on (ok or grade_failed); a run whose script failed was not graded and breaks no row."""
+    """The latest GRADER_FAILURES graded runs when grade.py failed on each of them the same way (search.failure_signature:
+    numbers, paths and quoted values aside), else []. Graded runs are those it ran on (ok or grade_failed); a run whose
+    script failed was not graded and breaks no row."""
     graded = [run for run in runs if "reported" in run and run["status"] in ("ok", "grade_failed")]
     latest = graded[-GRADER_FAILURES:]
     if len(latest) < GRADER_FAILURES or any(run["status"] != "grade_failed" for run in latest):
         return []
-    return latest if len({_blurred(run["error"]) for run in latest}) == 1 else []
-
-
-def _blurred(error: str) -> str:
-    """The error with its numbers blurred, so `run_4/submission.csv is missing` and `run_5/…` read the same."""
-    return re.sub(r"\d+(\.\d+)?", "N", error)
+    return latest if len({failure_signature(run) for run in latest}) == 1 else []
