@@ -25,10 +25,9 @@ from rich.tree import Tree
 
 from adapters.files import ExperimentFiles
 from adapters.logs import format_metrics
-from adapters.views import run_origin
+from adapters.views import run_origin, status_text
 from goal import Goal, best_run, goal_from_plan, parse_goal
 from search import origin
-from trust import FLAG_MARK
 
 EXIT_OK, EXIT_USAGE = 0, 2
 WATCH_INTERVAL_S = 2.0
@@ -44,7 +43,6 @@ TREE_KEEP = 3
 """In a folded tree: runs kept at each end of a long line, and the latest attempts kept under a run."""
 
 TASK_STYLE = {"todo": "white", "in_progress": "yellow", "done": "green", "dropped": "dim"}
-RUN_STYLE = {"ok": "green", "failed": "red", "grade_failed": "red", "timeout": "yellow", "cancelled": "dim"}
 RUNNING, INTERRUPTED, NOT_STARTED, NOT_FINISHED = "running", "interrupted", "not started", "not finished"
 """Where a run without a result stands (see Unfinished.state)."""
 UNFINISHED_STYLE = {RUNNING: "cyan", INTERRUPTED: "yellow", NOT_STARTED: "dim", NOT_FINISHED: "cyan"}
@@ -208,11 +206,6 @@ def metric_text(result: dict, parsed: Goal | None) -> str:
     if (reported := result.get("reported", {}).get(parsed.metric)) is not None:
         text += f" (self-reported {reported:.6g}{stopped})"
     return text
-
-
-def status_text(result: dict) -> Text:
-    """The run's status in its colour, ⚑ after it when its numbers are in doubt (its flags)."""
-    return Text(result["status"], style=RUN_STYLE.get(result["status"], "")).append(FLAG_MARK if result.get("flags") else "", style="yellow")
 
 
 def error_text(result: dict, limit: int) -> str:

@@ -414,9 +414,7 @@ def runs_table(progress: Progress, limit: int = 12) -> Table:
             shown = [best, *shown[1:]]  # the best run stays in sight
     for run in shown:
         star = " ★" if best is not None and run["number"] == best["number"] else ""
-        style = {"ok": "green", "failed": "red", "grade_failed": "red", "timeout": "yellow", "cancelled": "dim"}.get(run["status"], "")
-        status = Text(run["status"], style=style).append(FLAG_MARK if run.get("flags") else "", style="yellow")
-        table.add_row(f"{run['number']}{star}", run_origin(run), status, f"{run['duration_s']:.1f} s", progress.goal_value(run))
+        table.add_row(f"{run['number']}{star}", run_origin(run), status_text(run), f"{run['duration_s']:.1f} s", progress.goal_value(run))
     return table
 
 
@@ -470,6 +468,15 @@ def event_line(event: dict) -> Text | None:
     if kind == "warning":
         return Text(f"! {event['message']}", style="yellow")
     return None
+
+
+RUN_STYLE = {"ok": "green", "failed": "red", "grade_failed": "red", "timeout": "yellow", "cancelled": "dim"}
+"""Each status's colour in the runs tables (the live view's, view_tasks.py's)."""
+
+
+def status_text(run: dict) -> Text:
+    """A run's status in its colour, ⚑ after it when its numbers are in doubt (its flags)."""
+    return Text(run["status"], style=RUN_STYLE.get(run["status"], "")).append(FLAG_MARK if run.get("flags") else "", style="yellow")
 
 
 def run_done_line(event: dict, how: str) -> Text:
