@@ -92,7 +92,7 @@ def _devices(name: str, raw: str) -> str:
 
 
 def _prices(name: str, raw: str) -> dict[str, list[float]]:
-    """'openai/gpt-4o-mini=0.15/0.6, other/model=3/15' → {model: [input, output]} in USD per million tokens."""
+    """'openai/gpt-4o-mini=0.15/0.6/0.075, other/model=3/15' → {model: [input, output(, cached input)]} in USD per million tokens."""
     prices = {}
     for item in filter(None, (part.strip() for part in raw.split(","))):
         model, _, pair = item.rpartition("=")
@@ -101,8 +101,8 @@ def _prices(name: str, raw: str) -> dict[str, list[float]]:
             values = [float(n) for n in numbers]
         except ValueError:
             values = []
-        if not model.strip() or len(values) != 2 or min(values) < 0:
-            raise SettingsError(f"{name} entries look like model=INPUT/OUTPUT (USD per million tokens), got {item!r}")
+        if not model.strip() or len(values) not in (2, 3) or min(values) < 0:
+            raise SettingsError(f"{name} entries look like model=INPUT/OUTPUT or model=INPUT/OUTPUT/CACHED_INPUT (USD per million tokens), got {item!r}")
         prices[model.strip()] = values
     return prices
 
@@ -220,7 +220,11 @@ class Settings:
         _whole_number(0),
     )
     model_prices: dict = _setting(
-        "MODEL_PRICES", {}, "USD per million tokens for providers that report no cost: `model=INPUT/OUTPUT`, comma-separated.", _prices
+        "MODEL_PRICES",
+        {},
+        "USD per million tokens for providers that report no cost: `model=INPUT/OUTPUT`, or `model=INPUT/OUTPUT/CACHED_INPUT` "
+        "where input read from the provider's prompt cache costs less; comma-separated.",
+        _prices,
     )
     train_python: str = _setting(
         "TRAIN_PYTHON", "", "Python interpreter that runs train.py (`--python`), e.g. a conda env's or venv's; empty: the runner's own."
@@ -242,9 +246,10 @@ class Settings:
     )
     structured_output: str = _setting(
         "STRUCTURED_OUTPUT",
-        "function_calling",
-        "How structured replies are asked for: function_calling or json_schema.",
-        _choice("function_calling", "json_schema"),
+        "auto",
+        "How structured replies are asked for: function_calling (tools), json_schema (a response format), prompt (the schema "
+        "in the prompt, JSON read from the reply), or auto: the first of these the server takes, found once per model.",
+        _choice("auto", "function_calling", "json_schema", "prompt"),
     )
     sandbox: str = _setting(
         "SANDBOX", "auto", "Where train.py runs: bwrap (bubblewrap), none (process limits only), or auto.", _choice("auto", "bwrap", "none")

@@ -94,6 +94,8 @@ class Usage(TypedDict):
     output_tokens: int
     cost_usd: float | None
     """Cost reported by the provider (OpenRouter does), else None."""
+    cached_tokens: NotRequired[int]
+    """Of the input tokens, those the provider read from its prompt cache (at a lower price); absent when it reported none."""
     calls: NotRequired[int]
     """How many calls this counts; 1 when absent."""
 
@@ -110,10 +112,19 @@ def add_usage(existing: list[Usage], new: list[Usage]) -> list[Usage]:
             continue
         total["input_tokens"] += call["input_tokens"]
         total["output_tokens"] += call["output_tokens"]
+        if cached := call.get("cached_tokens", 0):
+            total["cached_tokens"] = total.get("cached_tokens", 0) + cached
         total["calls"] += call.get("calls", 1)
         if call["cost_usd"] is not None:
             total["cost_usd"] = (total["cost_usd"] or 0.0) + call["cost_usd"]
     return list(totals.values())
+
+
+def priced_cost(call: Usage, price: list[float]) -> float:
+    """USD of a call's tokens at a MODEL_PRICES price: input, output and, where given, cached input (else input's)."""
+    per_input, per_output, per_cached = (*price, price[0])[:3]
+    cached = call.get("cached_tokens", 0)
+    return ((call["input_tokens"] - cached) * per_input + cached * per_cached + call["output_tokens"] * per_output) / 1e6
 
 
 def spend(usage: list[Usage], prices: dict[str, list[float]]) -> tuple[float | None, str]:
@@ -125,8 +136,7 @@ def spend(usage: list[Usage], prices: dict[str, list[float]]) -> tuple[float | N
             total += call["cost_usd"]
             reported += calls
         elif call["model"] in prices:
-            per_input, per_output = prices[call["model"]]
-            total += (call["input_tokens"] * per_input + call["output_tokens"] * per_output) / 1e6
+            total += priced_cost(call, prices[call["model"]])
             priced += calls
         else:
             unknown += calls
@@ -189,6 +199,9 @@ class ExperimentState(InputState):
     machine: NotRequired[str]
     """What train.py runs on, as the code model is told: the interpreter, its ML packages, CPUs, memory and GPUs
     (adapters.machine.machine_text), gathered once when the experiment begins."""
+    structured_output: NotRequired[dict[str, str]]
+    """How each model gives structured replies (adapters.llm.STRUCTURED_METHODS), by model name: found by its first
+    structured request and kept, so that neither a later request nor a resume probes the server again."""
     findings_digest: NotRequired[str]
     """KEY_FINDINGS.md as prompts read it, within its budget (see nodes.records.findings_digest); made by analyze.
     The sections themselves live in the file only: every checkpoint holds the whole state."""

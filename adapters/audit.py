@@ -12,7 +12,7 @@ from state import Usage
 
 
 class AuditLog:
-    """Appends a line per request: when, which stage and model, how long, tokens and cost, and (with `content`) the messages and reply."""
+    """Appends a line per request: when, which stage and model, how long, tokens (cached ones too) and cost, and (with `content`) the messages and reply."""
 
     def __init__(self, path: Path, content: bool = True):
         self.path = path
@@ -36,6 +36,7 @@ class AuditLog:
             "model": model,
             "latency_s": round(latency_s, 3),
             "input_tokens": usage["input_tokens"] if usage else None,
+            "cached_tokens": usage.get("cached_tokens", 0) if usage else None,
             "output_tokens": usage["output_tokens"] if usage else None,
             "cost_usd": usage["cost_usd"] if usage else None,
             "ok": error is None,

@@ -7,13 +7,13 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import fields
-from typing import Literal, NamedTuple, TypeVar
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 import httpx
 import openai
 from langchain_core.exceptions import ContextOverflowError
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, ValidationError
 
@@ -59,6 +59,8 @@ class LLMError(RuntimeError):
         status: int | None = None,
         retry_after: float | None = None,
         too_long: bool = False,
+        unsupported: bool = False,
+        detail: str = "",
         usage: list[Usage] | None = None,
     ):
         super().__init__(message)
@@ -67,6 +69,10 @@ class LLMError(RuntimeError):
         self.retry_after = retry_after
         self.too_long = too_long
         """The prompt did not fit the model's context: one shrink of it may."""
+        self.unsupported = unsupported
+        """The server refused the tools or the response format of a structured request: another method may work."""
+        self.detail = detail
+        """What the server said, on one line."""
         self.usage: list[Usage] = list(usage or [])
         """What the calls that did answer before the failure spent: it counts towards the budgets all the same."""
 
@@ -169,13 +175,52 @@ def usage_of(message: BaseMessage, stage: str, model: str) -> Usage:
     tokens = getattr(message, "usage_metadata", None) or {}
     raw = (getattr(message, "response_metadata", None) or {}).get("token_usage") or {}
     cost = raw.get("cost") if isinstance(raw, dict) else None
-    return Usage(
+    usage = Usage(
         stage=stage,
         model=model,
         input_tokens=int(tokens.get("input_tokens", 0)),
         output_tokens=int(tokens.get("output_tokens", 0)),
         cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
     )
+    # langchain-openai reads prompt_tokens_details.cached_tokens into cache_read.
+    if cached := int((tokens.get("input_token_details") or {}).get("cache_read") or 0):
+        usage["cached_tokens"] = cached
+    return usage
+
+
+CACHE_MARK = {"type": "ephemeral"}
+"""Anthropic's mark for the end of a prompt's cacheable prefix (also through OpenRouter); a tenth of the input price to read back."""
+
+
+def marks_cache(model: str) -> bool:
+    """Whether requests for `model` mark their stable prefix for caching: Anthropic's models, which cache only what is marked.
+
+    OpenAI's and most other providers cache a long identical prefix by themselves; some servers refuse unknown fields.
+    """
+    return model.startswith(("anthropic/", "claude"))
+
+
+class Prompt(NamedTuple):
+    """A user message in two parts: what every request of its stage repeats word for word, then what changes."""
+
+    stable: str
+    volatile: str
+
+    @property
+    def text(self) -> str:
+        return self.stable + self.volatile
+
+
+def prompt_messages(system: str, prompt: Prompt, model: str) -> list[BaseMessage]:
+    """A request whose stable part comes first: the system rules, the prompt's stable part, then its volatile part.
+
+    Consecutive requests of a stage then share a byte-identical prefix that providers can cache; for an Anthropic
+    model (marks_cache) the end of the stable part carries cache_control, in content blocks.
+    """
+    if not marks_cache(model):
+        return [SystemMessage(system), HumanMessage(prompt.text)]
+    blocks = [{"type": "text", "text": prompt.stable, "cache_control": CACHE_MARK}, {"type": "text", "text": prompt.volatile}]
+    return [SystemMessage(system), HumanMessage(blocks)]
 
 
 SHRINK_TO = 0.5
@@ -213,11 +258,18 @@ def shrink(messages: list[BaseMessage]) -> list[BaseMessage]:
     """`messages` with every non-system text cut to SHRINK_TO of its length, keeping each one's head and tail."""
     shorter = []
     for message in messages:
-        if message.type == "system" or not isinstance(message.content, str):
+        if message.type == "system":
             shorter.append(message)
-        else:
-            shorter.append(message.model_copy(update={"content": clip(message.content, int(len(message.content) * SHRINK_TO))}))
+        elif isinstance(message.content, str):
+            shorter.append(message.model_copy(update={"content": _shrunk(message.content)}))
+        else:  # content blocks (a prompt marked for caching): each text cut alike
+            blocks = [{**block, "text": _shrunk(block["text"])} if isinstance(block, dict) and "text" in block else block for block in message.content]
+            shorter.append(message.model_copy(update={"content": blocks}))
     return shorter
+
+
+def _shrunk(text: str) -> str:
+    return clip(text, int(len(text) * SHRINK_TO))
 
 
 PROMPT_TOO_LONG = re.compile(
@@ -266,13 +318,21 @@ def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool 
             problem = "keeps rate-limiting requests" if status == 429 else "keeps failing"
         return LLMError(f"the LLM server {problem} ({status}): try later ({detail})", kind="unavailable", status=status, retry_after=wait)
     fix = f"check {models}"
-    if re.search(r"tool|function|response_format|schema", detail, re.IGNORECASE):
-        fix += f", or try {_other_structured_output(settings)}"
-    return LLMError(f"the LLM server refused the request for model {model} ({status}): {fix} ({detail})", kind="fatal", status=status)
+    unsupported = status in (400, 422) and bool(STRUCTURED_REFUSAL.search(detail))
+    if unsupported and settings.structured_output != "auto":
+        fix += ", or try STRUCTURED_OUTPUT=auto"
+    return LLMError(
+        f"the LLM server refused the request for model {model} ({status}): {fix} ({detail})",
+        kind="fatal",
+        status=status,
+        unsupported=unsupported,
+        detail=detail,
+    )
 
 
-def _other_structured_output(settings: Settings) -> str:
-    return "STRUCTURED_OUTPUT=" + ("json_schema" if settings.structured_output == "function_calling" else "function_calling")
+STRUCTURED_REFUSAL = re.compile(r"tool|function|response[_ ]format|json[_ ]schema|schema|structured|grammar", re.IGNORECASE)
+"""What a 400 says when the server cannot take a structured request's tools or response format (Ollama: "… does not support
+tools"; vLLM: "auto" tool choice requires --enable-auto-tool-choice; llama.cpp: tools param requires --jinja flag)."""
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -355,58 +415,132 @@ def strip_reasoning(text: str) -> str:
     return answer.lstrip() if answer is not text else text
 
 
+STRUCTURED_METHODS = ("function_calling", "json_schema", "prompt")
+"""How a structured reply can be asked for, in the order STRUCTURED_OUTPUT=auto tries them: as a tool call, as a response
+format, or with the JSON schema in the prompt and the JSON read from the reply's text (every server can do that)."""
+
+JSON_IN_PROMPT = """
+
+Answer with a single JSON object that follows this JSON schema, and nothing else: no tool call, no text around it.
+{schema}"""
+
+
+class Structured(NamedTuple, Generic[Schema]):
+    """A structured answer, what it cost, and how it was asked for."""
+
+    answer: Schema
+    usage: list[Usage]
+    method: str
+    """The method of STRUCTURED_METHODS that gave it: a caller remembers it for the model, so that it is not probed again."""
+    refused: list[str]
+    """Why each method tried before it was refused, one line each (STRUCTURED_OUTPUT=auto)."""
+
+
+def methods_to_try(settings: Settings, known: str | None) -> tuple[str, ...]:
+    """The methods a structured request may use, in order: the one STRUCTURED_OUTPUT forces, else from the one
+    known to work for the model (or the first) onwards."""
+    if settings.structured_output != "auto":
+        return (settings.structured_output,)
+    return STRUCTURED_METHODS[STRUCTURED_METHODS.index(known) :] if known in STRUCTURED_METHODS else STRUCTURED_METHODS
+
+
 def ask_structured(
-    settings: Settings, model: str, schema: type[Schema], messages: list[BaseMessage], stage: str, audit: AuditLog | None = None
-) -> tuple[Schema, list[Usage]]:
-    """A reply parsed into `schema`; a reply that does not parse gets one repair request, then LLMError. Requests go to `audit` when given."""
-    runnable = chat_model(settings, model).with_structured_output(schema, method=settings.structured_output, include_raw=True)
+    settings: Settings,
+    model: str,
+    schema: type[Schema],
+    messages: list[BaseMessage],
+    stage: str,
+    audit: AuditLog | None = None,
+    known: str | None = None,
+) -> Structured[Schema]:
+    """A reply parsed into `schema`, asked for by the first method the server takes (methods_to_try; `known` is the one
+    that worked for this model before). A server's 400 to a method's tools or response format moves on to the next one;
+    a reply that does not parse gets one repair request, then LLMError. Requests go to `audit` when given."""
     usages: list[Usage] = []
+    refused: list[str] = []
+    methods = methods_to_try(settings, known)
+    for method in methods:
+        try:
+            answer = _ask_by(method, settings, model, schema, messages, stage, audit, usages)
+        except LLMError as exc:
+            if exc.unsupported and method != methods[-1]:
+                refused.append(f"{method} refused: {exc.status} {exc.detail}")
+                usages += exc.usage
+                continue
+            exc.usage = [*usages, *exc.usage]
+            raise
+        return Structured(answer, usages, method, refused)
+    raise AssertionError("methods_to_try gives at least one method")
+
+
+def _ask_by(
+    method: str, settings: Settings, model: str, schema: type[Schema], messages: list[BaseMessage], stage: str, audit: AuditLog | None, usages: list[Usage]
+) -> Schema:
+    """One method's try: the request and, for a reply that does not parse, one repair request; their usage goes to `usages`."""
+    if method == "prompt":
+        runnable = chat_model(settings, model)
+        messages = with_json_schema(messages, schema)
+    else:
+        runnable = chat_model(settings, model).with_structured_output(schema, method=method, include_raw=True)
     for attempt in range(2):
         try:
             result = _invoke(runnable, messages, settings, model, stage, audit)
-        except LLMError as exc:
-            exc.usage = [*usages, *exc.usage]
-            raise
         except ValidationError as exc:  # json_schema: the SDK parses the reply itself, and refuses one with reasoning before its JSON
             said = next((error["input"] for error in exc.errors() if isinstance(error.get("input"), str)), "")
             result = {"raw": AIMessage(said), "parsed": None, "parsing_error": exc}  # what the reply cost is lost with it
+        if isinstance(result, BaseMessage):  # prompt: the plain reply
+            result = {"raw": result, "parsed": None, "parsing_error": None}
         raw = result.get("raw")
         if isinstance(raw, BaseMessage):
             usages.append(usage_of(raw, stage, model))
         parsed = result.get("parsed")
+        problem = result.get("parsing_error")
         if not isinstance(parsed, schema):
-            parsed = _json_answer(raw, schema)
+            parsed, invalid = _json_answer(raw, schema)
+            problem = problem or invalid
         if isinstance(parsed, schema):
-            return parsed, usages
-        problem = result.get("parsing_error") or "the reply held no structured answer"
+            return parsed
+        problem = problem or "the reply held no structured answer"
         if attempt == 0:
             messages = [*messages, HumanMessage(_repair_request(raw, problem, schema))]
+    others = " or ".join(other for other in STRUCTURED_METHODS if other != method)
     raise LLMError(
         f"{stage}: model {model} twice gave a reply that does not match {schema.__name__}: "
-        f"try {_other_structured_output(settings)}, or another model in {variables_naming(settings, model)} ({str(problem)[:200]})",
+        f"try STRUCTURED_OUTPUT={others}, or another model in {variables_naming(settings, model)} ({str(problem)[:200]})",
         kind="reply",
-        usage=usages,
     )
+
+
+def with_json_schema(messages: list[BaseMessage], schema: type[BaseModel]) -> list[BaseMessage]:
+    """`messages` asking for a JSON answer that follows `schema`, said at the end of the system message: the same text on
+    every request for the schema, so the prompt's cacheable prefix stays whole."""
+    asked = JSON_IN_PROMPT.format(schema=json.dumps(schema.model_json_schema(), ensure_ascii=False))
+    if messages and isinstance(messages[0], SystemMessage) and isinstance(messages[0].content, str):
+        return [SystemMessage(messages[0].content + asked), *messages[1:]]
+    return [SystemMessage(asked.strip()), *messages]
 
 
 JSON_FENCE = re.compile(r"```(?:json)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
-def _json_answer(raw: object, schema: type[Schema]) -> Schema | None:
-    """The answer in a reply's text read as JSON for `schema`, its reasoning stripped first, or None.
+def _json_answer(raw: object, schema: type[Schema]) -> tuple[Schema | None, ValidationError | None]:
+    """The answer in a reply's text read as JSON for `schema`, its reasoning stripped first, or None and why the JSON that
+    was there did not fit (None when there was none).
 
     A model asked for a JSON answer may think aloud before it (which the client's own parsing refuses), fence it,
     put it among prose, or leave trailing commas: the first candidate that validates wins (json_candidates).
     """
     if not isinstance(raw, AIMessage) or raw.tool_calls:
-        return None
+        return None, None
+    misfit = None
     for candidate in json_candidates(answer_text(raw).strip()):
         for text in (candidate, without_trailing_commas(candidate)):
             try:
-                return schema.model_validate_json(text)
-            except ValueError:  # pydantic's ValidationError is one
-                continue
-    return None
+                return schema.model_validate_json(text), None
+            except ValidationError as exc:
+                if not any(error["type"] == "json_invalid" for error in exc.errors()):
+                    misfit = misfit or exc  # JSON, but not the schema's: what the repair request should say
+    return None, misfit
 
 
 def json_candidates(text: str) -> Iterator[str]:

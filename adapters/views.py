@@ -296,9 +296,11 @@ class Progress:
         return format_metrics(running.latest) if running.latest else ""
 
     def spent(self) -> str:
+        """`12,345 tokens (8,000 cached) · $0.0123`: the tokens spent, those read from a provider's prompt cache, the cost."""
         tokens = sum(u["input_tokens"] + u["output_tokens"] for u in self.usage)
+        cached = sum(u.get("cached_tokens", 0) for u in self.usage)
         cost, _ = spend(self.usage, self.model_prices)
-        return f"{tokens:,} tokens" + (f" · ${cost:.4f}" if cost is not None else "")
+        return f"{tokens:,} tokens" + (f" ({cached:,} cached)" if cached else "") + (f" · ${cost:.4f}" if cost is not None else "")
 
 
 def stage_title(progress: Progress) -> str:
@@ -419,9 +421,10 @@ def runs_table(progress: Progress, limit: int = 12) -> Table:
 
 
 def usage_table(progress: Progress) -> Table:
-    """Tokens and cost per stage, and in total."""
+    """Tokens and cost per stage, and in total; the input tokens read from a prompt cache once a provider reported some."""
+    cached = any(call.get("cached_tokens") for call in progress.usage)
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for column in ("stage", "calls", "input tokens", "output tokens", "cost"):
+    for column in ("stage", "calls", "input tokens", *(("cached",) if cached else ()), "output tokens", "cost"):
         table.add_column(column, justify="right" if column != "stage" else "left")
     stages: dict[str, list[dict]] = {}
     for call in progress.usage:
@@ -432,6 +435,7 @@ def usage_table(progress: Progress) -> Table:
             Text(stage, style="bold" if stage == "total" else ""),
             str(sum(c.get("calls", 1) for c in calls)),
             f"{sum(c['input_tokens'] for c in calls):,}",
+            *((f"{sum(c.get('cached_tokens', 0) for c in calls):,}",) if cached else ()),
             f"{sum(c['output_tokens'] for c in calls):,}",
             "unknown" if cost is None else f"${cost:.4f}",
         )
@@ -467,7 +471,14 @@ def event_line(event: dict) -> Text | None:
         return Text(f"! run {event['run']}: generated code does not compile ({event['error']}); asking once more", style="yellow")
     if kind == "warning":
         return Text(f"! {event['message']}", style="yellow")
+    if kind == "structured_output":
+        return Text(f"· {structured_output_line(event['model'], event['method'], event.get('refused') or [])}", style="dim")
     return None
+
+
+def structured_output_line(model: str, method: str, refused: list[str]) -> str:
+    """`structured output of model m: prompt`, and what the server refused before it (STRUCTURED_OUTPUT=auto)."""
+    return f"structured output of model {model}: {method}" + (f" ({'; '.join(refused)})" if refused else "")
 
 
 RUN_STYLE = {"ok": "green", "failed": "red", "grade_failed": "red", "timeout": "yellow", "cancelled": "dim"}
@@ -644,7 +655,7 @@ class LiveView:
 
     def event(self, event: dict) -> None:
         self.progress.event(event)  # not holding the lock while printing: a redraw holds Live's lock and then takes it
-        if event.get("event") in ("warning", "analysis", "syntax_retry"):  # kept above the view, as a log
+        if event.get("event") in ("warning", "analysis", "syntax_retry", "structured_output"):  # kept above the view, as a log
             self.live.console.print(event_line(event), soft_wrap=True)
 
     def update(self, node: str, update: dict | None) -> None:

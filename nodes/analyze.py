@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, section_run
-from adapters.llm import ask_structured
+from adapters.llm import Prompt, ask_structured, prompt_messages
 from adapters.logs import clip, one_line
 from goal import best_run
-from nodes.prompts import ANALYZE_SYSTEM, ANALYZE_USER, BUDGET
-from nodes.records import CHANGED_LABEL, RECENT_CLOSED, findings_digest, tasks_text
+from nodes.prompts import ANALYZE_STABLE, ANALYZE_SYSTEM, ANALYZE_VOLATILE, BUDGET
+from nodes.records import CHANGED_LABEL, RECENT_CLOSED, experiment_context, findings_digest
 from nodes.stop_rules import decide_stop
 from search import origin_words
 from settings import Settings
@@ -91,15 +90,22 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
 
     change = state.get("latest_change") if "in_flight" in state else (state.get("next_run") or {}).get("change")  # saved before parallel runs: next_run's
     how = f"Run {run['number']} came about as: {origin_words(run)}" + (f"; the change it named in advance: {change}" if change else "")
-    prompt = ANALYZE_USER.format(
-        goal=state.get("goal", ""),
-        origin=how,
-        tasks=tasks_text(state.get("tasks", []), BUDGET["tasks"]),
-        code=clip(run_code(files, run["number"], state.get("code", "")), BUDGET["previous_code"]),
-        run=state.get("last_summary", ""),
+    context = experiment_context(state)
+    prompt = Prompt(
+        ANALYZE_STABLE.format(**context, goal=state.get("goal", "")),
+        ANALYZE_VOLATILE.format(
+            origin=how,
+            tasks=context["tasks"],
+            code=clip(run_code(files, run["number"], state.get("code", "")), BUDGET["previous_code"]),
+            run=state.get("last_summary", ""),
+        ),
     )
-    messages = [SystemMessage(ANALYZE_SYSTEM), HumanMessage(prompt)]
-    analysis, usage = ask_structured(settings, settings.summarize_model, RunAnalysis, messages, "analyze", AuditLog(files.llm_calls, settings.audit_content))
+    model, methods = settings.summarize_model, state.get("structured_output") or {}
+    messages = prompt_messages(ANALYZE_SYSTEM, prompt, model)
+    reply = ask_structured(settings, model, RunAnalysis, messages, "analyze", AuditLog(files.llm_calls, settings.audit_content), methods.get(model))
+    analysis, usage = reply.answer, reply.usage
+    if methods.get(model) != reply.method:  # shown once: a resume knows it from the state
+        runtime.stream_writer({"event": "structured_output", "model": model, "method": reply.method, "refused": reply.refused})
 
     created = state.get("tasks_created") or max((task["id"] for task in state.get("tasks", [])), default=0)
     tasks = apply_analysis(state.get("tasks", []), analysis, run["number"], created)
@@ -123,4 +129,5 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         "stop_reason": stop.reason if stop else None,
         "stop_detail": stop.detail if stop else "",
         "usage": usage,
+        "structured_output": {**methods, model: reply.method},
     }

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import re
 
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.runtime import Runtime
 
 from adapters.audit import AuditLog
 from adapters.files import ExperimentFiles, write_atomic
 from adapters.grader import is_graded
-from adapters.llm import LLMError, TextReply, ask_reply
+from adapters.llm import LLMError, Prompt, TextReply, ask_reply, prompt_messages
 from adapters.logs import clip, one_line
 from adapters.training import share_for
 from nodes.prompts import (
     BUDGET,
     CODEGEN_CUT_OFF_RETRY,
     CODEGEN_INSTRUCTION,
+    CODEGEN_STABLE,
     CODEGEN_SYNTAX_RETRY,
     CODEGEN_SYSTEM,
-    CODEGEN_USER,
+    CODEGEN_VOLATILE,
     DRAFTS_DIFFER,
     GRADING,
     PARENT_CODE,
@@ -56,22 +57,29 @@ def compile_error(code: str) -> str | None:
     return None
 
 
-def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "", share: str = "", grading: str = "") -> str:
+def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "", feedback: str = "", share: str = "", grading: str = "") -> Prompt:
     """The user message for codegen, as the coming run's operator asks (a draft sees no parent code): every part clipped
     to its budget, so it never grows with the runs. `share` says what one run gets of the machine when runs share it;
-    `grading`, in a graded experiment, what the grader counts (nodes.records.grading_text)."""
+    `grading`, in a graded experiment, what the grader counts (nodes.records.grading_text).
+
+    Its stable part (idea, plan, machine, grading) is the same for every run; the run's own facts follow it."""
     run, parent = coming["number"], coming["parent"]
     others = run > 1  # run 1 is always a draft: a later draft has others to differ from
     machine = (state.get("machine") or "(not known)") + (f"\n{share}" if share else "")
-    return CODEGEN_USER.format(
-        **experiment_context(state),
+    context = experiment_context(state)
+    stable = CODEGEN_STABLE.format(
+        **context,
         machine=clip(machine, BUDGET["machine"]),
         grading=GRADING.format(metrics=clip(grading, BUDGET["grading"])) if grading else "",
+    )
+    volatile = CODEGEN_VOLATILE.format(
+        **context,
         parent_code=PARENT_CODE.format(parent=parent, code=clip(parent_code, BUDGET["previous_code"])) if parent is not None else "",
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
         instruction=CODEGEN_INSTRUCTION[coming["operator"]].format(run=run, parent=parent, differ=DRAFTS_DIFFER if others else ""),
     )
+    return Prompt(stable, volatile)
 
 
 CHANGE_LINE = re.compile(r"^[ \t*_#>-]*change[ \t*_]*:[ \t*_]*(.+?)[ \t*_]*$", re.IGNORECASE | re.MULTILINE)
@@ -117,7 +125,7 @@ def codegen(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     audit = AuditLog(files.llm_calls, settings.audit_content)
     grading = grading_text(files.runs_of(state), state.get("goal", "")) if is_graded(files.root) else ""
     prompt = codegen_prompt(state, coming, parent_code(files, coming), state.get("review_feedback", ""), share_for(settings), grading)
-    messages = [SystemMessage(CODEGEN_SYSTEM), HumanMessage(prompt)]
+    messages = prompt_messages(CODEGEN_SYSTEM, prompt, settings.code_model)
     reply = ask_reply(settings, settings.code_model, messages, "codegen", audit)
     usages = [reply.usage]
     code = extract_python(reply.text)

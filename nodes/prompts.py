@@ -13,15 +13,22 @@ BUDGET = {
     "grading": 400,  # the grader's metric names (a graded experiment)
 }
 
-# What codegen and report both read first: the experiment as it stands.
-EXPERIMENT_CONTEXT = """<idea>
+# Requests are built stable part first, volatile part last (adapters.llm.Prompt): consecutive requests of a stage then
+# share a byte-identical prefix (system message, idea, plan, machine) that providers cache, which cuts the input bill.
+# Nothing in a system message, and nothing in a *_STABLE template, may change from run to run.
+
+# What every codegen, analyze and report request reads first: the experiment's brief, fixed when it began.
+EXPERIMENT_BRIEF = """<idea>
 {idea}
 </idea>
 
 <plan>
 {plan}
 </plan>
+"""
 
+# Where the experiment stands: it changes with every run.
+PROGRESS = """
 <tasks>
 {tasks}
 </tasks>
@@ -30,6 +37,8 @@ EXPERIMENT_CONTEXT = """<idea>
 {findings}
 </key_findings>
 """
+
+EXPERIMENT_CONTEXT = EXPERIMENT_BRIEF + PROGRESS
 
 PLAN_SYSTEM = """You are the lead of a machine-learning experiment that an automatic runner will carry out.
 The runner writes one complete train.py per run, executes it on this machine, reads its log and metrics,
@@ -43,7 +52,7 @@ PLAN_USER = """<idea>
 {idea}
 </idea>"""
 
-# The same text for every run (the run's own facts go in CODEGEN_USER), so providers can cache it.
+# The same text for every run (the run's own facts go in CODEGEN_VOLATILE), so providers can cache it.
 CODEGEN_SYSTEM = """You write train.py, the script of one run of an automatic machine-learning experiment.
 Rules:
 - Reply with the whole file in one ```python block. Never a patch or a partial file.
@@ -60,19 +69,29 @@ Rules:
 - Use the metric names of the goal. Keep runs reasonably short; set seeds for reproducibility.
 - Do not read API keys or other secrets; none are available to the script."""
 
-CODEGEN_USER = (
-    EXPERIMENT_CONTEXT
+CODEGEN_STABLE = (
+    EXPERIMENT_BRIEF
     + """
 <machine>
 {machine}
 </machine>
-{grading}{parent_code}
+{grading}"""
+)
+
+# The parent's code leads the volatile part: when the search improves the same run again, providers that cache any
+# identical prefix by themselves (OpenAI) cache it too.
+CODEGEN_VOLATILE = (
+    "{parent_code}"
+    + PROGRESS
+    + """
 <runs>
 {previous_run}
 </runs>
 {feedback}
 {instruction}"""
 )
+
+CODEGEN_USER = CODEGEN_STABLE + CODEGEN_VOLATILE
 
 # Only for an experiment with a grader (grade.py): what counts, and what the run must write for it.
 GRADING = """
@@ -109,7 +128,7 @@ CODEGEN_CUT_OFF_RETRY = """Your reply was cut off at the output limit; answer wi
 the whole train.py in one ```python block, with no explanation around it."""
 
 ANALYZE_SYSTEM = """You analyse one run of an automatic machine-learning experiment and keep its records.
-From the run's summary, the code and the current tasks, give:
+From the experiment's idea and plan, the run's summary, its code and the current tasks, give:
 - summary: what the run did and how it went, in one or two sentences,
 - change: what this run changed compared with the run it builds on (its parent), in one short line
   (e.g. "hidden layer 64 -> 128 units, lr 1e-3 -> 3e-4"; for a draft, the approach it set up),
@@ -121,10 +140,16 @@ Where the summary gives graded metrics, those are the run's metrics: the script'
 flagged disagreement between the two is a bug in the script to find (e.g. evaluating on training data) and a finding.
 Flags on numbers that look too good (a perfect score, test far above validation) call for a check of the same kind."""
 
-ANALYZE_USER = """<goal>
+ANALYZE_STABLE = (
+    EXPERIMENT_BRIEF
+    + """
+<goal>
 {goal}
 </goal>
+"""
+)
 
+ANALYZE_VOLATILE = """
 <origin>
 {origin}
 </origin>
@@ -140,6 +165,8 @@ ANALYZE_USER = """<goal>
 <run>
 {run}
 </run>"""
+
+ANALYZE_USER = ANALYZE_STABLE + ANALYZE_VOLATILE
 
 REPORT_SYSTEM = """You write the narrative of REPORT.md, the final report of an automatic machine-learning experiment.
 The runner puts your text between tables it computes from the run files: the goal and outcome, the best run

@@ -110,7 +110,7 @@ def report_text(state: ExperimentState, settings: Settings, runs: list[RunRecord
         "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
         doubts_section(runs),
         plots_section(files, runs, rank, best),
-        usage_section(all_usage, settings.model_prices),
+        usage_section(all_usage, settings.model_prices, state.get("structured_output") or {}),
         reproduce_section(files, best or last_ended(runs), is_best=best is not None, python=settings.python, machine=state.get("machine", "")),
     ]
     return "\n\n".join(part.strip() for part in parts if part.strip())
@@ -264,17 +264,23 @@ def usage_table(usage: list[Usage], prices: dict[str, list[float]] | None = None
     groups: dict[tuple[str, str], list[Usage]] = {}
     for call in usage:
         groups.setdefault((call["stage"], call["model"]), []).append(call)
-    lines = ["| Stage | Model | Calls | Input tokens | Output tokens | Cost (USD) |", "|---|---|---|---|---|---|"]
+    lines = ["| Stage | Model | Calls | Input tokens | Cached input tokens | Output tokens | Cost (USD) |", "|---|---|---|---|---|---|---|"]
     for (stage, model), calls in [*groups.items(), (("**total**", ""), usage)]:
         inp, out = sum(c["input_tokens"] for c in calls), sum(c["output_tokens"] for c in calls)
+        cached = sum(c.get("cached_tokens", 0) for c in calls)
         count = sum(c.get("calls", 1) for c in calls)
-        lines.append(f"| {stage} | {model} | {count} | {inp} | {out} | {cost_text(calls, prices or {})} |")
+        lines.append(f"| {stage} | {model} | {count} | {inp} | {cached} | {out} | {cost_text(calls, prices or {})} |")
     return "\n".join(lines)
 
 
-def usage_section(usage: list[Usage], prices: dict[str, list[float]]) -> str:
+def usage_section(usage: list[Usage], prices: dict[str, list[float]], structured: dict[str, str] | None = None) -> str:
+    """Tokens and cost: the total and where it comes from, how each model gave structured replies, the table by stage and model."""
     _, source = spend(usage, prices)
-    return "\n\n".join(["## Tokens and cost", f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}.", usage_table(usage, prices)])
+    lines = [f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}."]
+    if structured:
+        how = ", ".join(f"{model}: {method}" for model, method in structured.items())
+        lines.append(f"Structured replies (STRUCTURED_OUTPUT) by model: {how}.")
+    return "\n\n".join(["## Tokens and cost", " ".join(lines), usage_table(usage, prices)])
 
 
 def graded_text(run: RunRecord) -> str:

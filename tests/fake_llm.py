@@ -56,6 +56,14 @@ def _words(value: Any) -> int:
     return 0
 
 
+def message_text(message: dict) -> str:
+    """A request message's text, whether its content is a string or a list of content blocks (a prompt marked for caching)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") if isinstance(part, dict) else str(part) for part in content)
+    return content or ""
+
+
 class FakeLLMServer:
     def __init__(self, responder: Callable[[dict], dict], *, models: list[str] | None = None, html_404: bool = False):
         self.responder = responder

@@ -45,7 +45,12 @@ class ScriptedChatModel(FakeMessagesListChatModel):
 
     def prompt(self, call: int = -1) -> str:
         """The text of every message of one call, joined."""
-        return "\n".join(str(m.content) for m in self.calls[call])
+        return "\n".join(self.text(call, index) for index in range(len(self.calls[call])))
+
+    def text(self, call: int, message: int) -> str:
+        """The text of one message of one call, whether its content is a string or content blocks (a prompt marked for caching)."""
+        content = self.calls[call][message].content
+        return content if isinstance(content, str) else "".join(block.get("text", "") if isinstance(block, dict) else block for block in content)
 
 
 def text_reply(text: str, input_tokens: int = 100, output_tokens: int = 20, cost: float | None = None) -> AIMessage:

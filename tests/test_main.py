@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_llm import message_text
 from scripted import GOOD_TRAIN, HOLDING_TRAIN, ScriptedBrain, read_tasks, run_main, runner_env, start_main, start_until_run, wait_until
 
 COUNTING_TRAIN = GOOD_TRAIN + 'open("attempts.txt", "a").write("attempt\\n")\n'
@@ -44,7 +45,7 @@ def test_end_to_end_writes_the_seed_layout(experiment: Path, llm_server):
 
     # The second codegen request (an improve of run 1) carried the first run's code and its mechanical summary.
     codegen_requests = [r for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
-    second = codegen_requests[1]["messages"][1]["content"]
+    second = message_text(codegen_requests[1]["messages"][1])
     assert "Run 1: ok (exit 0)" in second and "accuracy=0.85" in second and 'print("done")' in second
     assert '<parent_code run="1">' in second and "one focused change to run 1's code" in second
     # The real client sent the key, and the child never saw it.
@@ -240,7 +241,7 @@ def test_malformed_structured_reply_gets_one_repair_then_fails_cleanly(experimen
     result = run_main(["-d", str(experiment), "-r", "1"], runner_env(server.base_url))
     assert result.returncode == 1
     assert len(analysis_calls) == 2
-    assert "could not be used" in analysis_calls[1]["messages"][-1]["content"]
+    assert "could not be used" in message_text(analysis_calls[1]["messages"][-1])
     assert "error (fatal)" in result.stderr and "RunAnalysis" in result.stderr and "--resume" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert "**fatal** during analyze" in (experiment / "REPORT.md").read_text()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_llm import message_text
 from PIL import Image
 from scripted import ScriptedBrain, run_main, runner_env, start_main, wait_until
 
@@ -88,7 +89,7 @@ def attempts(experiment: Path, number: int) -> int:
 
 def codegen_runs(server) -> list[int]:
     """The run each codegen request was for, in order."""
-    asked = [request["messages"][1]["content"] for request in server.requests if "You write train.py" in request["messages"][0]["content"]]
+    asked = [message_text(request["messages"][1]) for request in server.requests if "You write train.py" in request["messages"][0]["content"]]
     return [int(re.findall(r"for run (\d+)", prompt)[-1]) for prompt in asked]
 
 

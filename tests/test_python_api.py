@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_llm import message_text
 from scripted import HOLDING_TRAIN, ScriptedBrain, wait_until
 
 from adapters.files import ExperimentInputError
@@ -60,7 +61,7 @@ def test_review_is_answered_by_a_function(experiment: Path, llm_server):
 
     assert final["stop_reason"] == "max_runs" and len(final["runs"]) == 1
     assert [request["run"] for request in asked] == [1, 1] and brain.stages.count("codegen") == 2
-    codegen_prompts = [r["messages"][1]["content"] for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
+    codegen_prompts = [message_text(r["messages"][1]) for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
     assert "use a fixed seed" in codegen_prompts[1]
 
 
@@ -163,5 +164,5 @@ def test_a_resume_with_another_training_python_tells_the_code_model_about_it(exp
 
     assert final["machine"].startswith(f"Python {platform.python_version()} at {venv / 'bin' / 'python'}")
     codegen = [r for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
-    assert f"at {sys.executable}" in codegen[0]["messages"][1]["content"]
-    assert f"at {venv / 'bin' / 'python'}" in codegen[1]["messages"][1]["content"]
+    assert f"at {sys.executable}" in message_text(codegen[0]["messages"][1])
+    assert f"at {venv / 'bin' / 'python'}" in message_text(codegen[1]["messages"][1])

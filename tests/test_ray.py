@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from fake_llm import message_text
 from scripted import ScriptedBrain, run_main, runner_env, start_main, wait_until
 from test_parallel import overlap, span, tree
 
@@ -156,7 +157,7 @@ def test_four_runs_on_two_workers_are_ray_tasks_on_their_own_gpus_and_stream_the
     for number in (1, 2, 3, 4):
         (task,) = tasks_of(ray_cluster, experiment, number)
         assert task.state == "FINISHED" and task.required_resources.get("GPU") == 1.0 and task.required_resources.get("CPU") == 1.0
-    asked = [request["messages"][1]["content"] for request in server.requests if "You write train.py" in request["messages"][0]["content"]]
+    asked = [message_text(request["messages"][1]) for request in server.requests if "You write train.py" in request["messages"][0]["content"]]
     told = "Each run is a Ray task on a node of a cluster: it gets 1 CPU thread (OMP_NUM_THREADS) and 1 GPU of its own"
     assert len(asked) == 4 and all(told in prompt for prompt in asked)  # the code model knows what a run gets there
     report = (experiment / "REPORT.md").read_text()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_llm import message_text
 from rich.console import Console
 from scripted import GOOD_TRAIN, REPO, ScriptedBrain, run_main, runner_env
 
@@ -21,7 +22,7 @@ def _review(experiment: Path, env: dict[str, str], answers: str) -> subprocess.C
 
 
 def _codegen_prompts(server) -> list[str]:
-    return [r["messages"][1]["content"] for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
+    return [message_text(r["messages"][1]) for r in server.requests if "You write train.py" in r["messages"][0]["content"]]
 
 
 def test_reject_with_a_reason_then_approve(experiment: Path, llm_server):

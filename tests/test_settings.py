@@ -73,7 +73,7 @@ def test_defaults():
     assert settings.timeout_seconds == 7200
     assert settings.llm_timeout_seconds == 600
     assert settings.llm_max_retries == 2
-    assert settings.structured_output == "function_calling"
+    assert settings.structured_output == "auto"
     assert settings.chat_model is None
 
 
@@ -112,8 +112,13 @@ def test_values_are_parsed_from_the_environment():
 def test_empty_values_mean_the_default():
     settings = Settings.from_env({"MAX_RUNS": "", "STRUCTURED_OUTPUT": "  ", "CODE_MODEL": ""})
     assert settings.max_runs == 10
-    assert settings.structured_output == "function_calling"
+    assert settings.structured_output == "auto"
     assert settings.code_model == "anthropic/claude-sonnet-4.6"
+
+
+def test_model_prices_take_an_optional_cached_input_price():
+    prices = Settings.from_env({"MODEL_PRICES": "anthropic/claude-sonnet-4.6=3/15/0.3, openai/gpt-4o-mini=0.15/0.6"}).model_prices
+    assert prices == {"anthropic/claude-sonnet-4.6": [3.0, 15.0, 0.3], "openai/gpt-4o-mini": [0.15, 0.6]}
 
 
 def test_keyword_overrides_win_and_skip_parsing():
@@ -132,6 +137,9 @@ def test_keyword_overrides_win_and_skip_parsing():
         ("LLM_TIMEOUT_SECONDS", "ten"),
         ("LLM_MAX_RETRIES", "-1"),
         ("STRUCTURED_OUTPUT", "xml"),
+        ("MODEL_PRICES", "m=3"),
+        ("MODEL_PRICES", "m=3/15/0.3/1"),
+        ("MODEL_PRICES", "m=3/-15"),
     ],
 )
 def test_bad_values_raise_an_error_naming_the_variable(name, raw):

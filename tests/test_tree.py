@@ -9,6 +9,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from fake_llm import message_text
 from scripted import HOLDING_TRAIN, ScriptedBrain, run_main, runner_env, start_until_run
 
 from runner import run_experiment
@@ -40,7 +41,7 @@ def tree(experiment: Path) -> list[tuple[int, str, int | None, str]]:
 
 
 def codegen_prompts(server) -> list[str]:
-    return [request["messages"][1]["content"] for request in server.requests if "You write train.py" in request["messages"][0]["content"]]
+    return [message_text(request["messages"][1]) for request in server.requests if "You write train.py" in request["messages"][0]["content"]]
 
 
 def test_three_drafts_a_crashed_one_debugged_then_the_best_improved_not_the_last(experiment: Path, llm_server):

@@ -14,14 +14,19 @@ from langchain_openai import ChatOpenAI
 
 from adapters.llm import (
     ATTRIBUTION_HEADERS,
+    STRUCTURED_METHODS,
     LLMError,
+    Prompt,
     ask_reply,
     ask_structured,
     ask_text,
     chat_model,
     is_retryable,
     json_candidates,
+    methods_to_try,
     model_variables,
+    prompt_messages,
+    shrink,
     strip_reasoning,
     usage_of,
     without_trailing_commas,
@@ -69,7 +74,7 @@ def test_ask_text_joins_content_parts():
 
 def test_ask_structured_first_reply_good():
     model = ScriptedChatModel(responses=[tool_reply("ExperimentPlan", GOOD_PLAN)])
-    plan, usages = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    plan, usages, *_ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert isinstance(plan, ExperimentPlan) and plan.goal == "accuracy >= 0.9"
     assert len(usages) == 1 and len(model.calls) == 1
 
@@ -78,7 +83,7 @@ def test_ask_structured_repairs_a_bad_reply_once():
     bad = tool_reply("ExperimentPlan", {"goal": "g"}, input_tokens=7)
     model = ScriptedChatModel(responses=[bad, tool_reply("ExperimentPlan", GOOD_PLAN, input_tokens=9)])
 
-    plan, usages = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    plan, usages, *_ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
 
     assert plan.plan == "p"
     assert [u["input_tokens"] for u in usages] == [7, 9]
@@ -90,7 +95,7 @@ def test_ask_structured_repairs_a_bad_reply_once():
 
 def test_ask_structured_repairs_a_reply_without_tool_call():
     model = ScriptedChatModel(responses=[text_reply("I think the goal is accuracy."), tool_reply("ExperimentPlan", GOOD_PLAN)])
-    plan, usages = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    plan, usages, *_ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert plan.goal == "accuracy >= 0.9" and len(usages) == 2
     assert "I think the goal is accuracy." in model.calls[1][-1].content
 
@@ -106,7 +111,7 @@ def test_the_repair_request_never_echoes_the_reasoning():
 def test_a_json_answer_after_the_reasoning_is_read_without_a_repair():
     draft = json.dumps({"goal": "a draft", "plan": "never this", "tasks": []})
     model = ScriptedChatModel(responses=[text_reply(f"<think>First a draft: {draft}</think>\n```json\n{json.dumps(GOOD_PLAN)}\n```")])
-    plan, usages = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    plan, usages, *_ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert plan.goal == "accuracy >= 0.9" and len(model.calls) == 1 and len(usages) == 1
 
 
@@ -124,7 +129,7 @@ def test_a_json_answer_is_read_from_prose_fences_and_trailing_commas_without_a_r
     plan = json.dumps(GOOD_PLAN)
     trailing = plan.replace("]", ",]").replace("}", ",}")  # a comma before every closing bracket
     model = ScriptedChatModel(responses=[text_reply(reply.format(plan=plan, trailing=trailing))])
-    answer, _ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
+    answer, *_ = ask_structured(make_settings(model), "m", ExperimentPlan, MESSAGES, "initialize")
     assert answer == ExperimentPlan(**GOOD_PLAN) and len(model.calls) == 1
 
 
@@ -343,12 +348,13 @@ def test_a_400_for_an_unknown_model_names_the_variable():  # OpenRouter answers 
     assert caught.value.kind == "fatal"
 
 
-def test_a_refused_tool_request_suggests_the_other_structured_output():
+def test_a_refused_tool_request_under_a_forced_method_suggests_auto():
     with FakeLLMServer(lambda body: {"status": 400, "error": "this model does not support tools"}) as server:
-        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
-        with pytest.raises(LLMError, match=r"\(400\): check the \*_MODEL settings, or try STRUCTURED_OUTPUT=json_schema") as caught:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, structured_output="function_calling")
+        with pytest.raises(LLMError, match=r"\(400\): check the \*_MODEL settings, or try STRUCTURED_OUTPUT=auto") as caught:
             ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
-    assert caught.value.kind == "fatal"
+        assert len(server.requests) == 1  # forced: no other method is tried
+    assert caught.value.kind == "fatal" and caught.value.unsupported
 
 
 def test_a_long_retry_after_is_kept_and_not_retried():
@@ -424,6 +430,120 @@ def test_json_schema_mode_reads_the_json_after_a_reasoning_block():
     reply = "<think>The plan could be {not json yet}.</think>\n" + json.dumps(GOOD_PLAN)
     with FakeLLMServer(lambda body: {"content": reply}) as server:
         settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, structured_output="json_schema")
-        plan, _ = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
+        plan, *_ = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
         assert len(server.requests) == 1  # no repair request needed
     assert plan == ExperimentPlan.model_validate(GOOD_PLAN)
+
+
+# STRUCTURED_OUTPUT=auto: tools, then a response format, then the schema in the prompt
+
+
+def refusing(tools: bool, formats: bool, answer: str = json.dumps(GOOD_PLAN)):
+    """A server like Ollama or a bare llama.cpp: a 400 to the features it lacks, else `answer` as text or a tool call."""
+
+    def respond(body: dict) -> dict:
+        if body.get("tools"):
+            return (
+                {"status": 400, "error": "registry.ollama.ai/library/m does not support tools"}
+                if tools
+                else {"tool_call": {"name": "ExperimentPlan", "arguments": GOOD_PLAN}}
+            )
+        if body.get("response_format") and formats:
+            return {"status": 400, "error": "response_format of type json_schema is not supported by this server"}
+        return {"content": answer}
+
+    return respond
+
+
+def test_auto_moves_to_a_response_format_when_tools_are_refused():
+    with FakeLLMServer(refusing(tools=True, formats=False)) as server:
+        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
+        assert [bool(r.get("tools")) for r in server.requests] == [True, False]
+        assert server.requests[1]["response_format"]["type"] == "json_schema"
+    assert reply.answer.goal == "accuracy >= 0.9" and reply.method == "json_schema"
+    assert reply.refused == ["function_calling refused: 400 registry.ollama.ai/library/m does not support tools"]
+    assert len(reply.usage) == 1  # the refused request cost nothing
+
+
+def test_auto_puts_the_schema_in_the_prompt_when_formats_are_refused_too():
+    answer = '<think>The plan should be {"goal": "draft"}.</think>\nHere it is:\n```json\n' + json.dumps(GOOD_PLAN)[:-1] + ",}\n```\nDone."
+    with FakeLLMServer(refusing(tools=True, formats=True, answer=answer)) as server:
+        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
+        last = server.requests[-1]
+    assert reply.method == "prompt" and reply.answer.tasks[0].title == "t" and len(reply.refused) == 2
+    assert len(server.requests) == 3 and "tools" not in last and "response_format" not in last
+    system = last["messages"][0]["content"]
+    assert system.startswith("system\n\nAnswer with a single JSON object") and '"ExperimentPlan"' in system  # the schema, after the rules
+
+
+def test_a_known_method_is_used_without_probing():
+    with FakeLLMServer(refusing(tools=True, formats=True)) as server:
+        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize", known="prompt")
+        assert len(server.requests) == 1 and "tools" not in server.requests[0]
+    assert reply.method == "prompt" and reply.refused == []
+
+
+def test_a_known_method_refused_later_moves_on():
+    with FakeLLMServer(refusing(tools=True, formats=False)) as server:  # the server behind LLM_BASE_URL changed
+        reply = ask_structured(
+            make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize", known="function_calling"
+        )
+    assert reply.method == "json_schema"
+
+
+def test_a_prompt_answer_that_misses_fields_gets_one_repair_naming_them():
+    replies = iter([json.dumps({"goal": "g"}), "Sure: " + json.dumps(GOOD_PLAN)])
+    with FakeLLMServer(lambda body: {"content": next(replies)}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, structured_output="prompt")
+        reply = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
+        repair = server.requests[1]["messages"][-1]["content"]
+    assert reply.answer.plan == "p" and len(reply.usage) == 2
+    assert "could not be used" in repair and "plan" in repair and "Field required" in repair
+
+
+def test_a_prompt_answer_that_never_parses_names_the_other_methods():
+    with FakeLLMServer(lambda body: {"content": "I cannot answer in JSON."}) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, structured_output="prompt")
+        with pytest.raises(LLMError, match=r"try STRUCTURED_OUTPUT=function_calling or json_schema, or another model") as caught:
+            ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize")
+    assert caught.value.kind == "reply" and len(caught.value.usage) == 2
+
+
+def test_methods_to_try():
+    assert methods_to_try(make_settings(), None) == STRUCTURED_METHODS
+    assert methods_to_try(make_settings(), "json_schema") == ("json_schema", "prompt")
+    assert methods_to_try(make_settings(), "unknown") == STRUCTURED_METHODS
+    assert methods_to_try(make_settings(structured_output="prompt"), "function_calling") == ("prompt",)
+
+
+# Prompts shaped for caching
+
+
+def test_only_anthropic_models_mark_the_stable_prefix():
+    prompt = Prompt("stable part\n", "volatile part")
+    plain = prompt_messages("rules", prompt, "openai/gpt-4o-mini")
+    assert [m.content for m in plain] == ["rules", "stable part\nvolatile part"]
+    for model in ("anthropic/claude-sonnet-4.6", "claude-sonnet-4-5"):
+        marked = prompt_messages("rules", prompt, model)
+        assert marked[0].content == "rules"
+        assert marked[1].content == [
+            {"type": "text", "text": "stable part\n", "cache_control": {"type": "ephemeral"}},
+            {"type": "text", "text": "volatile part"},
+        ]
+
+
+def test_cache_control_reaches_the_server_and_cached_tokens_come_back():
+    usage = {"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1500}}
+    with FakeLLMServer(lambda body: {"content": "ok", "usage": usage}) as server:
+        messages = prompt_messages("rules", Prompt("stable", "volatile"), "anthropic/claude-sonnet-4.6")
+        reply = ask_reply(make_settings(llm_base_url=server.base_url), "anthropic/claude-sonnet-4.6", messages, "codegen")
+        sent = server.requests[0]["messages"][1]["content"]
+    assert sent == [{"type": "text", "text": "stable", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "volatile"}]
+    assert reply.usage["input_tokens"] == 2000 and reply.usage["cached_tokens"] == 1500
+
+
+def test_a_shrunk_prompt_keeps_its_blocks_and_mark():
+    messages = prompt_messages("rules", Prompt("s" * 100, "v" * 100), "anthropic/claude-sonnet-4.6")
+    shrunk = shrink(messages)[1].content
+    assert [len(block["text"]) < 100 for block in shrunk] == [True, True]
+    assert shrunk[0]["cache_control"] == {"type": "ephemeral"} and "cache_control" not in shrunk[1]

@@ -452,6 +452,22 @@ def test_the_plain_view_says_which_runs_failed_and_what_is_spent():
     ]
 
 
+def test_the_views_say_how_a_model_gives_structured_replies_and_count_cached_tokens():
+    console = plain_console(force_terminal=False)
+    view = PlainView(console, make_progress())
+    refused = ["function_calling refused: 400 m does not support tools", "json_schema refused: 400 response_format is not supported"]
+
+    view.event({"event": "structured_output", "model": "small-model", "method": "prompt", "refused": refused})
+    view.update("analyze", {"usage": [{**usage("analyze", "small-model", 1000, 100), "cached_tokens": 800}]})
+
+    assert console.file.getvalue().splitlines() == [
+        "· structured output of model small-model: prompt (function_calling refused: 400 m does not support tools; "
+        "json_schema refused: 400 response_format is not supported)",
+        "  ✓ analyze (0.0 s) · 1,100 tokens (800 cached)",
+    ]
+    assert cells(render(view.progress), "analyze") == ["analyze", "1", "1,000", "800", "100", "unknown"]
+
+
 def test_the_plain_view_names_each_runs_operator_and_parent_and_the_change_codegen_named(clock: Clock):
     console = plain_console(force_terminal=False)
     view = PlainView(console, make_progress(goal="accuracy >= 0.9"))

@@ -9,6 +9,7 @@ from fakes import ScriptedChatModel, analysis_reply, events_of, make_experiment,
 
 from adapters.files import ExperimentFiles
 from nodes.analyze import analyze, apply_analysis, findings_section
+from nodes.prompts import ANALYZE_SYSTEM
 from state import NewTask, RunAnalysis, TaskUpdate
 
 TASKS = [make_task(1, "Baseline", notes="old notes", runs=[1]), make_task(2, "Tune"), make_task(3, "Augment", status="dropped")]
@@ -171,6 +172,31 @@ def test_a_reply_without_a_change_records_an_empty_one(tmp_path: Path):
     runtime, _ = make_runtime(ScriptedChatModel(responses=[analysis_reply(summary="Ran.")]))
     update = analyze(state_after_run(make_experiment(tmp_path), runs=1), runtime)
     assert "Changed:" not in update["findings_digest"] and "Changed:" not in (tmp_path / "KEY_FINDINGS.md").read_text()
+
+
+def test_the_prompt_puts_the_idea_and_plan_first_and_the_runs_facts_last(tmp_path: Path):
+    model = ScriptedChatModel(responses=[analysis_reply()])
+    runtime, _ = make_runtime(model)
+    state = {**state_after_run(make_experiment(tmp_path), runs=2), "idea": "THE-IDEA", "plan": "THE-PLAN"}
+    analyze(state, runtime)
+    system, prompt = (message.content for message in model.calls[-1])
+    assert system == ANALYZE_SYSTEM  # the same for every run
+    assert prompt.startswith("<idea>\nTHE-IDEA\n</idea>\n\n<plan>\nTHE-PLAN\n</plan>\n\n<goal>\naccuracy >= 0.9\n</goal>\n")
+    assert prompt.index("</goal>") < prompt.index("<origin>") < prompt.index("RUN-2-SUMMARY")
+
+
+def test_the_structured_output_method_is_learned_once_and_then_reused(tmp_path: Path):
+    model = ScriptedChatModel(responses=[analysis_reply(), analysis_reply()])
+    runtime, events = make_runtime(model)
+    root = make_experiment(tmp_path)
+    name = runtime.context.summarize_model
+
+    first = analyze({**state_after_run(root, runs=1), "structured_output": {"other/model": "prompt"}}, runtime)
+    assert first["structured_output"] == {"other/model": "prompt", name: "function_calling"}
+    again = analyze({**state_after_run(root, runs=2), "structured_output": first["structured_output"]}, runtime)
+
+    assert again["structured_output"] == first["structured_output"]
+    assert events_of(events, "structured_output") == [{"event": "structured_output", "model": name, "method": "function_calling", "refused": []}]
 
 
 def test_the_prompt_asks_what_the_run_changed(tmp_path: Path):

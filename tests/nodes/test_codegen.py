@@ -103,8 +103,8 @@ def test_writes_train_py_for_the_next_run(tmp_path: Path):
     assert written == GOOD + "\n" == update["code"]
     assert [(tmp_path / f"run_{n}" / "train.py").read_text() for n in (1, 2)] == [run_code(1), run_code(2)]  # only run 3 is written
     assert update["usage"] == [{"stage": "codegen", "model": runtime.context.code_model, "input_tokens": 100, "output_tokens": 20, "cost_usd": None}]
-    assert "Write train.py for run 3" in model.calls[0][1].content
-    assert "IDEA-TEXT" in model.calls[0][1].content
+    assert "Write train.py for run 3" in model.text(0, 1)
+    assert "IDEA-TEXT" in model.text(0, 1)
     stage = {"event": "stage", "stage": "codegen", "run": 3, "model": runtime.context.code_model, "operator": "improve", "parent": 2}
     assert events_of(events, "stage") == [stage]
     assert events_of(events, "syntax_retry") == []
@@ -218,14 +218,14 @@ def test_the_system_prompt_is_the_same_for_every_run(tmp_path: Path):
     codegen({"experiment_dir": root, "run_count": 0}, runtime)
     codegen({"experiment_dir": root, **seed_runs(root, [make_run(1), make_run(2)], code=True), "next_run": make_next_run(3)}, runtime)
     assert model.calls[0][0].content == model.calls[1][0].content == CODEGEN_SYSTEM
-    assert "Write train.py for run 1" in model.calls[0][1].content and "Write train.py for run 3" in model.calls[1][1].content
+    assert "Write train.py for run 1" in model.text(0, 1) and "Write train.py for run 3" in model.text(1, 1)
 
 
 def test_the_prompt_describes_the_machine():
     machine = "python 3.11 · torch 2.5.1 (CUDA 12.4), scikit-learn 1.5.2\n16 CPU cores · 128 GiB RAM · GPU: NVIDIA H200 (139 GiB)"
-    prompt = codegen_prompt({"experiment_dir": "unused", "machine": machine}, make_next_run(1))
+    prompt = codegen_prompt({"experiment_dir": "unused", "machine": machine}, make_next_run(1)).text
     assert f"<machine>\n{machine}\n</machine>" in prompt
-    assert "<machine>\n(not known)\n</machine>" in codegen_prompt({"experiment_dir": "unused"}, make_next_run(1))
+    assert "<machine>\n(not known)\n</machine>" in codegen_prompt({"experiment_dir": "unused"}, make_next_run(1)).text
     assert "import only the packages listed there" in CODEGEN_SYSTEM and "use a GPU (CUDA) only when one is listed" in CODEGEN_SYSTEM
 
 
@@ -303,7 +303,7 @@ PARENT = "PARENT-CODE " + "z" * 100_000
 
 
 def test_prompt_is_bounded_whatever_the_state():
-    prompt = codegen_prompt(huge_state(30), make_next_run(31), PARENT)
+    prompt = codegen_prompt(huge_state(30), make_next_run(31), PARENT).text
     assert len(prompt) <= PROMPT_BOUND
     # Without feedback the unused feedback budget is no excuse either.
     assert len(prompt) <= PROMPT_BOUND - BUDGET["feedback"] - FEEDBACK_WRAPPER
@@ -313,19 +313,27 @@ def test_prompt_is_bounded_whatever_the_state():
 
 
 def test_prompt_with_feedback_is_bounded():
-    prompt = codegen_prompt(huge_state(30), make_next_run(31), PARENT, feedback="e" * 100_000)
+    prompt = codegen_prompt(huge_state(30), make_next_run(31), PARENT, feedback="e" * 100_000).text
     assert len(prompt) <= PROMPT_BOUND
     assert "<feedback>" in prompt
 
 
 def test_prompt_does_not_grow_with_the_runs():
-    one, thirty = codegen_prompt(huge_state(1), make_next_run(2), PARENT), codegen_prompt(huge_state(30), make_next_run(31), PARENT)
+    one, thirty = codegen_prompt(huge_state(1), make_next_run(2), PARENT).text, codegen_prompt(huge_state(30), make_next_run(31), PARENT).text
     assert len(one) <= PROMPT_BOUND and len(thirty) <= PROMPT_BOUND
     assert abs(len(thirty) - len(one)) <= OMITTED_HEADER
 
 
+def test_the_stable_part_is_the_same_for_every_run_and_holds_the_brief():
+    early, late = codegen_prompt(huge_state(1), make_next_run(2), PARENT), codegen_prompt(huge_state(30), make_next_run(31), PARENT, feedback="redo")
+    assert early.stable == late.stable
+    assert early.stable.startswith("<idea>\nIDEA ") and "<plan>\nPLAN " in early.stable and early.stable.rstrip().endswith("</machine>")
+    for volatile in ("<tasks>", "<key_findings>", "<parent_code", "<runs>", "run 31", "redo"):
+        assert volatile in late.volatile and volatile not in late.stable
+
+
 def test_the_first_prompt_is_a_draft_without_parent_code():
-    prompt = codegen_prompt({"experiment_dir": "unused"}, make_next_run(1))
+    prompt = codegen_prompt({"experiment_dir": "unused"}, make_next_run(1)).text
     assert "<parent_code" not in prompt
     assert "Write train.py for run 1: a new solution from scratch (a draft)" in prompt
     assert DRAFTS_DIFFER not in prompt  # no other draft yet to differ from

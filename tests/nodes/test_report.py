@@ -17,7 +17,7 @@ from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
 from adapters.plots import MAX_POINTS, plot_curves, plot_metric_per_run, read_curves
 from nodes import report as report_module
-from nodes.report import report, usage_table
+from nodes.report import report, usage_section, usage_table
 from state import RunRecord, Usage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -125,11 +125,11 @@ def test_report_is_the_record_around_the_narrative(tmp_path: Path):
         assert_png(tmp_path / link)
     # Tokens and cost by stage and model, the report's own call included.
     assert "LLM cost (USD): 0.0370; source: reported by the provider." in text
-    assert "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
-    assert "| codegen | big | 2 | 4000 | 1000 | 0.0250 |" in text
-    assert "| analyze | small | 1 | 500 | 50 | 0.0010 |" in text
-    assert f"| report | {runtime.context.report_model} | 1 | 50 | 10 | 0.0010 |" in text
-    assert "| **total** |  | 5 | 5550 | 1260 | 0.0370 |" in text
+    assert "| initialize | big | 1 | 1000 | 0 | 200 | 0.0100 |" in text
+    assert "| codegen | big | 2 | 4000 | 0 | 1000 | 0.0250 |" in text
+    assert "| analyze | small | 1 | 500 | 0 | 50 | 0.0010 |" in text
+    assert f"| report | {runtime.context.report_model} | 1 | 50 | 0 | 10 | 0.0010 |" in text
+    assert "| **total** |  | 5 | 5550 | 0 | 1260 | 0.0370 |" in text
     # How to run the best run again.
     assert "[run_2/train.py](run_2/train.py)" in text and f"cd run_2 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
 
@@ -188,7 +188,7 @@ def test_a_halted_experiment_gets_the_same_record_without_asking_the_llm(tmp_pat
     assert "had ended before that: goal_met (accuracy=0.93 meets accuracy >= 0.9)" in text
     assert f"resume with `python main.py -d {tmp_path} --resume`; it goes on with report" in text
     assert "Stopped because: **fatal** during report (see above) after 3 of 5 runs" in text
-    assert "| 2 ★ | 1 | improve | ok | 1.5 s | 0.9312345678901234 |" in text and "| initialize | big | 1 | 1000 | 200 | 0.0100 |" in text
+    assert "| 2 ★ | 1 | improve | ok | 1.5 s | 0.9312345678901234 |" in text and "| initialize | big | 1 | 1000 | 0 | 200 | 0.0100 |" in text
     assert "Metrics: accuracy=0.9312345678901234" in text and f"cd run_2 && DATA_DIR=../data {shlex.quote(sys.executable)} train.py" in text
     assert "Lineage: run 2 ← 1, draft." in text and "written by" not in text
     assert linked_images(text) == ["report/goal_metric.png", "report/tree.png", "report/best_run_curves.png"]
@@ -412,9 +412,18 @@ def test_flags_without_a_grader_are_listed_and_a_halted_report_lists_them_too(tm
 def test_usage_table_without_reported_cost_and_with_model_prices():
     calls = [usage("analyze", 10, 2), usage("analyze", 5, 1), usage("codegen", 1_000_000, 0, model="priced")]
     table = usage_table(calls, {"priced": [3.0, 15.0]})
-    assert "| analyze | m | 2 | 15 | 3 | unknown |" in table
-    assert "| codegen | priced | 1 | 1000000 | 0 | 3.0000 |" in table
-    assert "| **total** |  | 3 | 1000015 | 3 | at least 3.0000 (2 calls without a price) |" in table
+    assert "| analyze | m | 2 | 15 | 0 | 3 | unknown |" in table
+    assert "| codegen | priced | 1 | 1000000 | 0 | 0 | 3.0000 |" in table
+    assert "| **total** |  | 3 | 1000015 | 0 | 3 | at least 3.0000 (2 calls without a price) |" in table
+
+
+def test_usage_section_gives_cached_tokens_their_price_and_each_models_structured_output():
+    cached = {**usage("codegen", 1_000_000, 0, model="priced"), "cached_tokens": 800_000}
+    section = usage_section([cached, usage("analyze", 10, 2)], {"priced": [3.0, 15.0, 0.3]}, {"priced": "prompt", "m": "function_calling"})
+    assert "| codegen | priced | 1 | 1000000 | 800000 | 0 | 0.8400 |" in section  # 200k at $3, 800k at $0.30
+    assert "| **total** |  | 2 | 1000010 | 800000 | 2 |" in section
+    assert "Structured replies (STRUCTURED_OUTPUT) by model: priced: prompt, m: function_calling." in section
+    assert "Structured replies" not in usage_section([cached], {})
 
 
 # adapters.plots, as the report draws them

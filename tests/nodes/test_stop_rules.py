@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fakes import make_run, make_settings
 
 from nodes.stop_rules import budget_stop, decide_stop, spend
@@ -42,6 +43,12 @@ def test_spend_prefers_the_provider_and_falls_back_to_prices():
     assert spend([usage()], {})[0] is None
 
 
+def test_cached_input_is_priced_at_its_own_price_where_one_is_given():
+    call = {**usage(tokens_in=1_000_000, tokens_out=0, model="m"), "cached_tokens": 600_000}
+    assert spend([call], {"m": [3.0, 15.0, 0.3]})[0] == pytest.approx(0.4 * 3.0 + 0.6 * 0.3)
+    assert spend([call], {"m": [3.0, 15.0]})[0] == 3.0  # no cached price: input's
+
+
 def test_budget_stops_before_a_run_that_would_pass_it():
     runs = [make_run(1, metrics={}), make_run(2, metrics={})]
     calls = [usage(tokens_in=400, tokens_out=100, cost=0.1) for _ in range(4)]  # 2000 tokens, $0.40 over 2 runs
@@ -68,6 +75,13 @@ def test_the_states_usage_is_summed_per_stage_model_and_cost_source():
     ]
     assert spend(total, {}) == spend(calls, {}) == (0.75, "reported by the provider (2 calls without a price)")
     assert add_usage(total, []) == total  # summing again changes nothing
+
+
+def test_cached_tokens_are_summed_where_reported():
+    cached = Usage(stage="codegen", model="m", input_tokens=10, output_tokens=2, cost_usd=None, cached_tokens=6)
+    plain = Usage(stage="codegen", model="m", input_tokens=10, output_tokens=2, cost_usd=None)
+    assert add_usage([], [plain, cached, cached])[0]["cached_tokens"] == 12
+    assert "cached_tokens" not in add_usage([], [plain, plain])[0]
 
 
 def test_stuck_on_a_missing_package_says_where_to_install_it():
