@@ -8,7 +8,10 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from fake_llm import message_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,26 +45,39 @@ class ScriptedBrain:
 
     `codes[n]` is the train.py of run n+1 (the last one repeats); `goal_met_on` is the run
     the analyst declares the goal met on; `cost_per_call` is reported in the usage block, as OpenRouter does.
+
+    Structured answers come as a tool call, as JSON text for a response format (json_schema), or, for a request that
+    asks for JSON in its system message (STRUCTURED_OUTPUT=prompt), as `json_reply(JSON text)`: the reply's text, the
+    bare JSON unless a test wraps it (in prose, a fence, after reasoning).
     """
 
-    def __init__(self, codes: list[str] | None = None, goal_met_on: int | None = None, cost_per_call: float | None = None):
+    def __init__(
+        self,
+        codes: list[str] | None = None,
+        goal_met_on: int | None = None,
+        cost_per_call: float | None = None,
+        json_reply: Callable[[str], str] | None = None,
+    ):
         self.codes = codes or [GOOD_TRAIN]
         self.goal_met_on = goal_met_on
         self.cost_per_call = cost_per_call
+        self.json_reply = json_reply or (lambda text: text)
         self.stages: list[str] = []
 
     def __call__(self, body: dict) -> dict:
         reply = self.answer(body)
         if "tool_call" in reply and body.get("response_format"):  # json_schema mode: the same answer as JSON text
             reply = {"content": json.dumps(reply.pop("tool_call")["arguments"]), **reply}
+        elif "tool_call" in reply and not body.get("tools"):  # prompt mode: the answer in the reply's text
+            reply = {"content": self.json_reply(json.dumps(reply.pop("tool_call")["arguments"])), **reply}
         return reply
 
     def answer(self, body: dict) -> dict:
         tools = [t["function"]["name"] for t in body.get("tools") or []]
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
+        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name") or schema_asked_in_prompt(body)
         if schema:
             tools.append(schema)
-        system = body["messages"][0]["content"]
+        system = message_text(body["messages"][0])
         usage = {"usage": {"prompt_tokens": 100, "completion_tokens": 20}}
         if self.cost_per_call is not None:
             usage["cost"] = self.cost_per_call
@@ -75,7 +91,7 @@ class ScriptedBrain:
             return {"tool_call": {"name": "ExperimentPlan", "arguments": plan}, **usage}
         if "RunAnalysis" in tools:
             self.stages.append("analyze")
-            prompt = body["messages"][-1]["content"]
+            prompt = message_text(body["messages"][-1])
             run = int(re.search(r"Run (\d+):", prompt).group(1))
             analysis = {
                 "summary": f"Run {run} trained the baseline.",
@@ -89,13 +105,25 @@ class ScriptedBrain:
             return {"tool_call": {"name": "RunAnalysis", "arguments": analysis}, **usage}
         if "You write train.py" in system:
             self.stages.append("codegen")
-            run = int(re.findall(r"for run (\d+)", body["messages"][1]["content"])[-1])  # the run number ends the user message
+            run = int(re.findall(r"for run (\d+)", message_text(body["messages"][1]))[-1])  # the run number ends the user message
             code = self.codes[min(run, len(self.codes)) - 1]
             return {"content": f"Here is the script.\n\n```python\n{code}```\n", **usage}
         if "REPORT.md" in system:
             self.stages.append("report")
             return {"content": "# Report\n\nThe baseline reached the goal.", **usage}
         raise AssertionError(f"unexpected request: {system[:200]}")
+
+
+ASKED_IN_PROMPT = re.compile(r"Answer with a single JSON object that follows this JSON schema[^\n]*\n(\{.*\})\s*$", re.DOTALL)
+
+
+def schema_asked_in_prompt(body: dict) -> str | None:
+    """The title of the JSON schema a request without tools or response format asks for at the end of its system message
+    (STRUCTURED_OUTPUT=prompt), e.g. "RunAnalysis"; None for any other request."""
+    if body.get("tools") or body.get("response_format"):
+        return None
+    asked = ASKED_IN_PROMPT.search(message_text(body["messages"][0]))
+    return json.loads(asked.group(1)).get("title") if asked else None
 
 
 def runner_env(base_url: str, **extra: str) -> dict[str, str]:
