@@ -1,6 +1,6 @@
 """Prompt size: every LLM request's characters and tokens, from the audit log, against the budgets nodes/prompts.py configures.
 
-A request's size is the characters of its messages (the tool schema of a structured call is not counted);
+A request's size is the characters of its messages' text, its content blocks joined (the tool schema of a structured call is not counted);
 tokens are estimated as characters / 4, and the fake server's prompt_tokens (a whitespace word count) are
 kept beside them in results.json. A stage's budget is the sum of its parts' budgets plus its fixed text
 (system prompt and template), as the prompt builders clip them.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from fake_llm import message_text
 from figures import Figure, at_most, growth_ratio
 
 from adapters.audit import read_audit
@@ -53,7 +54,9 @@ def stage_budgets(run: int = 100) -> dict[str, int]:
         + feedback_wrapper
         + sum(BUDGET.values()),
         "analyze": len(prompts.ANALYZE_SYSTEM)
-        + len(prompts.ANALYZE_USER.format(goal="", origin="", tasks="", code="", run=""))
+        + len(prompts.ANALYZE_USER.format(idea="", plan="", goal="", origin="", tasks="", code="", run=""))
+        + BUDGET["idea"]
+        + BUDGET["plan"]
         + GOAL_ALLOWANCE
         + ORIGIN_ALLOWANCE
         + BUDGET["tasks"]
@@ -76,25 +79,25 @@ def requests(experiment: Path) -> list[dict]:
     found = []
     for line in read_audit(ExperimentFiles(experiment).llm_calls):
         messages = line.get("messages") or []
-        chars = sum(len(m["content"]) for m in messages if isinstance(m.get("content"), str))
+        chars = sum(len(message_text(m)) for m in messages)
         request = {
             "stage": line["stage"],
-            "run": _run_of(line["stage"], messages),
+            "run": run_of(line["stage"], messages),
             "chars": chars,
             "tokens": round(chars / CHARS_PER_TOKEN),
             "server_prompt_tokens": line.get("input_tokens"),
             "ok": line.get("ok"),
         }
         if line["stage"] == "codegen" and messages:
-            request["parts"] = {name: len(text) for name, text in CODEGEN_PARTS.findall(messages[-1]["content"])}
+            request["parts"] = {name: len(text) for name, text in CODEGEN_PARTS.findall(message_text(messages[-1]))}
         found.append(request)
     return found
 
 
-def _run_of(stage: str, messages: list[dict]) -> int | None:
+def run_of(stage: str, messages: list[dict]) -> int | None:
     """The run a codegen request writes for ("train.py for run N") or an analyze request reads ("Run N: ok")."""
-    text = messages[1]["content"] if stage == "codegen" and len(messages) > 1 else messages[-1]["content"] if stage == "analyze" and messages else ""
-    found = re.findall(r"train\.py for run (\d+)" if stage == "codegen" else r"Run (\d+):", text or "")
+    text = message_text(messages[1]) if stage == "codegen" and len(messages) > 1 else message_text(messages[-1]) if stage == "analyze" and messages else ""
+    found = re.findall(r"train\.py for run (\d+)" if stage == "codegen" else r"Run (\d+):", text)
     return int(found[-1] if stage == "codegen" else found[0]) if found else None  # codegen's instruction ends its request
 
 

@@ -1,6 +1,6 @@
-"""Benchmarks of the runner's own cost: loop overhead, prompt size, state size, output handling, start-up and parallel runs, each against its bound.
+"""Benchmarks of the runner's own cost: loop overhead, prompt size and caching, state size, output handling, start-up and parallel runs, each against its bound.
 
-Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,state,output,startup,parallel,ray]`.
+Run from the repository root: `python bench/run.py [--quick] [--only loop,prompt,cache,state,output,startup,parallel,ray]`.
 Everything runs against a local zero-latency OpenAI-compatible server (tests/fake_llm.py) and generated
 scripts. It prints a table and writes the same figures to bench/results.json; the exit code is 1 when a
 bound is broken. Bounds are on ratios and sizes, never on absolute times, except `--help` (< 0.5 s).
@@ -35,13 +35,14 @@ import growth  # noqa: E402
 import loop_overhead  # noqa: E402
 import output_handling  # noqa: E402
 import parallel  # noqa: E402
+import prompt_cache  # noqa: E402
 import prompt_size  # noqa: E402
 import startup  # noqa: E402
 import state_size  # noqa: E402
 from figures import Figure  # noqa: E402
 from workload import REPO, FakeLLMServer, RealisticBrain  # noqa: E402
 
-BENCHMARKS = ("loop", "prompt", "state", "output", "startup")
+BENCHMARKS = ("loop", "prompt", "cache", "state", "output", "startup")
 """What runs by default."""
 NAMED_ONLY = ("parallel", "ray")
 """What runs only when --only names it: its time goes to runs that sleep, not to the runner (ray: also the ray extra)."""
@@ -89,7 +90,7 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
     flood_label = f"{args.flood_mb / 1024:g} GiB" if args.flood_mb >= 1024 else f"{args.flood_mb} MiB"
 
     with FakeLLMServer(RealisticBrain()) as server:
-        if {"loop", "prompt", "state", "startup"} & set(args.only):
+        if {"loop", "prompt", "cache", "state", "startup"} & set(args.only):
             _say(f"growing experiment: {args.runs} runs (measured after run {split_at} and run {args.runs})")
             grown = growth.run_growth(workdir / "growth", server, args.runs, split_at, args.sandbox)
             details["growth_seconds"] = round(grown.seconds, 1)
@@ -108,6 +109,10 @@ def run_benchmarks(args: argparse.Namespace, workdir: Path) -> tuple[list[Figure
             if "prompt" in args.only:
                 at_runs = tuple(sorted({run for run in (1, split_at, 50, args.runs) if run <= args.runs}))
                 found, details["prompt"] = prompt_size.figures(grown.folder, args.runs, at_runs, early_run=split_at)
+                figures += found
+            if "cache" in args.only:
+                at_runs = tuple(sorted({run for run in (*prompt_cache.PREFIX_RUNS, split_at, args.runs) if 2 <= run <= args.runs}))
+                found, details["cache"] = prompt_cache.figures(grown.folder, at_runs, min(prompt_cache.COST_RUN, args.runs))
                 figures += found
             if "state" in args.only:
                 figures += state_size.figures(grown.state[split_at], grown.state[args.runs])

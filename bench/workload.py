@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # run as a script, yet import the project and its test fakes
 
-from fake_llm import FakeLLMServer  # noqa: E402
+from fake_llm import FakeLLMServer, message_text  # noqa: E402
 from scripted import ScriptedBrain, runner_env  # noqa: E402
 
 IDEA = """\
@@ -258,7 +258,7 @@ class RealisticBrain(ScriptedBrain):
         tools = [t["function"]["name"] for t in body.get("tools") or []]
         schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
         tools += [schema] if schema else []
-        system, prompt = body["messages"][0]["content"], body["messages"][-1]["content"]
+        system, prompt = message_text(body["messages"][0]), message_text(body["messages"][-1])  # a prompt marked for caching comes in blocks
         if "ExperimentPlan" in tools:
             self.stages.append("initialize")
             tasks = [{"title": title, "notes": notes} for title, notes in FIRST_TASKS]
@@ -269,7 +269,7 @@ class RealisticBrain(ScriptedBrain):
             return {"tool_call": {"name": "RunAnalysis", "arguments": self.analysis(run, prompt)}}
         if "You write train.py" in system:
             self.stages.append("codegen")
-            run = int(re.findall(r"train\.py for run (\d+)", body["messages"][1]["content"])[-1])  # the instruction ending the request names it
+            run = int(re.findall(r"train\.py for run (\d+)", message_text(body["messages"][1]))[-1])  # the instruction ending the request names it
             code = self.codes[run - 1] if run <= len(self.codes) else train_script(run)
             return {"content": f"This run applies the last analysis: {change_of(run)}.\n\n```python\n{code}```\n\nIt prints one line per step."}
         if "REPORT.md" in system:

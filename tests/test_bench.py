@@ -11,12 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT / "bench"))  # the benchmark modules, after the project and its tests
 
 import loop_overhead  # noqa: E402
+import prompt_cache  # noqa: E402
 import prompt_size  # noqa: E402
 import run  # noqa: E402
 import state_size  # noqa: E402
 from figures import growth_ratio  # noqa: E402
 
-from nodes.prompts import BUDGET  # noqa: E402
+from nodes.prompts import ANALYZE_STABLE, ANALYZE_VOLATILE, BUDGET, CODEGEN_STABLE, CODEGEN_VOLATILE  # noqa: E402
 
 
 def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path: Path):
@@ -35,7 +36,7 @@ def test_every_benchmark_runs_at_a_tiny_size_and_writes_its_figures(tmp_path: Pa
     assert {"platform", "cpu_count", "python", "date"} <= results["machine"].keys()
     assert results["passed"] == (done.returncode == 0)
     figures = results["figures"]
-    assert {f["benchmark"] for f in figures} == {"loop overhead", "prompt size", "state size", "output handling", "start-up"}
+    assert {f["benchmark"] for f in figures} == {"loop overhead", "prompt size", "prompt cache", "state size", "output handling", "start-up"}
     bounded = [f for f in figures if f["bound"]]
     assert len(bounded) >= 8 and all(isinstance(f["passed"], bool) for f in bounded)
     assert all(f["value"] is not None for f in bounded), [f["name"] for f in bounded if f["value"] is None]
@@ -73,6 +74,83 @@ def test_the_codegen_budget_is_the_sum_of_its_parts_and_its_fixed_text():
     budget = prompt_size.stage_budgets()["codegen"]
 
     assert sum(BUDGET.values()) < budget < sum(BUDGET.values()) + 3_000
+
+
+PLAN = "1. A baseline.\n2. A wider network.\n3. A learning-rate sweep."
+
+
+def codegen_line(run: int, plan: str = PLAN) -> dict:
+    """An audit log line of a codegen request for `run`, its prompt in two content blocks as for an Anthropic model."""
+    stable = CODEGEN_STABLE.format(idea="Classify digits.", plan=plan, machine="4 CPUs", grading="")
+    tasks = f"#1 [in_progress] Baseline (run {run - 1})"
+    volatile = CODEGEN_VOLATILE.format(tasks=tasks, findings="", parent_code="", previous_run="", feedback="", instruction=f"Write train.py for run {run}.")
+    blocks = [{"type": "text", "text": stable, "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": volatile}]
+    messages = [{"role": "system", "content": "You write train.py."}, {"role": "human", "content": blocks}]
+    return {"stage": "codegen", "messages": messages, "reply": {"content": "ok"}}
+
+
+def analyze_line(run: int, plan: str = PLAN) -> dict:
+    """An audit log line of an analyze request for `run`, its prompt one string as for an OpenAI model."""
+    prompt = ANALYZE_STABLE.format(idea="Classify digits.", plan=plan, goal="accuracy >= 0.9") + ANALYZE_VOLATILE.format(
+        origin=f"Run {run} came about as: improve", tasks="", code="print(1)", run=f"Run {run}: ok, accuracy=0.8"
+    )
+    return {"stage": "analyze", "messages": [{"role": "system", "content": "You analyse one run."}, {"role": "human", "content": prompt}], "reply": {}}
+
+
+def test_consecutive_requests_of_a_stage_share_the_system_message_idea_and_plan():
+    for line in (codegen_line, analyze_line):
+        previous, request = prompt_cache.as_request(line(1)), prompt_cache.as_request(line(2))
+
+        shared = prompt_cache.shared_prefix(request, previous)
+
+        assert request.run == 2 and request.stable.endswith(("</machine>\n", "</goal>\n"))  # the marked block, or where the volatile part begins
+        assert shared.prefix_chars > len(request.stable) and shared.chars == len(request.text)
+        assert shared.brief_end_chars == request.text.index("</plan>\n") + len("</plan>\n")
+        assert shared.holds and shared.share == shared.prefix_chars / shared.chars
+
+
+def test_a_prefix_that_stops_inside_the_plan_breaks_the_bound():
+    for line in (codegen_line, analyze_line):
+        previous = prompt_cache.as_request(line(1, plan=PLAN.replace("wider", "deeper")))
+
+        shared = prompt_cache.shared_prefix(prompt_cache.as_request(line(2)), previous)
+
+        assert shared.prefix_chars < shared.brief_end_chars and not shared.holds
+
+
+def two_codegen_requests() -> list:
+    """Runs 1 and 2: the same stable prefix of 8,000 chars (2,000 tokens), prompts that differ right after it (100
+    tokens more), replies of 100 tokens."""
+    stable = "s" * 8_000
+    return [prompt_cache.Request("codegen", run, stable[:100], stable[100:] + c * 400, stable, 400) for run, c in ((1, "a"), (2, "b"))]
+
+
+def test_on_anthropic_the_marked_prefix_is_written_once_then_read():
+    first, second = prompt_cache.costs(two_codegen_requests(), prompt_cache.SONNET)
+
+    assert abs(first.uncached - (2_100 * 3 + 100 * 15) / 1e6) < 1e-12 and second.uncached == first.uncached
+    assert abs(first.cached - (2_000 * 3.75 + 100 * 3 + 100 * 15) / 1e6) < 1e-12  # written at 1.25x input
+    assert abs(second.cached - (2_000 * 0.30 + 100 * 3 + 100 * 15) / 1e6) < 1e-12  # read at 0.1x
+    billed = prompt_cache.bill(two_codegen_requests(), prompt_cache.SONNET, 2)
+    assert billed["through_run"] == {"without_caching_usd": 0.0156, "with_caching_usd": 0.0117, "saving_pct": 25.0}
+    assert billed["run"]["with_caching_usd"] == 0.0024
+    one, changed = two_codegen_requests()
+    again = prompt_cache.costs([one, changed._replace(stable="t" * 8_000)], prompt_cache.SONNET)[1]
+    assert again.cached == first.cached  # a stable part that changed is written anew
+
+
+def test_on_openai_the_identical_prefix_is_read_in_steps_of_128_tokens():
+    first, second = prompt_cache.costs(two_codegen_requests(), prompt_cache.GPT_4O_MINI)
+
+    assert first.cached == first.uncached and abs(first.uncached - (2_100 * 0.15 + 100 * 0.60) / 1e6) < 1e-12  # nothing to read yet
+    assert abs(second.cached - ((2_100 - 1_920) * 0.15 + 1_920 * 0.075 + 100 * 0.60) / 1e6) < 1e-12  # 2,000 shared: 15 steps of 128
+
+
+def test_a_prefix_under_1024_tokens_is_not_cached():
+    short = [request._replace(system="", user=request.user[-1_000:], stable=request.stable[:4_000]) for request in two_codegen_requests()]
+
+    for pricing in prompt_cache.PRICINGS:  # 150 tokens shared, 1,000 marked
+        assert all(cost.cached == cost.uncached for cost in prompt_cache.costs(short, pricing)), pricing.model
 
 
 def state_at(runs: int, mib: float) -> dict:
