@@ -201,26 +201,33 @@ def marks_cache(model: str) -> bool:
 
 
 class Prompt(NamedTuple):
-    """A user message in two parts: what every request of its stage repeats word for word, then what changes."""
+    """A user message in three parts, from what every request of its stage repeats word for word to what changes each time."""
 
     stable: str
+    """The same in every request of the stage: the experiment's brief."""
+    recurring: str
+    """What the stage's previous request may have held too (the parent's code, when the search builds on the same run
+    again); empty when there is none."""
     volatile: str
+    """What changes from request to request."""
 
     @property
     def text(self) -> str:
-        return self.stable + self.volatile
+        return self.stable + self.recurring + self.volatile
 
 
 def prompt_messages(system: str, prompt: Prompt, model: str) -> list[BaseMessage]:
-    """A request whose stable part comes first: the system rules, the prompt's stable part, then its volatile part.
+    """A request whose stable part comes first: the system rules, then the prompt's parts in order.
 
-    Consecutive requests of a stage then share a byte-identical prefix that providers can cache; for an Anthropic
-    model (marks_cache) the end of the stable part carries cache_control, in content blocks.
+    Consecutive requests of a stage then share a byte-identical prefix that providers can cache. For an Anthropic model
+    (marks_cache), which caches only up to a mark, the user message is content blocks and cache_control marks the end of
+    the stable part, and the end of the recurring part when there is one: a request that repeats its predecessor's
+    recurring part reads it from the cache too, one that does not pays a cache write (1.25x) for it.
     """
     if not marks_cache(model):
         return [SystemMessage(system), HumanMessage(prompt.text)]
-    blocks = [{"type": "text", "text": prompt.stable, "cache_control": CACHE_MARK}, {"type": "text", "text": prompt.volatile}]
-    return [SystemMessage(system), HumanMessage(blocks)]
+    marked = [{"type": "text", "text": part, "cache_control": CACHE_MARK} for part in (prompt.stable, prompt.recurring) if part]
+    return [SystemMessage(system), HumanMessage([*marked, {"type": "text", "text": prompt.volatile}])]
 
 
 SHRINK_TO = 0.5

@@ -9,10 +9,10 @@ The bill is arithmetic on the tokens measured, not a bound: every request of the
 Anthropic and one OpenAI model, without caching and with it. It assumes:
 - tokens are characters / 4, as in bench/prompt_size.py, for the prompt (system and user messages, content blocks
   joined) and for the reply (its text and its tool calls' arguments as JSON); tool schemas are not counted;
-- Anthropic caches only the marked prefix (system message and the prompt's stable part, adapters.llm.prompt_messages),
-  when it is at least its minimum size: written (1.25x input) on a stage's first request and whenever it changed,
-  read (0.1x) otherwise, consecutive requests of a stage being within the 5-minute TTL (runs shorter than that);
-  initialize and report requests mark nothing;
+- Anthropic caches only up to a mark (adapters.llm.prompt_messages: the end of the stable part, and of codegen's
+  parent code), a prefix at least its minimum size: the longest marked prefix the stage's previous request marked
+  too is read (0.1x input), what lies between it and the last mark is written (1.25x), consecutive requests of a
+  stage being within the 5-minute TTL (runs shorter than that); initialize and report requests mark nothing;
 - OpenAI caches by itself the prefix a request shares with the stage's previous one, from 1,024 tokens on, in
   steps of 128 tokens, with nothing to pay for writing it.
 """
@@ -83,31 +83,48 @@ class Request(NamedTuple):
     system: str
     user: str
     """The other messages' text, content blocks joined."""
-    stable: str
-    """The prefix the runner marks for caching (system message and the prompt's stable part); "" where it marks none."""
+    marks: tuple[int, ...]
+    """Where each prefix the runner marks for caching ends in `text`, in characters: the stable part's end, then the
+    recurring part's (codegen's parent code) when there is one; none for the stages that mark nothing."""
     reply_chars: int
 
     @property
     def text(self) -> str:
         return self.system + self.user
 
+    @property
+    def stable(self) -> str:
+        """The system message and the prompt's stable part: what every request of the stage repeats."""
+        return self.text[: self.marks[0]] if self.marks else ""
+
+
+PARENT_CODE_END = "</parent_code>\n"
+
 
 def as_request(line: dict) -> Request:
-    """An audit log line as a Request. The stable part is the marked block where the prompt came in blocks (an
-    Anthropic model), else where the stage's volatile part begins: what the runner would mark for an Anthropic model."""
+    """An audit log line as a Request. Its marks are those of its content blocks where the prompt came in blocks (an
+    Anthropic model), else where the runner would put them for an Anthropic model: before the parent's code or the
+    stage's volatile part, and after the parent's code."""
     messages = line.get("messages") or []
     system = message_text(messages[0]) if messages else ""
     user = "".join(message_text(m) for m in messages[1:])
-    stable = ""
     content = messages[1].get("content") if len(messages) > 1 else None
-    if isinstance(content, list) and any(isinstance(block, dict) and "cache_control" in block for block in content):
-        marked = max(i for i, block in enumerate(content) if isinstance(block, dict) and "cache_control" in block)
-        stable = system + "".join(block.get("text", "") for block in content[: marked + 1] if isinstance(block, dict))
+    marks: list[int] = []
+    if isinstance(content, list):
+        at = len(system)
+        for block in content:
+            at += len(block.get("text", "")) if isinstance(block, dict) else 0
+            if isinstance(block, dict) and "cache_control" in block:
+                marks.append(at)
     elif (start := VOLATILE_START.get(line["stage"])) and start in user:
-        stable = system + user[: user.index(start)]
+        volatile = user.index(start)
+        parent = user.find(prompts.PARENT_CODE.split("{")[0], 0, volatile)
+        marks = [len(system) + (parent if parent >= 0 else volatile)]
+        if parent >= 0:
+            marks.append(len(system) + user.index(PARENT_CODE_END, parent) + len(PARENT_CODE_END))
     reply = line.get("reply") or {}
     reply_text = message_text(reply) + "".join(json.dumps(call.get("args"), ensure_ascii=False) for call in reply.get("tool_calls") or [])
-    return Request(line["stage"], run_of(line["stage"], messages), system, user, stable, len(reply_text))
+    return Request(line["stage"], run_of(line["stage"], messages), system, user, tuple(marks), len(reply_text))
 
 
 def requests(experiment: Path) -> list[Request]:
@@ -157,11 +174,13 @@ class Cost(NamedTuple):
 
 def cached_tokens(request: Request, previous: Request | None, pricing: Pricing) -> tuple[float, float]:
     """The prompt tokens `pricing`'s provider reads from its cache and those it writes to it."""
-    if pricing.marked_only:
-        size = tokens(len(request.stable))
-        if not request.stable or size < pricing.min_tokens:
+    if pricing.marked_only:  # a cache entry ends at each mark whose prefix is long enough; the longest one kept is read
+        kept = [mark for mark in request.marks if tokens(mark) >= pricing.min_tokens]
+        if not kept:
             return 0.0, 0.0
-        return (size, 0.0) if previous is not None and previous.stable == request.stable else (0.0, size)
+        found = previous is not None and shared_chars(request, previous)
+        read = max((mark for mark in kept if found and mark in previous.marks and mark <= found), default=0)
+        return tokens(read), tokens(max(kept) - read)
     shared = tokens(shared_chars(request, previous)) if previous is not None else 0.0
     if shared < pricing.min_tokens:
         return 0.0, 0.0

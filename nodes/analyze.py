@@ -93,6 +93,7 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
     context = experiment_context(state)
     prompt = Prompt(
         ANALYZE_STABLE.format(**context, goal=state.get("goal", "")),
+        "",
         ANALYZE_VOLATILE.format(
             origin=how,
             tasks=context["tasks"],

@@ -14,8 +14,9 @@ BUDGET = {
 }
 
 # Requests are built stable part first, volatile part last (adapters.llm.Prompt): consecutive requests of a stage then
-# share a byte-identical prefix (system message, idea, plan, machine) that providers cache, which cuts the input bill.
-# Nothing in a system message, and nothing in a *_STABLE template, may change from run to run.
+# share a byte-identical prefix (system message, idea, plan, machine) that providers cache, which cuts the input bill;
+# codegen's parent code (the recurring part) sits between the two. Nothing in a system message, and nothing in a
+# *_STABLE template, may change from run to run.
 
 # What every codegen, analyze and report request reads first: the experiment's brief, fixed when it began.
 EXPERIMENT_BRIEF = """<idea>
@@ -78,11 +79,10 @@ CODEGEN_STABLE = (
 {grading}"""
 )
 
-# The parent's code leads the volatile part: when the search improves the same run again, providers that cache any
-# identical prefix by themselves (OpenAI) cache it too.
+# Between the two comes the parent's code (PARENT_CODE), the prompt's recurring part: when the search builds on the
+# same run again, the request repeats it too, and providers cache it as well.
 CODEGEN_VOLATILE = (
-    "{parent_code}"
-    + PROGRESS
+    PROGRESS
     + """
 <runs>
 {previous_run}
@@ -91,7 +91,7 @@ CODEGEN_VOLATILE = (
 {instruction}"""
 )
 
-CODEGEN_USER = CODEGEN_STABLE + CODEGEN_VOLATILE
+CODEGEN_USER = CODEGEN_STABLE + "{parent_code}" + CODEGEN_VOLATILE
 
 # Only for an experiment with a grader (grade.py): what counts, and what the run must write for it.
 GRADING = """

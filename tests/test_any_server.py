@@ -211,16 +211,21 @@ def test_anthropic_models_mark_the_end_of_the_stable_part_for_caching(experiment
         system, user = body["messages"][:2]
         assert isinstance(system["content"], str) and "cache_control" not in json.dumps(system)
         blocks = user["content"]
-        assert isinstance(blocks, list) and len(blocks) == 2, blocks
-        assert [index for index, part in enumerate(blocks) if "cache_control" in part] == [0]
-        assert blocks[0]["cache_control"] == {"type": "ephemeral"}
-        stable, volatile = blocks[0]["text"], blocks[1]["text"]
+        improves = is_codegen(body) and "<parent_code" in message_text(user)
+        assert isinstance(blocks, list) and len(blocks) == (3 if improves else 2), blocks
+        # Every block but the last ends with a mark: the stable part, then (an improve's) the parent's code.
+        assert [index for index, part in enumerate(blocks) if "cache_control" in part] == list(range(len(blocks) - 1))
+        assert all(part["cache_control"] == {"type": "ephemeral"} for part in blocks[:-1])
+        stable, volatile = blocks[0]["text"], blocks[-1]["text"]
         assert "Classify scikit-learn's digits" in stable and "logistic regression" in block(stable, "plan") and "<tasks>" not in stable
+        if improves:
+            assert blocks[1]["text"].lstrip().startswith('<parent_code run="1">') and blocks[1]["text"].rstrip().endswith("</parent_code>")
         # The mark ends the stable part: the volatile part begins right after it.
         if is_codegen(body):
-            assert stable.rstrip().endswith("</machine>") and volatile.lstrip().startswith(("<parent_code", "<tasks>"))
+            assert stable.rstrip().endswith("</machine>") and volatile.lstrip().startswith("<tasks>")
         else:
             assert stable.rstrip().endswith("</goal>") and volatile.lstrip().startswith("<origin>")
+    assert sum("<parent_code" in message_text(body["messages"][1]) for body in marked if is_codegen(body)) == 1  # run 2 improves run 1
 
 
 def test_other_models_get_no_cache_mark_anywhere(experiment: Path, llm_server):

@@ -17,6 +17,7 @@ import run  # noqa: E402
 import state_size  # noqa: E402
 from figures import growth_ratio  # noqa: E402
 
+from nodes import prompts  # noqa: E402
 from nodes.prompts import ANALYZE_STABLE, ANALYZE_VOLATILE, BUDGET, CODEGEN_STABLE, CODEGEN_VOLATILE  # noqa: E402
 
 
@@ -122,7 +123,7 @@ def two_codegen_requests() -> list:
     """Runs 1 and 2: the same stable prefix of 8,000 chars (2,000 tokens), prompts that differ right after it (100
     tokens more), replies of 100 tokens."""
     stable = "s" * 8_000
-    return [prompt_cache.Request("codegen", run, stable[:100], stable[100:] + c * 400, stable, 400) for run, c in ((1, "a"), (2, "b"))]
+    return [prompt_cache.Request("codegen", run, stable[:100], stable[100:] + c * 400, (8_000,), 400) for run, c in ((1, "a"), (2, "b"))]
 
 
 def test_on_anthropic_the_marked_prefix_is_written_once_then_read():
@@ -135,8 +136,33 @@ def test_on_anthropic_the_marked_prefix_is_written_once_then_read():
     assert billed["through_run"] == {"without_caching_usd": 0.0156, "with_caching_usd": 0.0117, "saving_pct": 25.0}
     assert billed["run"]["with_caching_usd"] == 0.0024
     one, changed = two_codegen_requests()
-    again = prompt_cache.costs([one, changed._replace(stable="t" * 8_000)], prompt_cache.SONNET)[1]
+    again = prompt_cache.costs([one, changed._replace(system="t" * 100)], prompt_cache.SONNET)[1]
     assert again.cached == first.cached  # a stable part that changed is written anew
+
+
+def test_on_anthropic_a_repeated_parent_is_read_and_a_new_one_written_after_the_stable_part():
+    """Stable part 8,000 chars (2,000 tokens), then a parent's code of 4,000 (1,000 tokens), then 400 that change."""
+    stable, parents = "s" * 8_000, {"p": "p" * 4_000, "q": "q" * 4_000}
+    found = [
+        prompt_cache.Request("codegen", run, "", stable + parents[parent] + str(run) * 400, (8_000, 12_000), 400)
+        for run, parent in ((1, "p"), (2, "p"), (3, "q"))
+    ]
+    assert [prompt_cache.cached_tokens(request, previous, prompt_cache.SONNET) for request, previous in zip(found, [None, *found[:2]], strict=True)] == [
+        (0.0, 3_000.0),  # nothing cached yet: everything up to the last mark written
+        (3_000.0, 0.0),  # the same parent: read through its end
+        (2_000.0, 1_000.0),  # another parent: the stable part read, the new parent's code written
+    ]
+
+
+def test_as_request_finds_where_the_runner_marks_a_string_prompt():
+    line = codegen_line(2)
+    blocks = line["messages"][1]["content"]
+    parent = prompts.PARENT_CODE.format(parent=1, code="print(1)")
+    plain = {**line, "messages": [line["messages"][0], {"role": "human", "content": blocks[0]["text"] + parent + blocks[1]["text"]}]}
+    request = prompt_cache.as_request(plain)
+    system = len("You write train.py.")
+    assert request.marks == (system + len(blocks[0]["text"]), system + len(blocks[0]["text"]) + len(parent))
+    assert prompt_cache.as_request(line).marks == (system + len(blocks[0]["text"]),)
 
 
 def test_on_openai_the_identical_prefix_is_read_in_steps_of_128_tokens():
@@ -147,9 +173,9 @@ def test_on_openai_the_identical_prefix_is_read_in_steps_of_128_tokens():
 
 
 def test_a_prefix_under_1024_tokens_is_not_cached():
-    short = [request._replace(system="", user=request.user[-1_000:], stable=request.stable[:4_000]) for request in two_codegen_requests()]
+    short = [request._replace(system="", user=request.user[-1_000:], marks=(600,)) for request in two_codegen_requests()]
 
-    for pricing in prompt_cache.PRICINGS:  # 150 tokens shared, 1,000 marked
+    for pricing in prompt_cache.PRICINGS:  # 150 tokens shared, 150 marked
         assert all(cost.cached == cost.uncached for cost in prompt_cache.costs(short, pricing)), pricing.model
 
 

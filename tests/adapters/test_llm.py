@@ -520,7 +520,7 @@ def test_methods_to_try():
 
 
 def test_only_anthropic_models_mark_the_stable_prefix():
-    prompt = Prompt("stable part\n", "volatile part")
+    prompt = Prompt("stable part\n", "", "volatile part")
     plain = prompt_messages("rules", prompt, "openai/gpt-4o-mini")
     assert [m.content for m in plain] == ["rules", "stable part\nvolatile part"]
     for model in ("anthropic/claude-sonnet-4.6", "claude-sonnet-4-5"):
@@ -532,10 +532,20 @@ def test_only_anthropic_models_mark_the_stable_prefix():
         ]
 
 
+def test_a_recurring_part_sits_between_and_gets_a_mark_of_its_own():
+    prompt = Prompt("brief\n", "parent code\n", "the run's facts")
+    assert prompt.text == "brief\nparent code\nthe run's facts" == prompt_messages("rules", prompt, "openai/gpt-4.1")[1].content
+    assert prompt_messages("rules", prompt, "anthropic/claude-sonnet-4.6")[1].content == [
+        {"type": "text", "text": "brief\n", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "parent code\n", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "the run's facts"},
+    ]
+
+
 def test_cache_control_reaches_the_server_and_cached_tokens_come_back():
     usage = {"prompt_tokens": 2000, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 1500}}
     with FakeLLMServer(lambda body: {"content": "ok", "usage": usage}) as server:
-        messages = prompt_messages("rules", Prompt("stable", "volatile"), "anthropic/claude-sonnet-4.6")
+        messages = prompt_messages("rules", Prompt("stable", "", "volatile"), "anthropic/claude-sonnet-4.6")
         reply = ask_reply(make_settings(llm_base_url=server.base_url), "anthropic/claude-sonnet-4.6", messages, "codegen")
         sent = server.requests[0]["messages"][1]["content"]
     assert sent == [{"type": "text", "text": "stable", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "volatile"}]
@@ -543,7 +553,7 @@ def test_cache_control_reaches_the_server_and_cached_tokens_come_back():
 
 
 def test_a_shrunk_prompt_keeps_its_blocks_and_mark():
-    messages = prompt_messages("rules", Prompt("s" * 100, "v" * 100), "anthropic/claude-sonnet-4.6")
+    messages = prompt_messages("rules", Prompt("s" * 100, "", "v" * 100), "anthropic/claude-sonnet-4.6")
     shrunk = shrink(messages)[1].content
     assert [len(block["text"]) < 100 for block in shrunk] == [True, True]
     assert shrunk[0]["cache_control"] == {"type": "ephemeral"} and "cache_control" not in shrunk[1]

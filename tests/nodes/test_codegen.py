@@ -328,8 +328,10 @@ def test_the_stable_part_is_the_same_for_every_run_and_holds_the_brief():
     early, late = codegen_prompt(huge_state(1), make_next_run(2), PARENT), codegen_prompt(huge_state(30), make_next_run(31), PARENT, feedback="redo")
     assert early.stable == late.stable
     assert early.stable.startswith("<idea>\nIDEA ") and "<plan>\nPLAN " in early.stable and early.stable.rstrip().endswith("</machine>")
-    for volatile in ("<tasks>", "<key_findings>", "<parent_code", "<runs>", "run 31", "redo"):
-        assert volatile in late.volatile and volatile not in late.stable
+    assert late.recurring.startswith('\n<parent_code run="30">\nPARENT-CODE ') and late.recurring.endswith("</parent_code>\n")
+    for volatile in ("<tasks>", "<key_findings>", "<runs>", "run 31", "redo"):
+        assert volatile in late.volatile and volatile not in late.stable + late.recurring
+    assert codegen_prompt(huge_state(1), make_next_run(1)).recurring == ""  # a draft has no parent
 
 
 def test_the_first_prompt_is_a_draft_without_parent_code():
