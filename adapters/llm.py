@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields
 from typing import Generic, Literal, NamedTuple, TypeVar
 
@@ -314,6 +315,15 @@ def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool 
     body = response_json(exc.response)  # the whole body: the SDK's exc.body is only what its "error" holds
     if not_an_api(status, body):  # of a web page, only its status line says anything
         return wrong_url_error(settings, status, detail if isinstance(body, dict) else exc.response.reason_phrase or detail)
+    if refuses_structured_output(status, detail):  # before an unknown model: OpenRouter says it with a 404
+        fix = f"check {models}" + (", or try STRUCTURED_OUTPUT=auto" if settings.structured_output != "auto" else "")
+        return LLMError(
+            f"the LLM server refused the request for model {model} ({status}): {fix} ({detail})",
+            kind="fatal",
+            status=status,
+            unsupported=True,
+            detail=detail,
+        )
     if status == 404 or (status == 400 and UNKNOWN_MODEL.search(detail)):
         fix = f"check {models}, or LLM_BASE_URL"
         return LLMError(f"model {model} not found at the LLM server ({status}): {fix} ({detail})", kind="fatal", status=status)
@@ -324,22 +334,21 @@ def classify(exc: openai.APIError, settings: Settings, model: str, shrunk: bool 
         else:
             problem = "keeps rate-limiting requests" if status == 429 else "keeps failing"
         return LLMError(f"the LLM server {problem} ({status}): try later ({detail})", kind="unavailable", status=status, retry_after=wait)
-    fix = f"check {models}"
-    unsupported = status in (400, 422) and bool(STRUCTURED_REFUSAL.search(detail))
-    if unsupported and settings.structured_output != "auto":
-        fix += ", or try STRUCTURED_OUTPUT=auto"
-    return LLMError(
-        f"the LLM server refused the request for model {model} ({status}): {fix} ({detail})",
-        kind="fatal",
-        status=status,
-        unsupported=unsupported,
-        detail=detail,
-    )
+    return LLMError(f"the LLM server refused the request for model {model} ({status}): check {models} ({detail})", kind="fatal", status=status)
 
 
-STRUCTURED_REFUSAL = re.compile(r"tool|function|response[_ ]format|json[_ ]schema|schema|structured|grammar", re.IGNORECASE)
-"""What a 400 says when the server cannot take a structured request's tools or response format (Ollama: "… does not support
-tools"; vLLM: "auto" tool choice requires --enable-auto-tool-choice; llama.cpp: tools param requires --jinja flag)."""
+def refuses_structured_output(status: int, detail: str) -> bool:
+    """Whether an error says the server cannot take a structured request's tools or response format: Ollama's 400 "…
+    does not support tools", vLLM's 400 "auto" tool choice requires --enable-auto-tool-choice, llama.cpp's 400 tools
+    param requires --jinja flag, OpenRouter's 404 No endpoints found that support tool use, OpenAI's 400 response_format
+    … is not supported with this model. A model that failed to call a tool, or a schema the server finds wrong, is not."""
+    return status in (400, 404, 422) and bool(STRUCTURED_FEATURE.search(detail)) and bool(REFUSAL.search(detail))
+
+
+STRUCTURED_FEATURE = re.compile(r"tool|function|response[_ ]format|schema|structured output|grammar", re.IGNORECASE)
+REFUSAL = re.compile(
+    r"not supported|unsupported|(does not|doesn't|not) support|no endpoints found|requires|not enabled|not permitted|not allowed", re.IGNORECASE
+)
 
 
 def _retry_after(exc: openai.APIStatusError) -> float | None:
@@ -422,6 +431,10 @@ def strip_reasoning(text: str) -> str:
     return answer.lstrip() if answer is not text else text
 
 
+# langchain-openai warns, on OpenAI's refusal of a json_schema response format, to use function_calling: with
+# STRUCTURED_OUTPUT=auto the runner moves on by itself, and says so once.
+warnings.filterwarnings("ignore", message="This model does not support OpenAI's structured output feature", category=UserWarning)
+
 STRUCTURED_METHODS = ("function_calling", "json_schema", "prompt")
 """How a structured reply can be asked for, in the order STRUCTURED_OUTPUT=auto tries them: as a tool call, as a response
 format, or with the JSON schema in the prompt and the JSON read from the reply's text (every server can do that)."""
@@ -433,14 +446,15 @@ Answer with a single JSON object that follows this JSON schema, and nothing else
 
 
 class Structured(NamedTuple, Generic[Schema]):
-    """A structured answer, what it cost, and how it was asked for."""
+    """A structured answer, what it cost, how it was asked for, and what is known now of how each model answers."""
 
     answer: Schema
     usage: list[Usage]
     method: str
-    """The method of STRUCTURED_METHODS that gave it: a caller remembers it for the model, so that it is not probed again."""
-    refused: list[str]
-    """Why each method tried before it was refused, one line each (STRUCTURED_OUTPUT=auto)."""
+    """The method of STRUCTURED_METHODS that gave it."""
+    learned: dict[str, str]
+    """The method found to work for each model under STRUCTURED_OUTPUT=auto, this one's included: for the state to
+    keep, so that neither a later request nor a resume probes the server again."""
 
 
 def methods_to_try(settings: Settings, known: str | None) -> tuple[str, ...]:
@@ -458,63 +472,88 @@ def ask_structured(
     messages: list[BaseMessage],
     stage: str,
     audit: AuditLog | None = None,
-    known: str | None = None,
+    *,
+    learned: Mapping[str, str] | None = None,
+    emit: Callable[[dict], None] | None = None,
 ) -> Structured[Schema]:
-    """A reply parsed into `schema`, asked for by the first method the server takes (methods_to_try; `known` is the one
-    that worked for this model before). A server's 400 to a method's tools or response format moves on to the next one;
-    a reply that does not parse gets one repair request, then LLMError. Requests go to `audit` when given."""
-    usages: list[Usage] = []
-    refused: list[str] = []
-    methods = methods_to_try(settings, known)
+    """A reply parsed into `schema`, asked for by the first method the server takes (methods_to_try; `learned` holds the
+    method that worked for each model before). A server that refuses a method's tools or response format
+    (LLMError.unsupported) moves it on to the next one, and a method found anew is said once through `emit`. A reply that
+    does not parse gets one repair request, then LLMError. Requests go to `audit` when given.
+
+    A node that fails after a probe loses what the probe found with its update: its retry probes again, at the cost
+    of one refused request."""
+    learned = dict(learned or {})
+    spent: list[Usage] = []
+    refusals: dict[str, str] = {}
+    """What the server said to each method it refused."""
+    methods = methods_to_try(settings, learned.get(model))
     for method in methods:
+        others = [other for other in STRUCTURED_METHODS if other != method and other not in refusals]
         try:
-            answer = _ask_by(method, settings, model, schema, messages, stage, audit, usages)
+            answer, usage = _ask_by(method, others, settings, model, schema, messages, stage, audit)
         except LLMError as exc:
-            if exc.unsupported and method != methods[-1]:
-                refused.append(f"{method} refused: {exc.status} {exc.detail}")
-                usages += exc.usage
-                continue
-            exc.usage = [*usages, *exc.usage]
-            raise
-        return Structured(answer, usages, method, refused)
+            exc.usage = [*spent, *exc.usage]
+            if not (exc.unsupported and method != methods[-1]):
+                raise
+            refusals[method], spent = f"{exc.status} {exc.detail}", exc.usage
+            continue
+        if settings.structured_output == "auto" and learned.get(model) != method:
+            learned[model] = method
+            if emit:
+                refused = [f"{refused} refused: {said}" for refused, said in refusals.items()]
+                emit({"event": "structured_output", "model": model, "method": method, "refused": refused})
+        return Structured(answer, [*spent, *usage], method, learned)
     raise AssertionError("methods_to_try gives at least one method")
 
 
 def _ask_by(
-    method: str, settings: Settings, model: str, schema: type[Schema], messages: list[BaseMessage], stage: str, audit: AuditLog | None, usages: list[Usage]
-) -> Schema:
-    """One method's try: the request and, for a reply that does not parse, one repair request; their usage goes to `usages`."""
+    method: str,
+    others: list[str],
+    settings: Settings,
+    model: str,
+    schema: type[Schema],
+    messages: list[BaseMessage],
+    stage: str,
+    audit: AuditLog | None,
+) -> tuple[Schema, list[Usage]]:
+    """One method's try: the request and, for a reply that does not parse, one repair request; the answer and their usage.
+    Twice no answer is an LLMError that suggests the `others` methods."""
     if method == "prompt":
         runnable = chat_model(settings, model)
         messages = with_json_schema(messages, schema)
     else:
         runnable = chat_model(settings, model).with_structured_output(schema, method=method, include_raw=True)
+    usage: list[Usage] = []
     for attempt in range(2):
         try:
             result = _invoke(runnable, messages, settings, model, stage, audit)
         except ValidationError as exc:  # json_schema: the SDK parses the reply itself, and refuses one with reasoning before its JSON
             said = next((error["input"] for error in exc.errors() if isinstance(error.get("input"), str)), "")
             result = {"raw": AIMessage(said), "parsed": None, "parsing_error": exc}  # what the reply cost is lost with it
+        except LLMError as exc:
+            exc.usage = [*usage, *exc.usage]  # the first answer was paid for
+            raise
         if isinstance(result, BaseMessage):  # prompt: the plain reply
             result = {"raw": result, "parsed": None, "parsing_error": None}
         raw = result.get("raw")
         if isinstance(raw, BaseMessage):
-            usages.append(usage_of(raw, stage, model))
+            usage.append(usage_of(raw, stage, model))
         parsed = result.get("parsed")
         problem = result.get("parsing_error")
         if not isinstance(parsed, schema):
             parsed, invalid = _json_answer(raw, schema)
             problem = problem or invalid
         if isinstance(parsed, schema):
-            return parsed
+            return parsed, usage
         problem = problem or "the reply held no structured answer"
         if attempt == 0:
             messages = [*messages, HumanMessage(_repair_request(raw, problem, schema))]
-    others = " or ".join(other for other in STRUCTURED_METHODS if other != method)
+    fix = f"try STRUCTURED_OUTPUT={' or '.join(others)}, or another model" if others else "try another model"
     raise LLMError(
-        f"{stage}: model {model} twice gave a reply that does not match {schema.__name__}: "
-        f"try STRUCTURED_OUTPUT={others}, or another model in {variables_naming(settings, model)} ({str(problem)[:200]})",
+        f"{stage}: model {model} twice gave a reply that does not match {schema.__name__}: {fix} in {variables_naming(settings, model)} ({str(problem)[:200]})",
         kind="reply",
+        usage=usage,
     )
 
 

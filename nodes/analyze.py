@@ -101,12 +101,12 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
             run=state.get("last_summary", ""),
         ),
     )
-    model, methods = settings.summarize_model, state.get("structured_output") or {}
-    messages = prompt_messages(ANALYZE_SYSTEM, prompt, model)
-    reply = ask_structured(settings, model, RunAnalysis, messages, "analyze", AuditLog(files.llm_calls, settings.audit_content), methods.get(model))
+    messages = prompt_messages(ANALYZE_SYSTEM, prompt, settings.summarize_model)
+    audit = AuditLog(files.llm_calls, settings.audit_content)
+    reply = ask_structured(
+        settings, settings.summarize_model, RunAnalysis, messages, "analyze", audit, learned=state.get("structured_output"), emit=runtime.stream_writer
+    )
     analysis, usage = reply.answer, reply.usage
-    if methods.get(model) != reply.method:  # shown once: a resume knows it from the state
-        runtime.stream_writer({"event": "structured_output", "model": model, "method": reply.method, "refused": reply.refused})
 
     created = state.get("tasks_created") or max((task["id"] for task in state.get("tasks", [])), default=0)
     tasks = apply_analysis(state.get("tasks", []), analysis, run["number"], created)
@@ -130,5 +130,5 @@ def analyze(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         "stop_reason": stop.reason if stop else None,
         "stop_detail": stop.detail if stop else "",
         "usage": usage,
-        "structured_output": {**methods, model: reply.method},
+        "structured_output": reply.learned,
     }

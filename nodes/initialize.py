@@ -25,11 +25,10 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
 
     messages = [SystemMessage(PLAN_SYSTEM), HumanMessage(PLAN_USER.format(idea=clip(idea, BUDGET["idea"])))]
     audit = AuditLog(files.llm_calls, settings.audit_content)
-    model, methods = settings.report_model, state.get("structured_output") or {}
-    asked = ask_structured(settings, model, ExperimentPlan, messages, "initialize", audit, methods.get(model))
+    asked = ask_structured(
+        settings, settings.report_model, ExperimentPlan, messages, "initialize", audit, learned=state.get("structured_output"), emit=runtime.stream_writer
+    )
     reply, usage = asked.answer, asked.usage
-    if methods.get(model) != asked.method:
-        runtime.stream_writer({"event": "structured_output", "model": model, "method": asked.method, "refused": asked.refused})
 
     # A goal stated in IDEA.md wins; otherwise the planner's proposal, shown in PLAN.md, is the goal.
     stated = goal_from_idea(idea)
@@ -52,5 +51,5 @@ def initialize(state: ExperimentState, runtime: Runtime[Settings]) -> dict:
         "max_runs": state.get("max_runs") or settings.max_runs,
         "stop_reason": None,
         "usage": usage,
-        "structured_output": {**methods, model: asked.method},
+        "structured_output": asked.learned,
     }

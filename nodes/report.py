@@ -110,7 +110,7 @@ def report_text(state: ExperimentState, settings: Settings, runs: list[RunRecord
         "## Runs\n\n" + (runs_table(runs, goal, changes_by_run(files.read_findings())) if runs else "No run finished."),
         doubts_section(runs),
         plots_section(files, runs, rank, best),
-        usage_section(all_usage, settings.model_prices, state.get("structured_output") or {}),
+        usage_section(all_usage, settings.model_prices, structured_output_text(settings.structured_output, state.get("structured_output") or {})),
         reproduce_section(files, best or last_ended(runs), is_best=best is not None, python=settings.python, machine=state.get("machine", "")),
     ]
     return "\n\n".join(part.strip() for part in parts if part.strip())
@@ -273,14 +273,20 @@ def usage_table(usage: list[Usage], prices: dict[str, list[float]] | None = None
     return "\n".join(lines)
 
 
-def usage_section(usage: list[Usage], prices: dict[str, list[float]], structured: dict[str, str] | None = None) -> str:
-    """Tokens and cost: the total and where it comes from, how each model gave structured replies, the table by stage and model."""
+def usage_section(usage: list[Usage], prices: dict[str, list[float]], structured: str = "") -> str:
+    """Tokens and cost: the total and where it comes from, how structured replies were asked for, the table by stage and model."""
     _, source = spend(usage, prices)
-    lines = [f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}."]
-    if structured:
-        how = ", ".join(f"{model}: {method}" for model, method in structured.items())
-        lines.append(f"Structured replies (STRUCTURED_OUTPUT) by model: {how}.")
-    return "\n\n".join(["## Tokens and cost", " ".join(lines), usage_table(usage, prices)])
+    lines = [f"LLM cost (USD): {cost_text(usage, prices)}; source: {source}.", structured]
+    return "\n\n".join(["## Tokens and cost", " ".join(line for line in lines if line), usage_table(usage, prices)])
+
+
+def structured_output_text(setting: str, learned: dict[str, str]) -> str:
+    """How the structured replies were asked for: the method STRUCTURED_OUTPUT forces, or the one auto found for each model."""
+    if setting != "auto":
+        return f"Structured replies: {setting} (STRUCTURED_OUTPUT)."
+    if not learned:
+        return ""
+    return f"Structured replies (STRUCTURED_OUTPUT=auto), by model: {', '.join(f'{model}: {method}' for model, method in learned.items())}."
 
 
 def graded_text(run: RunRecord) -> str:

@@ -88,7 +88,7 @@ def test_a_server_without_tools_is_probed_once_per_model_and_never_again_on_resu
         assert len(lines) == 1, result.stdout
         assert f"{model}: json_schema (function_calling refused: 400" in lines[0] and "does not support tools" in lines[0]
     report = (experiment / "REPORT.md").read_text()
-    assert f"Structured replies (STRUCTURED_OUTPUT) by model: {PLANNER}: json_schema, {ANALYST}: json_schema." in report
+    assert f"Structured replies (STRUCTURED_OUTPUT=auto), by model: {PLANNER}: json_schema, {ANALYST}: json_schema." in report
     assert "Stopped because: **max_runs**" in report
 
     # A resume knows each model's method from the state: no request with tools, no line about it again.
@@ -112,7 +112,7 @@ def test_one_model_for_every_stage_is_probed_once_in_all(experiment: Path, llm_s
     # initialize learned it; analyze, a stage of its own, took it from the state.
     assert [structured_method(body) for body in server.requests if structured_method(body)] == ["function_calling", *["json_schema"] * 3]
     assert result.stdout.count("structured output of model local/qwen3: json_schema") == 1
-    assert "Structured replies (STRUCTURED_OUTPUT) by model: local/qwen3: json_schema." in (experiment / "REPORT.md").read_text()
+    assert "Structured replies (STRUCTURED_OUTPUT=auto), by model: local/qwen3: json_schema." in (experiment / "REPORT.md").read_text()
 
 
 DECOY = "DECOY drafted while thinking"
@@ -174,7 +174,7 @@ def test_a_server_without_tools_or_response_formats_gets_the_schema_in_the_promp
     for name in ("PLAN.md", "KEY_FINDINGS.md", "tasks.json", "REPORT.md"):
         assert DECOY not in (experiment / name).read_text(), name
     report = (experiment / "REPORT.md").read_text()
-    assert f"Structured replies (STRUCTURED_OUTPUT) by model: {PLANNER}: prompt, {ANALYST}: prompt." in report
+    assert f"Structured replies (STRUCTURED_OUTPUT=auto), by model: {PLANNER}: prompt, {ANALYST}: prompt." in report
 
 
 def test_consecutive_requests_of_a_stage_share_a_prefix_holding_what_never_changes(experiment: Path, llm_server):

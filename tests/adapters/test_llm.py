@@ -456,39 +456,98 @@ def refusing(tools: bool, formats: bool, answer: str = json.dumps(GOOD_PLAN)):
 
 
 def test_auto_moves_to_a_response_format_when_tools_are_refused():
+    events: list[dict] = []
     with FakeLLMServer(refusing(tools=True, formats=False)) as server:
-        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
+        reply = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize", learned={"other": "prompt"}, emit=events.append)
         assert [bool(r.get("tools")) for r in server.requests] == [True, False]
         assert server.requests[1]["response_format"]["type"] == "json_schema"
     assert reply.answer.goal == "accuracy >= 0.9" and reply.method == "json_schema"
-    assert reply.refused == ["function_calling refused: 400 registry.ollama.ai/library/m does not support tools"]
+    assert reply.learned == {"other": "prompt", "m": "json_schema"}
+    refused = ["function_calling refused: 400 registry.ollama.ai/library/m does not support tools"]
+    assert events == [{"event": "structured_output", "model": "m", "method": "json_schema", "refused": refused}]
     assert len(reply.usage) == 1  # the refused request cost nothing
 
 
 def test_auto_puts_the_schema_in_the_prompt_when_formats_are_refused_too():
     answer = '<think>The plan should be {"goal": "draft"}.</think>\nHere it is:\n```json\n' + json.dumps(GOOD_PLAN)[:-1] + ",}\n```\nDone."
+    events: list[dict] = []
     with FakeLLMServer(refusing(tools=True, formats=True, answer=answer)) as server:
-        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
+        reply = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize", emit=events.append)
         last = server.requests[-1]
-    assert reply.method == "prompt" and reply.answer.tasks[0].title == "t" and len(reply.refused) == 2
+    assert reply.method == "prompt" and reply.answer.tasks[0].title == "t" and len(events[0]["refused"]) == 2
     assert len(server.requests) == 3 and "tools" not in last and "response_format" not in last
     system = last["messages"][0]["content"]
     assert system.startswith("system\n\nAnswer with a single JSON object") and '"ExperimentPlan"' in system  # the schema, after the rules
 
 
-def test_a_known_method_is_used_without_probing():
+def test_a_known_method_is_used_without_probing_or_saying_it_again():
+    events: list[dict] = []
     with FakeLLMServer(refusing(tools=True, formats=True)) as server:
-        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize", known="prompt")
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
+        reply = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize", learned={"m": "prompt"}, emit=events.append)
         assert len(server.requests) == 1 and "tools" not in server.requests[0]
-    assert reply.method == "prompt" and reply.refused == []
+    assert reply.method == "prompt" and reply.learned == {"m": "prompt"} and events == []
 
 
 def test_a_known_method_refused_later_moves_on():
     with FakeLLMServer(refusing(tools=True, formats=False)) as server:  # the server behind LLM_BASE_URL changed
-        reply = ask_structured(
-            make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize", known="function_calling"
-        )
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0)
+        reply = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize", learned={"m": "function_calling"})
+    assert reply.method == "json_schema" and reply.learned == {"m": "json_schema"}
+
+
+def test_a_forced_method_is_not_learned():
+    with FakeLLMServer(refusing(tools=True, formats=True)) as server:
+        settings = make_settings(llm_base_url=server.base_url, llm_max_retries=0, structured_output="prompt")
+        reply = ask_structured(settings, "m", ExperimentPlan, MESSAGES, "initialize", learned={"other": "json_schema"})
+    assert reply.method == "prompt" and reply.learned == {"other": "json_schema"}  # auto, later, still probes m
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (404, "No endpoints found that support tool use. To learn more about provider routing, visit: https://openrouter.ai/docs/provider-routing"),
+        (404, "No endpoints found that support the provided 'tool_choice' value."),
+        (400, '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'),
+        (400, "tools param requires --jinja flag"),
+        (400, "Invalid parameter: 'response_format' of type 'json_schema' is not supported with this model."),
+    ],
+)
+def test_what_real_servers_say_to_tools_moves_auto_on(status: int, error: str):
+    said = iter([{"status": status, "error": error}, {"content": json.dumps(GOOD_PLAN)}])
+    with FakeLLMServer(lambda body: next(said)) as server:
+        reply = ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
     assert reply.method == "json_schema"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (400, "Failed to call a function. Please adjust your prompt.", r"refused the request for model m \(400\)"),  # the model failed
+        (400, "Invalid schema for function 'ExperimentPlan': 'tasks' is not valid", r"refused the request for model m \(400\)"),  # our bug
+        (404, "No endpoints found for nobody/nothing.", r"model m not found at the LLM server \(404\)"),  # OpenRouter: no such model
+    ],
+)
+def test_other_400s_and_404s_are_not_taken_for_a_refusal_of_tools(status: int, error: str, message: str):
+    with FakeLLMServer(lambda body: {"status": status, "error": error}) as server:
+        with pytest.raises(LLMError, match=message) as caught:
+            ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
+        assert len(server.requests) == 1
+    assert caught.value.kind == "fatal" and not caught.value.unsupported
+
+
+def test_bad_replies_suggest_only_the_methods_not_refused():
+    def respond(body: dict) -> dict:
+        if body.get("tools") or body.get("response_format"):
+            return {"status": 400, "error": "this server does not support tools or response_format"}
+        return {"content": "No JSON from me."}
+
+    with FakeLLMServer(respond) as server:
+        with pytest.raises(LLMError, match=r"twice gave a reply that does not match ExperimentPlan: try another model in") as caught:
+            ask_structured(make_settings(llm_base_url=server.base_url, llm_max_retries=0), "m", ExperimentPlan, MESSAGES, "initialize")
+    assert "STRUCTURED_OUTPUT" not in str(caught.value) and len(caught.value.usage) == 2
 
 
 def test_a_prompt_answer_that_misses_fields_gets_one_repair_naming_them():

@@ -17,7 +17,7 @@ from adapters.files import ExperimentFiles
 from adapters.llm import LLMError
 from adapters.plots import MAX_POINTS, plot_curves, plot_metric_per_run, read_curves
 from nodes import report as report_module
-from nodes.report import report, usage_section, usage_table
+from nodes.report import report, structured_output_text, usage_section, usage_table
 from state import RunRecord, Usage
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -419,11 +419,16 @@ def test_usage_table_without_reported_cost_and_with_model_prices():
 
 def test_usage_section_gives_cached_tokens_their_price_and_each_models_structured_output():
     cached = {**usage("codegen", 1_000_000, 0, model="priced"), "cached_tokens": 800_000}
-    section = usage_section([cached, usage("analyze", 10, 2)], {"priced": [3.0, 15.0, 0.3]}, {"priced": "prompt", "m": "function_calling"})
+    learned = structured_output_text("auto", {"priced": "prompt", "m": "function_calling"})
+    section = usage_section([cached, usage("analyze", 10, 2)], {"priced": [3.0, 15.0, 0.3]}, learned)
     assert "| codegen | priced | 1 | 1000000 | 800000 | 0 | 0.8400 |" in section  # 200k at $3, 800k at $0.30
     assert "| **total** |  | 2 | 1000010 | 800000 | 2 |" in section
-    assert "Structured replies (STRUCTURED_OUTPUT) by model: priced: prompt, m: function_calling." in section
-    assert "Structured replies" not in usage_section([cached], {})
+    assert (
+        "; source: MODEL_PRICES (1 calls without a price). Structured replies (STRUCTURED_OUTPUT=auto), by model: priced: prompt, m: function_calling."
+        in section
+    )
+    assert structured_output_text("json_schema", {"m": "prompt"}) == "Structured replies: json_schema (STRUCTURED_OUTPUT)."
+    assert structured_output_text("auto", {}) == "" and "Structured replies" not in usage_section([cached], {})
 
 
 # adapters.plots, as the report draws them
