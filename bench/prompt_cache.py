@@ -42,8 +42,9 @@ COST_RUN = 50
 """The run the bill is counted to (or the experiment's last, when it has fewer)."""
 BRIEF_END = "</plan>\n"
 """Where the experiment's brief (EXPERIMENT_BRIEF: idea, then plan) ends: the shared prefix must reach it."""
-VOLATILE_START = {"codegen": prompts.CODEGEN_VOLATILE.split("{")[0], "analyze": prompts.ANALYZE_VOLATILE.split("{")[0]}
-"""The text each stage's volatile part opens with: where its stable part ends in a request sent as one string."""
+VOLATILE_START = {"codegen": (prompts.GRADING.split("{")[0], prompts.PROGRESS.split("{")[0]), "analyze": (prompts.ANALYZE_VOLATILE.split("{")[0],)}
+"""The texts each stage's volatile part may open with (codegen's with its grading block, or its tasks): where its
+stable and recurring parts end in a request sent as one string."""
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ def as_request(line: dict) -> Request:
             at += len(block.get("text", "")) if isinstance(block, dict) else 0
             if isinstance(block, dict) and "cache_control" in block:
                 marks.append(at)
-    elif (start := VOLATILE_START.get(line["stage"])) and start in user:
-        volatile = user.index(start)
+    elif starts := [user.index(start) for start in VOLATILE_START.get(line["stage"], ()) if start in user]:
+        volatile = min(starts)
         parent = user.find(prompts.PARENT_CODE.split("{")[0], 0, volatile)
         marks = [len(system) + (parent if parent >= 0 else volatile)]
         if parent >= 0:

@@ -62,20 +62,17 @@ def codegen_prompt(state: ExperimentState, coming: NextRun, parent_code: str = "
     to its budget, so it never grows with the runs. `share` says what one run gets of the machine when runs share it;
     `grading`, in a graded experiment, what the grader counts (nodes.records.grading_text).
 
-    Its stable part (idea, plan, machine, grading) is the same for every run, its recurring part the parent's code;
+    Its stable part (idea, plan, machine) is the same for every run, its recurring part the parent's code;
     the run's own facts follow them."""
     run, parent = coming["number"], coming["parent"]
     others = run > 1  # run 1 is always a draft: a later draft has others to differ from
     machine = (state.get("machine") or "(not known)") + (f"\n{share}" if share else "")
     context = experiment_context(state)
-    stable = CODEGEN_STABLE.format(
-        **context,
-        machine=clip(machine, BUDGET["machine"]),
-        grading=GRADING.format(metrics=clip(grading, BUDGET["grading"])) if grading else "",
-    )
+    stable = CODEGEN_STABLE.format(**context, machine=clip(machine, BUDGET["machine"]))
     recurring = PARENT_CODE.format(parent=parent, code=clip(parent_code, BUDGET["previous_code"])) if parent is not None else ""
     volatile = CODEGEN_VOLATILE.format(
         **context,
+        grading=GRADING.format(metrics=clip(grading, BUDGET["grading"])) if grading else "",
         previous_run=clip(state.get("previous_digest", ""), BUDGET["previous_run"]),
         feedback=f"\n<feedback>\n{clip(feedback, BUDGET['feedback'])}\n</feedback>\n" if feedback else "",
         instruction=CODEGEN_INSTRUCTION[coming["operator"]].format(run=run, parent=parent, differ=DRAFTS_DIFFER if others else ""),

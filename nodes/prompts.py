@@ -76,13 +76,15 @@ CODEGEN_STABLE = (
 <machine>
 {machine}
 </machine>
-{grading}"""
+"""
 )
 
 # Between the two comes the parent's code (PARENT_CODE), the prompt's recurring part: when the search builds on the
 # same run again, the request repeats it too, and providers cache it as well.
+# The grading block leads it: the grader's metric names are known only once it graded a run.
 CODEGEN_VOLATILE = (
-    PROGRESS
+    "{grading}"
+    + PROGRESS
     + """
 <runs>
 {previous_run}

@@ -82,9 +82,9 @@ PLAN = "1. A baseline.\n2. A wider network.\n3. A learning-rate sweep."
 
 def codegen_line(run: int, plan: str = PLAN) -> dict:
     """An audit log line of a codegen request for `run`, its prompt in two content blocks as for an Anthropic model."""
-    stable = CODEGEN_STABLE.format(idea="Classify digits.", plan=plan, machine="4 CPUs", grading="")
+    stable = CODEGEN_STABLE.format(idea="Classify digits.", plan=plan, machine="4 CPUs")
     tasks = f"#1 [in_progress] Baseline (run {run - 1})"
-    volatile = CODEGEN_VOLATILE.format(tasks=tasks, findings="", parent_code="", previous_run="", feedback="", instruction=f"Write train.py for run {run}.")
+    volatile = CODEGEN_VOLATILE.format(grading="", tasks=tasks, findings="", previous_run="", feedback="", instruction=f"Write train.py for run {run}.")
     blocks = [{"type": "text", "text": stable, "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": volatile}]
     messages = [{"role": "system", "content": "You write train.py."}, {"role": "human", "content": blocks}]
     return {"stage": "codegen", "messages": messages, "reply": {"content": "ok"}}

@@ -334,6 +334,12 @@ def test_the_stable_part_is_the_same_for_every_run_and_holds_the_brief():
     assert codegen_prompt(huge_state(1), make_next_run(1)).recurring == ""  # a draft has no parent
 
 
+def test_a_graded_experiments_grading_block_is_volatile():
+    before, after = (codegen_prompt(huge_state(2), make_next_run(3), PARENT, grading=said) for said in ("GRADED-NO-RUN-YET", "IT-REPORTS-ACCURACY"))
+    assert before.stable == after.stable and before.recurring == after.recurring  # what the grader said changes nothing cached
+    assert after.volatile.startswith("\n<grading>") and "IT-REPORTS-ACCURACY" in after.volatile
+
+
 def test_the_first_prompt_is_a_draft_without_parent_code():
     prompt = codegen_prompt({"experiment_dir": "unused"}, make_next_run(1)).text
     assert "<parent_code" not in prompt
