@@ -485,8 +485,7 @@ def ask_structured(
     of one refused request."""
     learned = dict(learned or {})
     spent: list[Usage] = []
-    refusals: dict[str, str] = {}
-    """What the server said to each method it refused."""
+    refusals: dict[str, str] = {}  # what the server said to each method it refused
     methods = methods_to_try(settings, learned.get(model))
     for method in methods:
         others = [other for other in STRUCTURED_METHODS if other != method and other not in refusals]
@@ -501,7 +500,7 @@ def ask_structured(
         if settings.structured_output == "auto" and learned.get(model) != method:
             learned[model] = method
             if emit:
-                refused = [f"{refused} refused: {said}" for refused, said in refusals.items()]
+                refused = [f"{tried} refused: {said}" for tried, said in refusals.items()]
                 emit({"event": "structured_output", "model": model, "method": method, "refused": refused})
         return Structured(answer, [*spent, *usage], method, learned)
     raise AssertionError("methods_to_try gives at least one method")
