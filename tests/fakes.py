@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fake_llm import message_text
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
@@ -49,8 +50,7 @@ class ScriptedChatModel(FakeMessagesListChatModel):
 
     def text(self, call: int, message: int) -> str:
         """The text of one message of one call, whether its content is a string or content blocks (a prompt marked for caching)."""
-        content = self.calls[call][message].content
-        return content if isinstance(content, str) else "".join(block.get("text", "") if isinstance(block, dict) else block for block in content)
+        return message_text({"content": self.calls[call][message].content})
 
 
 def text_reply(text: str, input_tokens: int = 100, output_tokens: int = 20, cost: float | None = None) -> AIMessage:

@@ -73,10 +73,7 @@ class ScriptedBrain:
         return reply
 
     def answer(self, body: dict) -> dict:
-        tools = [t["function"]["name"] for t in body.get("tools") or []]
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name") or schema_asked_in_prompt(body)
-        if schema:
-            tools.append(schema)
+        tools = schemas_asked(body)
         system = message_text(body["messages"][0])
         usage = {"usage": {"prompt_tokens": 100, "completion_tokens": 20}}
         if self.cost_per_call is not None:
@@ -124,6 +121,14 @@ def schema_asked_in_prompt(body: dict) -> str | None:
         return None
     asked = ASKED_IN_PROMPT.search(message_text(body["messages"][0]))
     return json.loads(asked.group(1)).get("title") if asked else None
+
+
+def schemas_asked(body: dict) -> list[str]:
+    """The structured answers a request asks for, by whichever method: its tools' names, its response format's schema, or
+    the schema its system message asks for (e.g. ["RunAnalysis"]); empty for a plain request."""
+    tools = [tool["function"]["name"] for tool in body.get("tools") or []]
+    schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name") or schema_asked_in_prompt(body)
+    return [*tools, schema] if schema else tools
 
 
 def runner_env(base_url: str, **extra: str) -> dict[str, str]:

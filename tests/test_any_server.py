@@ -10,7 +10,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from fake_llm import message_text
-from scripted import ScriptedBrain, run_main, runner_env, schema_asked_in_prompt
+from scripted import ScriptedBrain, run_main, runner_env, schema_asked_in_prompt, schemas_asked
 
 PLANNER = "anthropic/claude-sonnet-4.6"
 """The default REPORT_MODEL (initialize's structured call) and CODE_MODEL."""
@@ -52,9 +52,7 @@ def is_codegen(body: dict) -> bool:
 
 def is_analyze(body: dict) -> bool:
     """Whether the request asks for a RunAnalysis, by whichever method."""
-    tools = [tool["function"]["name"] for tool in body.get("tools") or []]
-    response_format = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
-    return "RunAnalysis" in (*tools, response_format, schema_asked_in_prompt(body))
+    return "RunAnalysis" in schemas_asked(body)
 
 
 def shared_prefix(a: str, b: str) -> str:
