@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]  # run as a script, yet import the project and its test fakes
 
 from fake_llm import FakeLLMServer, message_text  # noqa: E402
-from scripted import ScriptedBrain, runner_env  # noqa: E402
+from scripted import ScriptedBrain, runner_env, schemas_asked  # noqa: E402
 
 IDEA = """\
 # Tabular classification with a small network
@@ -255,9 +255,7 @@ class RealisticBrain(ScriptedBrain):
         self.next_task_id = len(FIRST_TASKS) + 1
 
     def answer(self, body: dict) -> dict:
-        tools = [t["function"]["name"] for t in body.get("tools") or []]
-        schema = ((body.get("response_format") or {}).get("json_schema") or {}).get("name")
-        tools += [schema] if schema else []
+        tools = schemas_asked(body)
         system, prompt = message_text(body["messages"][0]), message_text(body["messages"][-1])  # a prompt marked for caching comes in blocks
         if "ExperimentPlan" in tools:
             self.stages.append("initialize")
